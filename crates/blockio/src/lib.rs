@@ -1,0 +1,379 @@
+//! Positional, thread-safe byte sources for disk images.
+//!
+//! Everything amiforge reads goes through [`BlockSource`]: a length and a
+//! `read_exact_at(buf, offset)` with `pread` semantics (no cursor, `&self`, shareable
+//! across threads). Reading past the end is an error, never silent padding, so a
+//! truncated image is always reported.
+//!
+//! Implementations:
+//! - [`FileSource`]: a raw image file, opened read-only, read with `pread`, with
+//!   hole discovery through `SEEK_DATA`/`SEEK_HOLE`;
+//! - [`Window`]: a byte range of another source (a partition);
+//! - [`MemorySource`]: bytes in memory, for tests.
+//!
+//! ```
+//! use blockio::{BlockSource, MemorySource, Window};
+//! use std::sync::Arc;
+//!
+//! let disk = Arc::new(MemorySource::new(b"....hello....".to_vec()));
+//! let part = Window::new(disk, 4, 5).unwrap();
+//! let mut buf = [0u8; 5];
+//! part.read_exact_at(&mut buf, 0).unwrap();
+//! assert_eq!(&buf, b"hello");
+//! assert!(part.read_exact_at(&mut buf, 1).is_err());
+//! ```
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What went wrong while reading a source.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operating system refused or failed an operation.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// The operation ("open", "read", "seek data").
+        what: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A read reached past the end of the source.
+    #[error("read of {len} bytes at offset {offset} runs past the end of {name} ({size} bytes): the image is truncated or a structure points outside it")]
+    OutOfBounds {
+        /// A short name for the source.
+        name: String,
+        /// Where the read started.
+        offset: u64,
+        /// How many bytes were asked for.
+        len: usize,
+        /// The source's size.
+        size: u64,
+    },
+    /// A window was asked for that does not fit inside its parent.
+    #[error("window [{offset}, +{len}) does not fit inside a source of {size} bytes")]
+    BadWindow {
+        /// Start of the window.
+        offset: u64,
+        /// Length of the window.
+        len: u64,
+        /// Size of the parent.
+        size: u64,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A positional, read-only, thread-safe byte source.
+pub trait BlockSource: Send + Sync {
+    /// Total size in bytes.
+    fn len(&self) -> u64;
+
+    /// True when the source holds no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `buf` with the bytes at `offset`. Fails if any of them lie past the end.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// The byte ranges that may hold data, in order. Everything outside them reads as
+    /// zeros. The default claims the whole source holds data.
+    fn data_ranges(&self) -> Result<Vec<Range<u64>>> {
+        Ok(vec![0..self.len()])
+    }
+
+    /// A short human name for messages ("disk.img", "disk.img partition 2").
+    fn name(&self) -> String;
+}
+
+impl<T: BlockSource + ?Sized> BlockSource for Arc<T> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_exact_at(buf, offset)
+    }
+    fn data_ranges(&self) -> Result<Vec<Range<u64>>> {
+        (**self).data_ranges()
+    }
+    fn name(&self) -> String {
+        (**self).name()
+    }
+}
+
+/// Checks that `[offset, offset + len)` lies inside a source of `size` bytes.
+fn check_bounds(name: impl FnOnce() -> String, offset: u64, len: usize, size: u64) -> Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::OutOfBounds { name: name(), offset, len, size }),
+    }
+}
+
+/// Reads a whole range into a new buffer, refusing absurd lengths.
+///
+/// `limit` bounds the allocation: structures read from untrusted images state
+/// their own sizes, and those must never decide how much memory we take.
+pub fn read_vec(src: &dyn BlockSource, offset: u64, len: u64, limit: u64) -> Result<Vec<u8>> {
+    let size = src.len();
+    if len > limit || offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(Error::OutOfBounds { name: src.name(), offset, len: len as usize, size });
+    }
+    let mut buf = vec![0u8; len as usize];
+    src.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+/// A raw image file opened read-only.
+#[derive(Debug)]
+pub struct FileSource {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl FileSource {
+    /// Opens `path` read-only. The file is never written through this handle.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let io_err = |what, source| Error::Io { what, path: path.clone(), source };
+        let file = File::open(&path).map_err(|e| io_err("open", e))?;
+        let meta = file.metadata().map_err(|e| io_err("stat", e))?;
+        if meta.is_dir() {
+            return Err(io_err("open", io::Error::new(io::ErrorKind::IsADirectory, "is a directory")));
+        }
+        let len = if meta.file_type().is_file() {
+            meta.len()
+        } else {
+            // Block devices report 0 in metadata; seek to the end instead.
+            use std::io::Seek;
+            (&file).seek(io::SeekFrom::End(0)).map_err(|e| io_err("seek", e))?
+        };
+        Ok(Self { file, path, len })
+    }
+
+    /// The path this source was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lseek(&self, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+        use std::os::fd::AsRawFd;
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return Ok(None);
+        };
+        // SAFETY: lseek on a file descriptor we own; it touches no memory of ours.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
+        if r < 0 {
+            let err = io::Error::last_os_error();
+            // ENXIO: no data (or hole) at or after `offset`.
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                return Ok(None);
+            }
+            return Err(err);
+        }
+        Ok(Some(r as u64))
+    }
+}
+
+impl BlockSource for FileSource {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_bounds(|| self.name(), offset, buf.len(), self.len)?;
+        self.file.read_exact_at(buf, offset).map_err(|source| {
+            if source.kind() == io::ErrorKind::UnexpectedEof {
+                // The file shrank under us.
+                Error::OutOfBounds { name: self.name(), offset, len: buf.len(), size: self.len }
+            } else {
+                Error::Io { what: "read", path: self.path.clone(), source }
+            }
+        })
+    }
+
+    /// Walks SEEK_DATA/SEEK_HOLE. Filesystems without support report the whole file
+    /// as data, which is correct, only slower to upload.
+    fn data_ranges(&self) -> Result<Vec<Range<u64>>> {
+        let io_err = |source| Error::Io { what: "seek data in", path: self.path.clone(), source };
+        let mut ranges = Vec::new();
+        let mut pos = 0;
+        while pos < self.len {
+            let Some(start) = self.lseek(pos, libc::SEEK_DATA).map_err(io_err)? else { break };
+            if start >= self.len {
+                break;
+            }
+            let end = self.lseek(start, libc::SEEK_HOLE).map_err(io_err)?.unwrap_or(self.len).min(self.len);
+            if end <= start {
+                // A filesystem that answers nonsense: treat the rest as data.
+                ranges.push(start..self.len);
+                break;
+            }
+            ranges.push(start..end);
+            pos = end;
+        }
+        Ok(ranges)
+    }
+
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Bytes held in memory. Used by tests and fuzz targets.
+#[derive(Debug, Clone)]
+pub struct MemorySource {
+    bytes: Vec<u8>,
+}
+
+impl MemorySource {
+    /// Wraps `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self { bytes }
+    }
+}
+
+impl BlockSource for MemorySource {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_bounds(|| self.name(), offset, buf.len(), self.len())?;
+        let start = offset as usize;
+        buf.copy_from_slice(&self.bytes[start..start + buf.len()]);
+        Ok(())
+    }
+    fn name(&self) -> String {
+        "memory".to_string()
+    }
+}
+
+/// A byte range of another source, such as a partition.
+#[derive(Clone)]
+pub struct Window {
+    parent: Arc<dyn BlockSource>,
+    offset: u64,
+    len: u64,
+    label: Option<String>,
+}
+
+impl std::fmt::Debug for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Window").field("parent", &self.parent.name()).field("offset", &self.offset).field("len", &self.len).finish()
+    }
+}
+
+impl Window {
+    /// A window of `len` bytes starting at `offset` in `parent`. It must fit.
+    pub fn new(parent: Arc<dyn BlockSource>, offset: u64, len: u64) -> Result<Self> {
+        let size = parent.len();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::BadWindow { offset, len, size });
+        }
+        Ok(Self { parent, offset, len, label: None })
+    }
+
+    /// Names the window for messages, such as "partition 2".
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// Where the window starts in its parent.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+impl BlockSource for Window {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_bounds(|| self.name(), offset, buf.len(), self.len)?;
+        self.parent.read_exact_at(buf, self.offset + offset)
+    }
+    fn data_ranges(&self) -> Result<Vec<Range<u64>>> {
+        let end = self.offset + self.len;
+        Ok(self
+            .parent
+            .data_ranges()?
+            .into_iter()
+            .filter(|r| r.end > self.offset && r.start < end)
+            .map(|r| r.start.max(self.offset) - self.offset..r.end.min(end) - self.offset)
+            .collect())
+    }
+    fn name(&self) -> String {
+        match &self.label {
+            Some(l) => format!("{} {}", self.parent.name(), l),
+            None => format!("{} [{}, +{})", self.parent.name(), self.offset, self.len),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem(n: usize) -> Arc<dyn BlockSource> {
+        Arc::new(MemorySource::new((0..n).map(|i| i as u8).collect()))
+    }
+
+    #[test]
+    fn reading_past_the_end_is_an_error_not_padding() {
+        let src = mem(10);
+        let mut buf = [0u8; 4];
+        assert!(src.read_exact_at(&mut buf, 6).is_ok());
+        assert!(matches!(src.read_exact_at(&mut buf, 7), Err(Error::OutOfBounds { offset: 7, .. })));
+        assert!(src.read_exact_at(&mut buf, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn a_window_reads_its_parent_shifted_and_stays_inside() {
+        let w = Window::new(mem(100), 10, 20).unwrap();
+        let mut buf = [0u8; 3];
+        w.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, [10, 11, 12]);
+        assert!(w.read_exact_at(&mut buf, 18).is_err());
+        assert!(Window::new(mem(100), 90, 11).is_err());
+        assert!(Window::new(mem(100), u64::MAX, 2).is_err());
+    }
+
+    #[test]
+    fn a_window_clips_its_parents_data_ranges() {
+        let w = Window::new(mem(100), 10, 20).unwrap();
+        assert_eq!(w.data_ranges().unwrap(), vec![0..20]);
+    }
+
+    #[test]
+    fn read_vec_refuses_lengths_over_the_limit() {
+        let src = mem(100);
+        assert!(read_vec(&*src, 0, 50, 10).is_err());
+        assert_eq!(read_vec(&*src, 2, 3, 10).unwrap(), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn holes_of_a_sparse_file_are_not_data() {
+        let dir = std::env::temp_dir().join(format!("blockio-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sparse.img");
+        let f = File::create(&path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.write_all_at(&[1u8; 4096], 32 << 20).unwrap();
+        drop(f);
+        let src = FileSource::open(&path).unwrap();
+        let ranges = src.data_ranges().unwrap();
+        let data: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        assert!(ranges.iter().any(|r| r.contains(&(32 << 20))), "{ranges:?}");
+        assert!(data < 16 << 20, "most of the file is a hole: {ranges:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
