@@ -1,1 +1,129 @@
-fn main() {}
+//! amiforge: inspect disk images offline.
+//!
+//! The binary is a thin layer over the library crates: it parses arguments, opens the
+//! image read-only, calls into `inspect` and `imagefs`, and renders text or JSON.
+//! Logs go to stderr; results to stdout. Exit codes: 0 success, 1 policy failure,
+//! 2 error.
+
+mod commands;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+/// Exit code for success.
+const EXIT_OK: u8 = 0;
+/// Exit code for any error: bad input, unreadable image, I/O failure.
+const EXIT_ERROR: u8 = 2;
+
+/// Offline disk-image inspector: partitions, filesystems, OS, architecture and boot
+/// mode, read without mounting, root or booting. The image is never written.
+#[derive(Parser)]
+#[command(name = "amiforge", version, propagate_version = true)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output format of a command.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable text.
+    Text,
+    /// One JSON document on stdout.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe an image: partition table, filesystems, OS, architecture, boot mode,
+    /// kernels, EC2 drivers, and everything that could not be examined.
+    Inspect {
+        /// The raw disk image.
+        image: std::path::PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// List a directory inside an image, like virt-ls.
+    Ls {
+        /// The raw disk image.
+        image: std::path::PathBuf,
+        /// Directory (or file) inside the image.
+        #[arg(default_value = "/")]
+        path: std::ffi::OsString,
+        /// Long listing: type, mode, owner, size, modification time, link target.
+        #[arg(short = 'l', long)]
+        long: bool,
+        /// List subdirectories recursively (symlinks are not followed).
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Partition number (default: the root filesystem; 0 for a bare filesystem).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print a file from inside an image to stdout, like virt-cat.
+    Cat {
+        /// The raw disk image.
+        image: std::path::PathBuf,
+        /// File inside the image. Symlinks are followed inside the image only.
+        path: std::ffi::OsString,
+        /// Partition number (default: the root filesystem; 0 for a bare filesystem).
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Inspect { image, format } => commands::inspect(&image, format),
+        Command::Ls { image, path, long, recursive, partition, format } => {
+            commands::ls(&image, &path, long, recursive, partition, format)
+        }
+        Command::Cat { image, path, partition } => commands::cat(&image, &path, partition),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "amiforge", &mut std::io::stdout());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("amiforge: error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>().is_some_and(|j| j.io_error_kind() == Some(BrokenPipe))
+    })
+}
+
+fn init_logging(verbose: u8) {
+    // fatfs logs layout oddities of valid filesystems as warnings; they are not ours.
+    let default = match verbose {
+        0 => "warn,fatfs=error",
+        1 => "info,fatfs=error",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

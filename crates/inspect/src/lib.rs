@@ -1,1 +1,345 @@
-//! inspect
+//! What is inside a disk image: partitions, filesystems, OS, architecture, boot mode,
+//! kernels and the EC2 drivers, plus an explicit list of everything not examined.
+//!
+//! [`Image::open`] reads the partition table and probes every partition;
+//! [`Image::report`] gathers the identity of the system on it. Only metadata and a few
+//! small files are read, so inspecting a large image costs milliseconds.
+//!
+//! ```no_run
+//! let image = inspect::Image::open("disk.img").unwrap();
+//! let report = image.report();
+//! println!("{:?} on {:?}", report.os, report.architecture);
+//! ```
+
+mod identity;
+
+use blockio::{BlockSource, FileSource, Window};
+use imagefs::{FsKind, Filesystem};
+use partition::{Partition, PartitionTable, TableKind};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use identity::{BootMode, Drivers, Kernel, OsRelease};
+
+/// What stops an image from being inspected at all.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The image could not be opened or read.
+    #[error(transparent)]
+    Source(#[from] blockio::Error),
+    /// The partition table is unusable.
+    #[error("{path}: {source}")]
+    Table {
+        /// The image.
+        path: String,
+        /// What is wrong with the table.
+        #[source]
+        source: partition::Error,
+    },
+    /// A partition number that does not exist, or holds no readable filesystem.
+    #[error("{0}")]
+    NoFilesystem(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A disk image opened for inspection.
+pub struct Image {
+    source: Arc<dyn BlockSource>,
+    table: PartitionTable,
+    volumes: Vec<Volume>,
+}
+
+/// One partition (or the whole image, when it has no table) and what is on it.
+pub struct Volume {
+    /// The partition, or a pseudo-partition numbered 0 for a bare filesystem.
+    pub partition: Partition,
+    /// The bytes of the partition, if it lies inside the image.
+    pub window: Option<Arc<dyn BlockSource>>,
+    /// What its first bytes say it holds.
+    pub kind: Option<FsKind>,
+    /// Why it could not be examined.
+    pub problem: Option<String>,
+}
+
+/// The filesystem found on a partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilesystemReport {
+    /// "ext4", "vfat", "xfs", "lvm2", "luks", "swap", "unknown", ...
+    pub kind: String,
+    /// Whether amiforge read it.
+    pub examined: bool,
+}
+
+/// A partition as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionReport {
+    /// The partition.
+    #[serde(flatten)]
+    pub partition: Partition,
+    /// What it holds.
+    pub filesystem: FilesystemReport,
+}
+
+/// The partition table as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// "gpt", "mbr" or "none".
+    pub kind: TableKind,
+    /// Logical sector size in bytes.
+    pub sector_size: u32,
+    /// Which GPT header was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpt_header: Option<&'static str>,
+    /// GPT disk GUID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_guid: Option<String>,
+    /// Facts about sector 0.
+    pub mbr: partition::MbrInfo,
+    /// Anything unusual about the table.
+    pub notes: Vec<String>,
+}
+
+/// Something that could not be examined, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NotExamined {
+    /// The partition number (0 for a bare filesystem), if the gap is a partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
+    /// What was not examined ("partition 3 (xfs)", "/usr/bin/ls").
+    pub what: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Everything `amiforge inspect` says about an image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The image path.
+    pub image: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The partition table.
+    pub partition_table: TableReport,
+    /// The partitions.
+    pub partitions: Vec<PartitionReport>,
+    /// The partition holding the root filesystem.
+    pub root_partition: Option<u32>,
+    /// The OS, from os-release or its fallbacks.
+    pub os: Option<OsRelease>,
+    /// The CPU architecture of the userland ("x86_64", "arm64", ...).
+    pub architecture: Option<String>,
+    /// The binary the architecture was read from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architecture_source: Option<String>,
+    /// "uefi", "legacy-bios", "uefi-preferred" or "unknown".
+    pub boot_mode: BootMode,
+    /// Why that boot mode.
+    pub boot_evidence: Vec<String>,
+    /// Kernels found under /boot and /lib/modules.
+    pub kernels: Vec<Kernel>,
+    /// Whether the newest kernel has the ENA and NVMe drivers.
+    pub drivers: Drivers,
+    /// Everything that could not be examined, each with a reason.
+    pub not_examined: Vec<NotExamined>,
+}
+
+impl Image {
+    /// Opens an image file read-only, reads its partition table and probes every
+    /// partition.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let source: Arc<dyn BlockSource> = Arc::new(FileSource::open(path.as_ref())?);
+        Self::from_source(source)
+    }
+
+    /// Like [`Image::open`], over any source.
+    pub fn from_source(source: Arc<dyn BlockSource>) -> Result<Self> {
+        let table =
+            partition::read_table(&*source).map_err(|e| Error::Table { path: source.name(), source: e })?;
+        let parts = if table.kind == TableKind::None {
+            vec![Partition {
+                number: 0,
+                start: 0,
+                size: source.len(),
+                kind: partition::PartitionType::Mbr(0),
+                name: None,
+                guid: None,
+                bootable: false,
+                extended: false,
+                logical: false,
+            }]
+        } else {
+            table.partitions.clone()
+        };
+        let volumes = parts.into_iter().map(|p| Volume::probe(&source, p)).collect();
+        Ok(Self { source, table, volumes })
+    }
+
+    /// The partition table.
+    pub fn table(&self) -> &PartitionTable {
+        &self.table
+    }
+
+    /// The partitions and what they hold.
+    pub fn volumes(&self) -> &[Volume] {
+        &self.volumes
+    }
+
+    /// The whole image.
+    pub fn source(&self) -> &Arc<dyn BlockSource> {
+        &self.source
+    }
+
+    /// Opens the filesystem on partition `number` (0 for a bare filesystem).
+    pub fn filesystem(&self, number: u32) -> Result<Box<dyn Filesystem>> {
+        let v = self
+            .volumes
+            .iter()
+            .find(|v| v.partition.number == number)
+            .ok_or_else(|| Error::NoFilesystem(format!("{}: no partition {number}", self.source.name())))?;
+        v.open().map_err(|why| Error::NoFilesystem(format!("{}: partition {number}: {why}", self.source.name())))
+    }
+
+    /// The partition holding the root filesystem: the first readable filesystem with
+    /// an os-release file, else the first with an /etc directory.
+    pub fn root_partition(&self) -> Option<u32> {
+        let readable: Vec<(u32, Box<dyn Filesystem>)> =
+            self.volumes.iter().filter_map(|v| Some((v.partition.number, v.open().ok()?))).collect();
+        let has = |fs: &dyn Filesystem, p: &[u8]| fs.stat(p).is_ok();
+        readable
+            .iter()
+            .find(|(_, fs)| identity::OS_RELEASE_PATHS.iter().any(|p| has(&**fs, p)))
+            .or_else(|| readable.iter().find(|(_, fs)| has(&**fs, b"/etc")))
+            .map(|(n, _)| *n)
+    }
+
+    /// Gathers the full report.
+    pub fn report(&self) -> Report {
+        let mut not_examined = Vec::new();
+        let partitions = self
+            .volumes
+            .iter()
+            .map(|v| {
+                // An extended partition holds the logical partitions, each listed on its own.
+                let kind = match v.kind {
+                    Some(k) => k.name(),
+                    None if v.partition.extended => "extended",
+                    None => "none",
+                }
+                .to_string();
+                let examined = v.problem.is_none();
+                if let Some(reason) = &v.problem {
+                    not_examined.push(NotExamined {
+                        partition: Some(v.partition.number),
+                        what: format!("partition {} ({kind})", v.partition.number),
+                        reason: reason.clone(),
+                    });
+                }
+                PartitionReport { partition: v.partition.clone(), filesystem: FilesystemReport { kind, examined } }
+            })
+            .collect();
+        let table = &self.table;
+        let root_partition = self.root_partition();
+        let mut found = identity::Identity::default();
+        if let Some(n) = root_partition {
+            if let Ok(fs) = self.filesystem(n) {
+                found = identity::identify(&*fs);
+            }
+        }
+        // A separate /boot partition holds kernels at its top level.
+        for v in &self.volumes {
+            if Some(v.partition.number) == root_partition {
+                continue;
+            }
+            if let Ok(fs) = v.open() {
+                identity::add_boot_kernels(&*fs, &mut found.kernels);
+            }
+        }
+        found.kernels.sort_by(|a, b| identity::compare_versions(&a.version, &b.version));
+        let drivers = found.kernels.last().map(|k| Drivers { ena: k.ena, nvme: k.nvme }).unwrap_or_default();
+        let (boot_mode, boot_evidence) = identity::boot_mode(self);
+        if root_partition.is_none() {
+            not_examined.push(NotExamined {
+                partition: None,
+                what: "root filesystem".into(),
+                reason: "no readable filesystem holds an OS (os-release or /etc)".into(),
+            });
+        }
+        for (path, reason) in found.problems {
+            not_examined.push(NotExamined { partition: root_partition, what: path, reason });
+        }
+        Report {
+            image: self.source.name(),
+            size: self.source.len(),
+            partition_table: TableReport {
+                kind: table.kind,
+                sector_size: table.sector_size,
+                gpt_header: table.gpt_header,
+                disk_guid: table.disk_guid.clone(),
+                mbr: table.mbr.clone(),
+                notes: table.notes.clone(),
+            },
+            partitions,
+            root_partition,
+            os: found.os,
+            architecture: found.architecture.as_ref().map(|(a, _)| a.clone()),
+            architecture_source: found.architecture.map(|(_, p)| p),
+            boot_mode,
+            boot_evidence,
+            kernels: found.kernels,
+            drivers,
+            not_examined,
+        }
+    }
+}
+
+impl Volume {
+    fn probe(disk: &Arc<dyn BlockSource>, partition: Partition) -> Self {
+        let number = partition.number;
+        if partition.extended {
+            return Self { partition, window: None, kind: None, problem: None };
+        }
+        let window = match Window::new(disk.clone(), partition.start, partition.size) {
+            Ok(w) => Arc::new(w.with_label(format!("partition {number}"))) as Arc<dyn BlockSource>,
+            Err(e) => {
+                let problem = Some(format!("partition lies outside the image: {e}"));
+                return Self { partition, window: None, kind: None, problem };
+            }
+        };
+        let (kind, problem) = match imagefs::probe(&*window) {
+            Err(e) => (None, Some(format!("could not read its first bytes: {e}"))),
+            Ok(kind) if kind.readable() => match imagefs::open(window.clone(), kind) {
+                Ok(_) => (Some(kind), None),
+                Err(e) => (Some(kind), Some(e.to_string())),
+            },
+            Ok(kind) => (Some(kind), Some(unreadable_reason(&partition, kind))),
+        };
+        Self { partition, window: Some(window), kind, problem }
+    }
+
+    /// Opens its filesystem, or says why not.
+    pub fn open(&self) -> std::result::Result<Box<dyn Filesystem>, String> {
+        if let Some(p) = &self.problem {
+            return Err(p.clone());
+        }
+        match (&self.window, self.kind) {
+            (Some(w), Some(kind)) => imagefs::open(w.clone(), kind).map_err(|e| e.to_string()),
+            _ => Err("an extended partition: a container for logical partitions".into()),
+        }
+    }
+}
+
+fn unreadable_reason(p: &Partition, kind: FsKind) -> String {
+    match kind {
+        FsKind::Lvm2 => "LVM2 physical volume: logical volumes are not read yet".into(),
+        FsKind::Luks => "LUKS encrypted container: its content cannot be read without the key".into(),
+        FsKind::Swap => "Linux swap: no files; swap can hold secrets from memory".into(),
+        FsKind::Empty if p.is_bios_boot() => "BIOS boot partition: empty (no boot loader installed)".into(),
+        FsKind::Unknown if p.is_bios_boot() => "BIOS boot partition: raw boot loader code, no filesystem".into(),
+        FsKind::Empty => "holds only zeros where a filesystem would start".into(),
+        FsKind::Unknown => "no known filesystem signature".into(),
+        other => format!("{}: no reader for this filesystem yet", other.name()),
+    }
+}

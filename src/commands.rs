@@ -1,0 +1,212 @@
+//! The commands: inspect, ls, cat.
+
+use crate::Format;
+use anyhow::{bail, Context, Result};
+use imagefs::{show, FileKind, Filesystem, Metadata, WalkLimits};
+use inspect::{Image, Report};
+use serde::Serialize;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn open(image: &Path) -> Result<Image> {
+    tracing::info!(image = %image.display(), "opening read-only");
+    Image::open(image).with_context(|| format!("cannot inspect {}", image.display()))
+}
+
+fn write_json(value: &impl Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn inspect(image: &Path, format: Format) -> Result<()> {
+    let report = open(image)?.report();
+    match format {
+        Format::Json => write_json(&report),
+        Format::Text => {
+            let mut out = std::io::stdout().lock();
+            write_summary(&mut out, &report)?;
+            Ok(())
+        }
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn write_summary(out: &mut impl Write, r: &Report) -> Result<()> {
+    let t = &r.partition_table;
+    writeln!(out, "image:         {} ({})", r.image, human_size(r.size))?;
+    let header = t.gpt_header.map(|h| format!(", {h} header")).unwrap_or_default();
+    writeln!(out, "table:         {} ({}-byte sectors{header})", serde_json::to_value(t.kind)?.as_str().unwrap_or("?"), t.sector_size)?;
+    for note in &t.notes {
+        writeln!(out, "  note: {note}")?;
+    }
+    writeln!(out, "partitions:")?;
+    for p in &r.partitions {
+        let part = &p.partition;
+        let name = part.name.as_deref().map(|n| format!(" \"{n}\"")).unwrap_or_default();
+        let examined = if p.filesystem.examined { "" } else { " (not examined)" };
+        let root = if r.root_partition == Some(part.number) { " [root]" } else { "" };
+        writeln!(
+            out,
+            "  {:>2}  start {:>12}  size {:>10}  type {}{name}  {}{examined}{root}",
+            part.number,
+            part.start,
+            human_size(part.size),
+            part.kind,
+            p.filesystem.kind
+        )?;
+    }
+    let os = r.os.as_ref().and_then(|o| o.pretty_name.clone().or(o.id.clone())).unwrap_or_else(|| "unknown".into());
+    writeln!(out, "os:            {os}")?;
+    writeln!(out, "architecture:  {}", r.architecture.as_deref().unwrap_or("unknown"))?;
+    writeln!(out, "boot mode:     {}", serde_json::to_value(r.boot_mode)?.as_str().unwrap_or("?"))?;
+    for e in &r.boot_evidence {
+        writeln!(out, "  because {e}")?;
+    }
+    if r.kernels.is_empty() {
+        writeln!(out, "kernels:       none found")?;
+    }
+    for k in &r.kernels {
+        let yn = |b| if b { "yes" } else { "no" };
+        writeln!(out, "kernel:        {} (ena: {}, nvme: {})", k.version, yn(k.ena), yn(k.nvme))?;
+    }
+    if r.not_examined.is_empty() {
+        writeln!(out, "not examined:  nothing")?;
+    } else {
+        writeln!(out, "not examined:")?;
+        for n in &r.not_examined {
+            writeln!(out, "  {}: {}", n.what, n.reason)?;
+        }
+    }
+    Ok(())
+}
+
+fn filesystem(image: &Image, partition: Option<u32>, path: &Path) -> Result<Box<dyn Filesystem>> {
+    let number = match partition {
+        Some(n) => n,
+        None => match image.root_partition() {
+            Some(n) => n,
+            None => {
+                // No OS on it: fall back to the only readable filesystem, if there is one.
+                let readable: Vec<u32> =
+                    image.volumes().iter().filter(|v| v.open().is_ok()).map(|v| v.partition.number).collect();
+                match readable.as_slice() {
+                    [n] => *n,
+                    [] => bail!("{}: no readable filesystem", path.display()),
+                    many => bail!("{}: no root filesystem found; choose one with --partition ({many:?})", path.display()),
+                }
+            }
+        },
+    };
+    Ok(image.filesystem(number)?)
+}
+
+/// One entry of an `ls` listing.
+#[derive(Serialize)]
+struct Listed {
+    /// Path inside the image; bytes that are not UTF-8 are shown as \xNN.
+    path: String,
+    #[serde(flatten)]
+    metadata: Metadata,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+}
+
+fn mode_string(m: &Metadata) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(m.kind.letter());
+    for shift in [6, 3, 0] {
+        let bits = (m.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+pub fn ls(image: &Path, path: &OsStr, long: bool, recursive: bool, partition: Option<u32>, format: Format) -> Result<()> {
+    let img = open(image)?;
+    let fs = filesystem(&img, partition, image)?;
+    let path = path.as_bytes();
+    let mut entries: Vec<(Vec<u8>, Metadata)> = Vec::new();
+    let meta = fs.metadata(path).with_context(|| format!("{}: {}", image.display(), show(path)))?;
+    let dir = if meta.kind == FileKind::Symlink { imagefs::resolve(&*fs, path)? } else { path.to_vec() };
+    let is_dir = fs.metadata(&dir).map(|m| m.kind == FileKind::Dir).unwrap_or(false);
+    if !is_dir {
+        entries.push((path.to_vec(), meta));
+    } else if recursive {
+        let outcome = imagefs::walk(&*fs, &dir, WalkLimits::default(), |e| entries.push((e.path.clone(), e.metadata.clone())));
+        for p in &outcome.problems {
+            tracing::warn!("{}: {}", p.path, p.reason);
+        }
+        if !outcome.problems.is_empty() {
+            bail!("{} entries could not be listed (see the warnings above)", outcome.problems.len());
+        }
+    } else {
+        let mut list = fs.read_dir(&dir).with_context(|| format!("{}: {}", image.display(), show(path)))?;
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        entries.extend(list.into_iter().map(|e| (imagefs::join(&[e.name]), e.metadata)));
+        // Show names relative to the directory, like ls.
+        for (p, _) in &mut entries {
+            p.remove(0);
+        }
+    }
+    let target = |p: &[u8], m: &Metadata| {
+        if m.kind != FileKind::Symlink {
+            return None;
+        }
+        let full = if p.starts_with(b"/") { p.to_vec() } else { imagefs::join(&[dir.clone(), p.to_vec()]) };
+        fs.read_link(&full).ok()
+    };
+    match format {
+        Format::Json => {
+            let listed: Vec<Listed> = entries
+                .iter()
+                .map(|(p, m)| Listed { path: show(p), metadata: m.clone(), target: target(p, m).map(|t| show(&t)) })
+                .collect();
+            write_json(&listed)
+        }
+        Format::Text => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for (p, m) in &entries {
+                if long {
+                    write!(out, "{} {:>5} {:>5} {:>12} {:>11} ", mode_string(m), m.uid, m.gid, m.size, m.mtime)?;
+                }
+                out.write_all(p)?;
+                if let (true, Some(t)) = (long, target(p, m)) {
+                    out.write_all(b" -> ")?;
+                    out.write_all(&t)?;
+                }
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+pub fn cat(image: &Path, path: &OsStr, partition: Option<u32>) -> Result<()> {
+    let img = open(image)?;
+    let fs = filesystem(&img, partition, image)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    fs.copy_to(path.as_bytes(), &mut out).with_context(|| format!("{}: {}", image.display(), show(path.as_bytes())))?;
+    out.flush()?;
+    Ok(())
+}
