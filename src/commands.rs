@@ -146,7 +146,7 @@ pub fn ls(image: &Path, path: &OsStr, long: bool, recursive: bool, partition: Op
     let fs = filesystem(&img, partition, image)?;
     let path = path.as_bytes();
     let mut entries: Vec<(Vec<u8>, Metadata)> = Vec::new();
-    let meta = fs.metadata(path).with_context(|| format!("{}: {}", image.display(), show(path)))?;
+    let meta = fs.metadata(path).with_context(|| image.display().to_string())?;
     let dir = if meta.kind == FileKind::Symlink { imagefs::resolve(&*fs, path)? } else { path.to_vec() };
     let is_dir = fs.metadata(&dir).map(|m| m.kind == FileKind::Dir).unwrap_or(false);
     if !is_dir {
@@ -160,7 +160,7 @@ pub fn ls(image: &Path, path: &OsStr, long: bool, recursive: bool, partition: Op
             bail!("{} entries could not be listed (see the warnings above)", outcome.problems.len());
         }
     } else {
-        let mut list = fs.read_dir(&dir).with_context(|| format!("{}: {}", image.display(), show(path)))?;
+        let mut list = fs.read_dir(&dir).with_context(|| image.display().to_string())?;
         list.sort_by(|a, b| a.name.cmp(&b.name));
         entries.extend(list.into_iter().map(|e| (imagefs::join(&[e.name]), e.metadata)));
         // Show names relative to the directory, like ls.
@@ -206,7 +206,7 @@ pub fn cat(image: &Path, path: &OsStr, partition: Option<u32>) -> Result<()> {
     let img = open(image)?;
     let fs = filesystem(&img, partition, image)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    fs.copy_to(path.as_bytes(), &mut out).with_context(|| format!("{}: {}", image.display(), show(path.as_bytes())))?;
+    fs.copy_to(path.as_bytes(), &mut out).with_context(|| image.display().to_string())?;
     out.flush()?;
     Ok(())
 }

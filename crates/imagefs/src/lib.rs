@@ -253,7 +253,13 @@ pub fn resolve<F: Filesystem + ?Sized>(fs: &F, path: &[u8]) -> Result<Vec<u8>> {
         }
         resolved.push(c);
         let here = join(&resolved);
-        let meta = fs.metadata(&here)?;
+        let meta = fs.metadata(&here).map_err(|e| match e {
+            Error::NotFound { .. } if here != path => {
+                let how = if hops > 0 { "resolved to" } else { "no" };
+                Error::NotFound { path: format!("{} ({how} {})", show(path), show(&here)) }
+            }
+            other => other,
+        })?;
         if meta.kind == FileKind::Symlink {
             hops += 1;
             if hops > MAX_SYMLINK_HOPS {
