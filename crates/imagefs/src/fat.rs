@@ -87,8 +87,50 @@ fn metadata(e: &FatEntry<'_>) -> Metadata {
     }
 }
 
+/// Checks the BIOS parameter block with checked arithmetic before `fatfs` sees it:
+/// fatfs 0.3.6 computes the layout in `u32` and overflows (a panic with overflow
+/// checks on) on hostile values.
+fn check_bpb(b: &[u8]) -> std::result::Result<(), String> {
+    let le16 = |at: usize| u32::from(u16::from_le_bytes([b[at], b[at + 1]]));
+    let le32 = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let bytes_per_sector = le16(11);
+    let sectors_per_cluster = u32::from(b[13]);
+    let reserved = le16(14);
+    let fats = u32::from(b[16]);
+    let root_entries = le16(17);
+    let total = if le16(19) != 0 { le16(19) } else { le32(32) };
+    let per_fat = if le16(22) != 0 { le16(22) } else { le32(36) };
+    if !bytes_per_sector.is_power_of_two() || !(512..=4096).contains(&bytes_per_sector) {
+        return Err(format!("bytes per sector {bytes_per_sector} is not a power of two in 512..=4096"));
+    }
+    if !sectors_per_cluster.is_power_of_two() || sectors_per_cluster > 128 {
+        return Err(format!("sectors per cluster {sectors_per_cluster} is not a power of two up to 128"));
+    }
+    if reserved == 0 || fats == 0 || per_fat == 0 {
+        return Err("reserved sectors, FAT count and sectors per FAT must be non-zero".into());
+    }
+    let root_sectors = (root_entries * 32).div_ceil(bytes_per_sector);
+    let first_data = fats
+        .checked_mul(per_fat)
+        .and_then(|f| f.checked_add(reserved))
+        .and_then(|f| f.checked_add(root_sectors))
+        .ok_or("FAT layout overflows 32 bits")?;
+    if total <= first_data {
+        return Err(format!("total sectors {total} leave no data area after sector {first_data}"));
+    }
+    let fat_bits = per_fat.checked_mul(bytes_per_sector).and_then(|x| x.checked_mul(8)).ok_or("FAT size overflows 32 bits")?;
+    // The smallest FAT entry is 12 bits; a FAT must hold the two reserved entries.
+    if fat_bits / 32 < 2 && fat_bits / 12 < 2 {
+        return Err("the FAT is too small to hold its reserved entries".into());
+    }
+    Ok(())
+}
+
 impl FatFs {
     pub(crate) fn open(source: Arc<dyn BlockSource>) -> Result<Self> {
+        let mut boot = [0u8; 512];
+        source.read_exact_at(&mut boot, 0).map_err(|e| Error::Read { path: "(boot sector)".into(), source: Box::new(e) })?;
+        check_bpb(&boot).map_err(|reason| Error::Corrupt { kind: "vfat", path: None, reason: format!("boot sector: {reason}") })?;
         let stream = ReadOnlyStream { source, pos: 0 };
         let fs = fatfs::FileSystem::new(stream, fatfs::FsOptions::new())
             .map_err(|e| Error::Corrupt { kind: "vfat", path: None, reason: e.to_string() })?;
