@@ -52,17 +52,37 @@ fn human_size(bytes: u64) -> String {
 fn write_summary(out: &mut impl Write, r: &Report) -> Result<()> {
     let t = &r.partition_table;
     writeln!(out, "image:         {} ({})", r.image, human_size(r.size))?;
-    let header = t.gpt_header.map(|h| format!(", {h} header")).unwrap_or_default();
-    writeln!(out, "table:         {} ({}-byte sectors{header})", serde_json::to_value(t.kind)?.as_str().unwrap_or("?"), t.sector_size)?;
+    let header = t
+        .gpt_header
+        .map(|h| format!(", {h} header"))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "table:         {} ({}-byte sectors{header})",
+        serde_json::to_value(t.kind)?.as_str().unwrap_or("?"),
+        t.sector_size
+    )?;
     for note in &t.notes {
         writeln!(out, "  note: {note}")?;
     }
     writeln!(out, "partitions:")?;
     for p in &r.partitions {
         let part = &p.partition;
-        let name = part.name.as_deref().map(|n| format!(" \"{n}\"")).unwrap_or_default();
-        let examined = if p.filesystem.examined { "" } else { " (not examined)" };
-        let root = if r.root_partition == Some(part.number) { " [root]" } else { "" };
+        let name = part
+            .name
+            .as_deref()
+            .map(|n| format!(" \"{n}\""))
+            .unwrap_or_default();
+        let examined = if p.filesystem.examined {
+            ""
+        } else {
+            " (not examined)"
+        };
+        let root = if r.root_partition == Some(part.number) {
+            " [root]"
+        } else {
+            ""
+        };
         writeln!(
             out,
             "  {:>2}  start {:>12}  size {:>10}  type {}{name}  {}{examined}{root}",
@@ -73,10 +93,21 @@ fn write_summary(out: &mut impl Write, r: &Report) -> Result<()> {
             p.filesystem.kind
         )?;
     }
-    let os = r.os.as_ref().and_then(|o| o.pretty_name.clone().or(o.id.clone())).unwrap_or_else(|| "unknown".into());
+    let os =
+        r.os.as_ref()
+            .and_then(|o| o.pretty_name.clone().or(o.id.clone()))
+            .unwrap_or_else(|| "unknown".into());
     writeln!(out, "os:            {os}")?;
-    writeln!(out, "architecture:  {}", r.architecture.as_deref().unwrap_or("unknown"))?;
-    writeln!(out, "boot mode:     {}", serde_json::to_value(r.boot_mode)?.as_str().unwrap_or("?"))?;
+    writeln!(
+        out,
+        "architecture:  {}",
+        r.architecture.as_deref().unwrap_or("unknown")
+    )?;
+    writeln!(
+        out,
+        "boot mode:     {}",
+        serde_json::to_value(r.boot_mode)?.as_str().unwrap_or("?")
+    )?;
     for e in &r.boot_evidence {
         writeln!(out, "  because {e}")?;
     }
@@ -85,7 +116,13 @@ fn write_summary(out: &mut impl Write, r: &Report) -> Result<()> {
     }
     for k in &r.kernels {
         let yn = |b| if b { "yes" } else { "no" };
-        writeln!(out, "kernel:        {} (ena: {}, nvme: {})", k.version, yn(k.ena), yn(k.nvme))?;
+        writeln!(
+            out,
+            "kernel:        {} (ena: {}, nvme: {})",
+            k.version,
+            yn(k.ena),
+            yn(k.nvme)
+        )?;
     }
     if r.not_examined.is_empty() {
         writeln!(out, "not examined:  nothing")?;
@@ -105,12 +142,19 @@ fn filesystem(image: &Image, partition: Option<u32>, path: &Path) -> Result<Box<
             Some(n) => n,
             None => {
                 // No OS on it: fall back to the only readable filesystem, if there is one.
-                let readable: Vec<u32> =
-                    image.volumes().iter().filter(|v| v.open().is_ok()).map(|v| v.partition.number).collect();
+                let readable: Vec<u32> = image
+                    .volumes()
+                    .iter()
+                    .filter(|v| v.open().is_ok())
+                    .map(|v| v.partition.number)
+                    .collect();
                 match readable.as_slice() {
                     [n] => *n,
                     [] => bail!("{}: no readable filesystem", path.display()),
-                    many => bail!("{}: no root filesystem found; choose one with --partition ({many:?})", path.display()),
+                    many => bail!(
+                        "{}: no root filesystem found; choose one with --partition ({many:?})",
+                        path.display()
+                    ),
                 }
             }
         },
@@ -141,28 +185,54 @@ fn mode_string(m: &Metadata) -> String {
     s
 }
 
-pub fn ls(image: &Path, path: &OsStr, long: bool, recursive: bool, partition: Option<u32>, format: Format) -> Result<()> {
+pub fn ls(
+    image: &Path,
+    path: &OsStr,
+    long: bool,
+    recursive: bool,
+    partition: Option<u32>,
+    format: Format,
+) -> Result<()> {
     let img = open(image)?;
     let fs = filesystem(&img, partition, image)?;
     let path = path.as_bytes();
     let mut entries: Vec<(Vec<u8>, Metadata)> = Vec::new();
-    let meta = fs.metadata(path).with_context(|| image.display().to_string())?;
-    let dir = if meta.kind == FileKind::Symlink { imagefs::resolve(&*fs, path)? } else { path.to_vec() };
-    let is_dir = fs.metadata(&dir).map(|m| m.kind == FileKind::Dir).unwrap_or(false);
+    let meta = fs
+        .metadata(path)
+        .with_context(|| image.display().to_string())?;
+    let dir = if meta.kind == FileKind::Symlink {
+        imagefs::resolve(&*fs, path)?
+    } else {
+        path.to_vec()
+    };
+    let is_dir = fs
+        .metadata(&dir)
+        .map(|m| m.kind == FileKind::Dir)
+        .unwrap_or(false);
     if !is_dir {
         entries.push((path.to_vec(), meta));
     } else if recursive {
-        let outcome = imagefs::walk(&*fs, &dir, WalkLimits::default(), |e| entries.push((e.path.clone(), e.metadata.clone())));
+        let outcome = imagefs::walk(&*fs, &dir, WalkLimits::default(), |e| {
+            entries.push((e.path.clone(), e.metadata.clone()))
+        });
         for p in &outcome.problems {
             tracing::warn!("{}: {}", p.path, p.reason);
         }
         if !outcome.problems.is_empty() {
-            bail!("{} entries could not be listed (see the warnings above)", outcome.problems.len());
+            bail!(
+                "{} entries could not be listed (see the warnings above)",
+                outcome.problems.len()
+            );
         }
     } else {
-        let mut list = fs.read_dir(&dir).with_context(|| image.display().to_string())?;
+        let mut list = fs
+            .read_dir(&dir)
+            .with_context(|| image.display().to_string())?;
         list.sort_by(|a, b| a.name.cmp(&b.name));
-        entries.extend(list.into_iter().map(|e| (imagefs::join(&[e.name]), e.metadata)));
+        entries.extend(
+            list.into_iter()
+                .map(|e| (imagefs::join(&[e.name]), e.metadata)),
+        );
         // Show names relative to the directory, like ls.
         for (p, _) in &mut entries {
             p.remove(0);
@@ -172,14 +242,22 @@ pub fn ls(image: &Path, path: &OsStr, long: bool, recursive: bool, partition: Op
         if m.kind != FileKind::Symlink {
             return None;
         }
-        let full = if p.starts_with(b"/") { p.to_vec() } else { imagefs::join(&[dir.clone(), p.to_vec()]) };
+        let full = if p.starts_with(b"/") {
+            p.to_vec()
+        } else {
+            imagefs::join(&[dir.clone(), p.to_vec()])
+        };
         fs.read_link(&full).ok()
     };
     match format {
         Format::Json => {
             let listed: Vec<Listed> = entries
                 .iter()
-                .map(|(p, m)| Listed { path: show(p), metadata: m.clone(), target: target(p, m).map(|t| show(&t)) })
+                .map(|(p, m)| Listed {
+                    path: show(p),
+                    metadata: m.clone(),
+                    target: target(p, m).map(|t| show(&t)),
+                })
                 .collect();
             write_json(&listed)
         }
@@ -187,7 +265,15 @@ pub fn ls(image: &Path, path: &OsStr, long: bool, recursive: bool, partition: Op
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for (p, m) in &entries {
                 if long {
-                    write!(out, "{} {:>5} {:>5} {:>12} {:>11} ", mode_string(m), m.uid, m.gid, m.size, m.mtime)?;
+                    write!(
+                        out,
+                        "{} {:>5} {:>5} {:>12} {:>11} ",
+                        mode_string(m),
+                        m.uid,
+                        m.gid,
+                        m.size,
+                        m.mtime
+                    )?;
                 }
                 out.write_all(p)?;
                 if let (true, Some(t)) = (long, target(p, m)) {
@@ -206,7 +292,8 @@ pub fn cat(image: &Path, path: &OsStr, partition: Option<u32>) -> Result<()> {
     let img = open(image)?;
     let fs = filesystem(&img, partition, image)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    fs.copy_to(path.as_bytes(), &mut out).with_context(|| image.display().to_string())?;
+    fs.copy_to(path.as_bytes(), &mut out)
+        .with_context(|| image.display().to_string())?;
     out.flush()?;
     Ok(())
 }

@@ -89,13 +89,27 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Inspect { image, format } => commands::inspect(&image, format),
-        Command::Ls { image, path, long, recursive, partition, format } => {
-            commands::ls(&image, &path, long, recursive, partition, format)
-        }
-        Command::Cat { image, path, partition } => commands::cat(&image, &path, partition),
+        Command::Ls {
+            image,
+            path,
+            long,
+            recursive,
+            partition,
+            format,
+        } => commands::ls(&image, &path, long, recursive, partition, format),
+        Command::Cat {
+            image,
+            path,
+            partition,
+        } => commands::cat(&image, &path, partition),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "amiforge", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "amiforge",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
     };
@@ -128,8 +142,10 @@ fn describe(e: &anyhow::Error) -> String {
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     use std::io::ErrorKind::BrokenPipe;
     e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == BrokenPipe)
-            || c.downcast_ref::<serde_json::Error>().is_some_and(|j| j.io_error_kind() == Some(BrokenPipe))
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(BrokenPipe))
     })
 }
 
@@ -140,6 +156,11 @@ fn init_logging(verbose: u8) {
         1 => "info,fatfs=error",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }

@@ -40,8 +40,14 @@ struct Bench {
 impl Bench {
     fn new(name: &str) -> Self {
         let path = fixture(name);
-        let work = std::env::temp_dir().join(format!("amiforge-mutant-{}-{name}", std::process::id()));
-        let status = tool("cp").arg("--sparse=always").arg(&path).arg(&work).status().unwrap();
+        let work =
+            std::env::temp_dir().join(format!("amiforge-mutant-{}-{name}", std::process::id()));
+        let status = tool("cp")
+            .arg("--sparse=always")
+            .arg(&path)
+            .arg(&work)
+            .status()
+            .unwrap();
         assert!(status.success());
         let report = json(&["inspect", path.to_str().unwrap(), "--format", "json"]);
         let sector_size = report["partition_table"]["sector_size"].as_u64().unwrap();
@@ -58,7 +64,15 @@ impl Bench {
         metadata.push(len.saturating_sub(sector_size));
         let src = FileSource::open(&path).unwrap();
         let pristine_data = src.data_ranges().unwrap();
-        Self { pristine: File::open(&path).unwrap(), pristine_data, work, len, metadata, sector_size, first_ebr }
+        Self {
+            pristine: File::open(&path).unwrap(),
+            pristine_data,
+            work,
+            len,
+            metadata,
+            sector_size,
+            first_ebr,
+        }
     }
 
     fn read(&self, offset: u64, len: usize) -> Vec<u8> {
@@ -168,7 +182,9 @@ impl Bench {
                     }
                 }
             }
-            Mutation::Write(at, bytes) => f.write_all_at(&self.read(*at, bytes.len()), *at).unwrap(),
+            Mutation::Write(at, bytes) => {
+                f.write_all_at(&self.read(*at, bytes.len()), *at).unwrap()
+            }
         }
     }
 }
@@ -188,14 +204,20 @@ fn check(work: &Path, args: &[&str], m: &Mutation, i: u64) {
         "mutation {i} ({m:?}): `amiforge {args:?}` ended with {code:?}: {stderr}"
     );
     if code == Some(2) {
-        assert!(stderr.starts_with("amiforge: error: "), "a clear error: {stderr}");
+        assert!(
+            stderr.starts_with("amiforge: error: "),
+            "a clear error: {stderr}"
+        );
     }
 }
 
 fn mutate(name: &str, seed: u64) {
     let bench = Bench::new(name);
     // AMIFORGE_MUTATION_SEED explores other seeds; the default set is fixed.
-    let extra: u64 = std::env::var("AMIFORGE_MUTATION_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let extra: u64 = std::env::var("AMIFORGE_MUTATION_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(extra.wrapping_mul(1000)));
     for i in 0..MUTATIONS_PER_FIXTURE {
         let m = bench.mutation(&mut rng);
@@ -206,7 +228,11 @@ fn mutate(name: &str, seed: u64) {
         bench.undo(&m);
     }
     // Undo really restored the image.
-    assert_eq!(sha256_file(&bench.work), sha256_file(&fixture(name)), "{name} restored");
+    assert_eq!(
+        sha256_file(&bench.work),
+        sha256_file(&fixture(name)),
+        "{name} restored"
+    );
 }
 
 #[test]

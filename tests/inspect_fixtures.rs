@@ -8,12 +8,22 @@ use std::path::Path;
 
 fn inspect(name: &str) -> Value {
     let path = fixture(name);
-    json(&["inspect", path.to_str().expect("utf-8 path"), "--format", "json"])
+    json(&[
+        "inspect",
+        path.to_str().expect("utf-8 path"),
+        "--format",
+        "json",
+    ])
 }
 
 /// (start, size) in bytes of every partition amiforge lists.
 fn ours(report: &Value) -> Vec<(u64, u64)> {
-    report["partitions"].as_array().expect("partitions").iter().map(|p| (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap())).collect()
+    report["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap()))
+        .collect()
 }
 
 /// (start, size) in bytes of every partition `sfdisk --json` lists.
@@ -22,19 +32,40 @@ fn sfdisk(path: &Path) -> Vec<(u64, u64)> {
     let v: Value = serde_json::from_slice(&out).expect("sfdisk JSON");
     let t = &v["partitiontable"];
     let ss = t["sectorsize"].as_u64().unwrap_or(512);
-    t["partitions"].as_array().unwrap().iter().map(|p| (p["start"].as_u64().unwrap() * ss, p["size"].as_u64().unwrap() * ss)).collect()
+    t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap() * ss,
+                p["size"].as_u64().unwrap() * ss,
+            )
+        })
+        .collect()
 }
 
 /// (start, size) in bytes of every allocated partition `mmls -b SS` lists.
 fn mmls(path: &Path, sector_size: u64) -> Vec<(u64, u64)> {
-    let out = tool_output(tool("mmls").arg("-b").arg(sector_size.to_string()).arg(path));
+    let out = tool_output(
+        tool("mmls")
+            .arg("-b")
+            .arg(sector_size.to_string())
+            .arg(path),
+    );
     String::from_utf8_lossy(&out)
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             // "004:  000   0000000256   0000066815   0000066560   ..."
-            if f.len() >= 5 && f[0].ends_with(':') && f[1].chars().all(|c| c.is_ascii_digit() || c == ':') {
-                Some((f[2].parse::<u64>().ok()? * sector_size, f[4].parse::<u64>().ok()? * sector_size))
+            if f.len() >= 5
+                && f[0].ends_with(':')
+                && f[1].chars().all(|c| c.is_ascii_digit() || c == ':')
+            {
+                Some((
+                    f[2].parse::<u64>().ok()? * sector_size,
+                    f[4].parse::<u64>().ok()? * sector_size,
+                ))
             } else {
                 None
             }
@@ -47,17 +78,32 @@ fn kinds(report: &Value) -> Vec<(u64, String, bool)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["number"].as_u64().unwrap(), p["filesystem"]["kind"].as_str().unwrap().to_string(), p["filesystem"]["examined"].as_bool().unwrap()))
+        .map(|p| {
+            (
+                p["number"].as_u64().unwrap(),
+                p["filesystem"]["kind"].as_str().unwrap().to_string(),
+                p["filesystem"]["examined"].as_bool().unwrap(),
+            )
+        })
         .collect()
 }
 
 fn assert_debian_x86_64_with_ec2_drivers(r: &Value) {
     let host = std::fs::read_to_string("/usr/lib/os-release").unwrap();
-    let id = host.lines().find_map(|l| l.strip_prefix("ID=")).unwrap().trim_matches('"');
+    let id = host
+        .lines()
+        .find_map(|l| l.strip_prefix("ID="))
+        .unwrap()
+        .trim_matches('"');
     assert_eq!(r["os"]["id"], id, "{r:#}");
-    assert!(r["os"]["pretty_name"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(r["os"]["pretty_name"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
     assert!(r["os"]["version_id"].is_string());
-    assert_eq!(r["architecture"], std::env::consts::ARCH.replace("aarch64", "arm64"));
+    assert_eq!(
+        r["architecture"],
+        std::env::consts::ARCH.replace("aarch64", "arm64")
+    );
     assert_eq!(r["kernels"][0]["version"], "6.1.0-13-amd64");
     assert_eq!(r["drivers"]["ena"], true);
     assert_eq!(r["drivers"]["nvme"], true);
@@ -68,8 +114,14 @@ fn gpt_uefi_has_an_esp_and_an_ext4_root_and_boots_uefi() {
     let r = inspect("gpt-uefi.img");
     assert_eq!(r["partition_table"]["kind"], "gpt");
     assert_eq!(r["partition_table"]["sector_size"], 512);
-    assert_eq!(kinds(&r), vec![(1, "vfat".into(), true), (2, "ext4".into(), true)]);
-    assert_eq!(r["partitions"][0]["type"], "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+    assert_eq!(
+        kinds(&r),
+        vec![(1, "vfat".into(), true), (2, "ext4".into(), true)]
+    );
+    assert_eq!(
+        r["partitions"][0]["type"],
+        "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+    );
     assert_eq!(r["partitions"][0]["name"], "EFI System");
     assert_eq!(r["root_partition"], 2);
     assert_eq!(r["boot_mode"], "uefi");
@@ -82,7 +134,10 @@ fn gpt_uefi_has_an_esp_and_an_ext4_root_and_boots_uefi() {
 fn gpt_bios_boots_legacy_and_lists_the_bios_boot_partition_as_not_examined() {
     let r = inspect("gpt-bios.img");
     assert_eq!(r["boot_mode"], "legacy-bios");
-    assert_eq!(r["partitions"][0]["type"], "21686148-6449-6E6F-744E-656564454649");
+    assert_eq!(
+        r["partitions"][0]["type"],
+        "21686148-6449-6E6F-744E-656564454649"
+    );
     assert_eq!(r["partitions"][0]["filesystem"]["examined"], false);
     let gaps = r["not_examined"].as_array().unwrap();
     assert_eq!(gaps.len(), 1, "{gaps:?}");
@@ -97,7 +152,10 @@ fn gpt_with_both_boot_paths_prefers_uefi_and_notes_the_hybrid_mbr() {
     let r = inspect("gpt-hybrid.img");
     assert_eq!(r["boot_mode"], "uefi-preferred");
     assert_eq!(r["partition_table"]["mbr"]["hybrid"], true);
-    assert!(r["partition_table"]["notes"][0].as_str().unwrap().contains("hybrid"));
+    assert!(r["partition_table"]["notes"][0]
+        .as_str()
+        .unwrap()
+        .contains("hybrid"));
     assert_eq!(r["root_partition"], 3);
     assert_eq!(ours(&r), sfdisk(&fixture("gpt-hybrid.img")));
 }
@@ -106,7 +164,12 @@ fn gpt_with_both_boot_paths_prefers_uefi_and_notes_the_hybrid_mbr() {
 fn mbr_lists_primaries_the_extended_partition_and_both_logicals() {
     let r = inspect("mbr.img");
     assert_eq!(r["partition_table"]["kind"], "mbr");
-    let types: Vec<&str> = r["partitions"].as_array().unwrap().iter().map(|p| p["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> = r["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
     assert_eq!(types, vec!["0x83", "0x06", "0x05", "0x83", "0x82"]);
     assert_eq!(
         kinds(&r),
@@ -147,7 +210,10 @@ fn a_bare_ext4_image_has_no_table_and_one_filesystem() {
 fn four_kibibyte_sectors_are_detected() {
     let r = inspect("gpt-4k.img");
     assert_eq!(r["partition_table"]["sector_size"], 4096);
-    assert_eq!(kinds(&r), vec![(1, "vfat".into(), true), (2, "ext4".into(), true)]);
+    assert_eq!(
+        kinds(&r),
+        vec![(1, "vfat".into(), true), (2, "ext4".into(), true)]
+    );
     assert_eq!(r["boot_mode"], "uefi");
     // sfdisk 2.38 cannot be told the sector size of an image file; sleuthkit can.
     assert_eq!(ours(&r), mmls(&fixture("gpt-4k.img"), 4096));
@@ -157,7 +223,10 @@ fn four_kibibyte_sectors_are_detected() {
 fn a_corrupt_primary_header_falls_back_to_the_backup_and_says_so() {
     let r = inspect("gpt-corrupt-primary.img");
     assert_eq!(r["partition_table"]["gpt_header"], "backup");
-    assert!(r["partition_table"]["notes"][0].as_str().unwrap().contains("primary GPT header at byte 512 is damaged"));
+    assert!(r["partition_table"]["notes"][0]
+        .as_str()
+        .unwrap()
+        .contains("primary GPT header at byte 512 is damaged"));
     assert_eq!(ours(&r), ours(&inspect("gpt-uefi.img")));
     // sfdisk also recovers from the backup.
     assert_eq!(ours(&r), sfdisk(&fixture("gpt-corrupt-primary.img")));
@@ -166,14 +235,27 @@ fn a_corrupt_primary_header_falls_back_to_the_backup_and_says_so() {
 #[test]
 fn containers_and_unread_filesystems_are_named_and_listed_as_not_examined() {
     let r = inspect("gpt-containers.img");
-    let k: Vec<String> = kinds(&r).into_iter().map(|(_, k, examined)| {
-        assert!(!examined);
-        k
-    }).collect();
-    assert_eq!(k, vec!["lvm2", "luks", "luks", "xfs", "btrfs", "swap", "squashfs", "erofs", "ntfs", "iso9660", "empty"]);
+    let k: Vec<String> = kinds(&r)
+        .into_iter()
+        .map(|(_, k, examined)| {
+            assert!(!examined);
+            k
+        })
+        .collect();
+    assert_eq!(
+        k,
+        vec![
+            "lvm2", "luks", "luks", "xfs", "btrfs", "swap", "squashfs", "erofs", "ntfs", "iso9660",
+            "empty"
+        ]
+    );
     let gaps = r["not_examined"].as_array().unwrap();
     for n in 1..=11 {
-        assert!(gaps.iter().any(|g| g["partition"] == n && !g["reason"].as_str().unwrap().is_empty()), "partition {n} missing from {gaps:#?}");
+        assert!(
+            gaps.iter()
+                .any(|g| g["partition"] == n && !g["reason"].as_str().unwrap().is_empty()),
+            "partition {n} missing from {gaps:#?}"
+        );
     }
     assert!(gaps.iter().any(|g| g["what"] == "root filesystem"));
     assert_eq!(ours(&r), sfdisk(&fixture("gpt-containers.img")));
@@ -190,9 +272,17 @@ fn every_partitioned_fixture_agrees_with_sleuthkit() {
         let theirs = mmls(&fixture(name), ss);
         // mmls also lists the MBR extended container's own table; compare our
         // non-extended partitions as a subset.
-        for p in r["partitions"].as_array().unwrap().iter().filter(|p| p["extended"] == false) {
+        for p in r["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["extended"] == false)
+        {
             let pair = (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap());
-            assert!(theirs.contains(&pair), "{name}: partition {pair:?} not in mmls {theirs:?}");
+            assert!(
+                theirs.contains(&pair),
+                "{name}: partition {pair:?} not in mmls {theirs:?}"
+            );
         }
     }
 }
@@ -201,7 +291,15 @@ fn every_partitioned_fixture_agrees_with_sleuthkit() {
 fn the_text_summary_names_the_essentials() {
     let path = fixture("gpt-uefi.img");
     let text = String::from_utf8(ok(&["inspect", path.to_str().unwrap()])).unwrap();
-    for needle in ["gpt", "vfat", "ext4", "x86_64", "uefi", "6.1.0-13-amd64", "not examined:  nothing"] {
+    for needle in [
+        "gpt",
+        "vfat",
+        "ext4",
+        "x86_64",
+        "uefi",
+        "6.1.0-13-amd64",
+        "not examined:  nothing",
+    ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
 }

@@ -13,18 +13,28 @@ fn img(name: &str) -> String {
 fn fails(args: &[&str]) -> String {
     let os: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
     let out = run(&os);
-    assert_eq!(out.status.code(), Some(2), "{args:?} must fail with exit code 2");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{args:?} must fail with exit code 2"
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
 fn cat_defaults_to_the_root_filesystem_and_follows_symlinks_inside_it() {
-    assert_eq!(ok(&["cat", &img("gpt-uefi.img"), "/etc/hostname"]), b"fixture-host\n");
+    assert_eq!(
+        ok(&["cat", &img("gpt-uefi.img"), "/etc/hostname"]),
+        b"fixture-host\n"
+    );
     // /etc/os-release is a relative symlink to ../usr/lib/os-release.
     let os = ok(&["cat", &img("gpt-uefi.img"), "/etc/os-release"]);
     assert_eq!(os, std::fs::read("/usr/lib/os-release").unwrap());
     // An absolute link resolves against the image's root, not the host's.
-    assert_eq!(ok(&["cat", &img("gpt-uefi.img"), "/link-absolute"]), b"fixture-host\n");
+    assert_eq!(
+        ok(&["cat", &img("gpt-uefi.img"), "/link-absolute"]),
+        b"fixture-host\n"
+    );
 }
 
 #[test]
@@ -32,8 +42,14 @@ fn a_symlink_pointing_above_the_root_stays_inside_the_image() {
     // data/escape -> ../../../../../../../../etc/shadow: the host has /etc/shadow, the
     // image does not, so reading it must fail rather than read the host's file.
     let err = fails(&["cat", &img("gpt-uefi.img"), "/data/escape"]);
-    assert!(err.contains("/data/escape (resolved to /etc/shadow): not found"), "{err}");
-    assert_eq!(ok(&["cat", &img("gpt-uefi.img"), "/../../../etc/hostname"]), b"fixture-host\n");
+    assert!(
+        err.contains("/data/escape (resolved to /etc/shadow): not found"),
+        "{err}"
+    );
+    assert_eq!(
+        ok(&["cat", &img("gpt-uefi.img"), "/../../../etc/hostname"]),
+        b"fixture-host\n"
+    );
 }
 
 #[test]
@@ -44,22 +60,57 @@ fn a_symlink_loop_is_an_error_not_a_hang() {
 
 #[test]
 fn other_partitions_are_reached_with_partition() {
-    let listing = String::from_utf8(ok(&["ls", &img("gpt-uefi.img"), "/EFI", "--partition", "1"])).unwrap();
+    let listing = String::from_utf8(ok(&[
+        "ls",
+        &img("gpt-uefi.img"),
+        "/EFI",
+        "--partition",
+        "1",
+    ]))
+    .unwrap();
     assert_eq!(listing, "BOOT\ndebian\n");
-    let cfg = ok(&["cat", &img("gpt-uefi.img"), "/EFI/debian/grub.cfg", "--partition", "1"]);
+    let cfg = ok(&[
+        "cat",
+        &img("gpt-uefi.img"),
+        "/EFI/debian/grub.cfg",
+        "--partition",
+        "1",
+    ]);
     assert!(cfg.starts_with(b"search --fs-uuid"));
-    assert_eq!(ok(&["cat", &img("mbr.img"), "/in-logical.txt", "--partition", "5"]), b"logical\n");
+    assert_eq!(
+        ok(&[
+            "cat",
+            &img("mbr.img"),
+            "/in-logical.txt",
+            "--partition",
+            "5"
+        ]),
+        b"logical\n"
+    );
 }
 
 #[test]
 fn ls_prints_names_as_raw_bytes_and_long_listings_like_ls_l() {
     let out = ok(&["ls", &img("bare-ext4.img"), "/data"]);
-    let names: Vec<&[u8]> = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let names: Vec<&[u8]> = out
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
     assert!(names.contains(&&b"caf\xe9"[..]), "raw non-UTF-8 name");
     assert!(names.contains(&"naïve-文字.txt".as_bytes()));
-    let long = String::from_utf8_lossy(&ok(&["ls", &img("bare-ext4.img"), "/data", "-l"])).into_owned();
-    assert!(long.lines().any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("loop-a -> loop-b")), "{long}");
-    assert!(long.lines().any(|l| l.starts_with("-rw-r--r--") && l.contains(" 1073741824 ") && l.ends_with("sparse-1g")), "{long}");
+    let long =
+        String::from_utf8_lossy(&ok(&["ls", &img("bare-ext4.img"), "/data", "-l"])).into_owned();
+    assert!(
+        long.lines()
+            .any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("loop-a -> loop-b")),
+        "{long}"
+    );
+    assert!(
+        long.lines().any(|l| l.starts_with("-rw-r--r--")
+            && l.contains(" 1073741824 ")
+            && l.ends_with("sparse-1g")),
+        "{long}"
+    );
 }
 
 #[test]
@@ -76,7 +127,11 @@ fn ls_json_carries_type_mode_owner_size_and_mtime() {
 #[test]
 fn cat_streams_a_sparse_gigabyte_with_its_tail() {
     let mut child = amiforge()
-        .args([OsStr::new("cat"), OsStr::new(&img("bare-ext4.img")), OsStr::new("/data/sparse-1g")])
+        .args([
+            OsStr::new("cat"),
+            OsStr::new(&img("bare-ext4.img")),
+            OsStr::new("/data/sparse-1g"),
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -99,9 +154,12 @@ fn cat_streams_a_sparse_gigabyte_with_its_tail() {
 
 #[test]
 fn errors_name_what_and_where_and_exit_2() {
-    assert!(fails(&["cat", &img("gpt-uefi.img"), "/no/such/file"]).contains("/no/such/file (no /no): not found"));
+    assert!(fails(&["cat", &img("gpt-uefi.img"), "/no/such/file"])
+        .contains("/no/such/file (no /no): not found"));
     assert!(fails(&["cat", &img("gpt-uefi.img"), "/data"]).contains("is a directory"));
-    assert!(fails(&["ls", &img("gpt-uefi.img"), "/", "--partition", "9"]).contains("no partition 9"));
+    assert!(
+        fails(&["ls", &img("gpt-uefi.img"), "/", "--partition", "9"]).contains("no partition 9")
+    );
     assert!(fails(&["ls", &img("gpt-bios.img"), "/", "--partition", "1"]).contains("BIOS boot"));
     assert!(fails(&["inspect", "/definitely/not/here.img"]).contains("/definitely/not/here.img"));
     let err = fails(&["ls", &img("gpt-containers.img")]);
@@ -113,7 +171,11 @@ fn errors_name_what_and_where_and_exit_2() {
 #[test]
 fn non_utf8_paths_can_be_asked_for() {
     let image = fixture("bare-ext4.img");
-    let out = run(&[OsStr::new("cat"), image.as_os_str(), OsStr::from_bytes(b"/data/caf\xe9")]);
+    let out = run(&[
+        OsStr::new("cat"),
+        image.as_os_str(),
+        OsStr::from_bytes(b"/data/caf\xe9"),
+    ]);
     assert!(out.status.success());
     assert_eq!(out.stdout, b"latin-1 name\n");
 }

@@ -59,7 +59,16 @@ fn unescape(s: &str) -> Vec<u8> {
 
 fn ours(image: &Path, partition: u32, with_meta: bool) -> BTreeMap<String, Node> {
     let part = partition.to_string();
-    let listing = json(&["ls", image.to_str().unwrap(), "/", "-R", "--partition", &part, "--format", "json"]);
+    let listing = json(&[
+        "ls",
+        image.to_str().unwrap(),
+        "/",
+        "-R",
+        "--partition",
+        &part,
+        "--format",
+        "json",
+    ]);
     let mut tree = BTreeMap::new();
     for e in listing.as_array().unwrap() {
         let path = e["path"].as_str().unwrap().to_string();
@@ -86,7 +95,11 @@ fn theirs(dir: &Path, with_meta: bool) -> BTreeMap<String, Node> {
             let entry = entry.unwrap();
             let p = entry.path();
             let m = std::fs::symlink_metadata(&p).unwrap();
-            let rel = b"/".iter().chain(p.strip_prefix(dir).unwrap().as_os_str().as_bytes()).copied().collect::<Vec<u8>>();
+            let rel = b"/"
+                .iter()
+                .chain(p.strip_prefix(dir).unwrap().as_os_str().as_bytes())
+                .copied()
+                .collect::<Vec<u8>>();
             let ft = m.file_type();
             let kind = if ft.is_dir() {
                 stack.push(p.clone());
@@ -101,9 +114,11 @@ fn theirs(dir: &Path, with_meta: bool) -> BTreeMap<String, Node> {
                 show(&rel),
                 Node {
                     kind: kind.into(),
-                    size: file.then(|| m.len()),
+                    size: file.then_some(m.len()),
                     sha256: file.then(|| sha256_file(&p)),
-                    target: ft.is_symlink().then(|| show(std::fs::read_link(&p).unwrap().as_os_str().as_bytes())),
+                    target: ft
+                        .is_symlink()
+                        .then(|| show(std::fs::read_link(&p).unwrap().as_os_str().as_bytes())),
                     mode: (with_meta && !ft.is_symlink()).then(|| m.mode() & 0o7777),
                     mtime: (with_meta && !ft.is_symlink()).then(|| m.mtime()),
                 },
@@ -115,7 +130,12 @@ fn theirs(dir: &Path, with_meta: bool) -> BTreeMap<String, Node> {
 
 fn partition_offset(image: &Path, number: u32) -> u64 {
     let r = json(&["inspect", image.to_str().unwrap(), "--format", "json"]);
-    let p = r["partitions"].as_array().unwrap().iter().find(|p| p["number"] == number).expect("partition");
+    let p = r["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["number"] == number)
+        .expect("partition");
     p["start"].as_u64().unwrap()
 }
 
@@ -154,9 +174,17 @@ fn check_ext(image_name: &str, partition: u32) {
     let out = scratch(&format!("rdump-{image_name}-{partition}"));
     let offset = partition_offset(&image, partition);
     let spec = format!("{}?offset={offset}", image.display());
-    tool_output(tool("debugfs").arg("-R").arg(format!("rdump / {}", out.0.display())).arg(&spec));
+    tool_output(
+        tool("debugfs")
+            .arg("-R")
+            .arg(format!("rdump / {}", out.0.display()))
+            .arg(&spec),
+    );
     let mine = ours(&image, partition, true);
-    assert!(mine.len() > 20 || image_name == "mbr.img", "a real tree: {mine:?}");
+    assert!(
+        mine.len() > 20 || image_name == "mbr.img",
+        "a real tree: {mine:?}"
+    );
     assert_same(&mine, &theirs(&out.0, true));
 }
 
@@ -164,10 +192,16 @@ fn check_ext(image_name: &str, partition: u32) {
 fn the_ext4_root_equals_debugfs_rdump_including_sparse_hard_linked_and_non_utf8_files() {
     check_ext("gpt-uefi.img", 2);
     let mine = ours(&fixture("gpt-uefi.img"), 2, false);
-    assert!(mine.contains_key("/data/caf\\xe9"), "a non-UTF-8 name survives");
+    assert!(
+        mine.contains_key("/data/caf\\xe9"),
+        "a non-UTF-8 name survives"
+    );
     assert_eq!(mine["/data/sparse-1g"].size, Some(1 << 30));
     assert_eq!(mine["/data/hard1"].sha256, mine["/data/hard2"].sha256);
-    assert_eq!(mine["/data/escape"].target.as_deref(), Some("../../../../../../../../etc/shadow"));
+    assert_eq!(
+        mine["/data/escape"].target.as_deref(),
+        Some("../../../../../../../../etc/shadow")
+    );
 }
 
 #[test]
@@ -180,7 +214,13 @@ fn check_fat(image_name: &str, partition: u32) {
     let out = scratch(&format!("mcopy-{image_name}-{partition}"));
     let offset = partition_offset(&image, partition);
     tool_output(
-        tool("mcopy").arg("-s").arg("-n").arg("-i").arg(format!("{}@@{offset}", image.display())).arg("::/").arg(&out.0),
+        tool("mcopy")
+            .arg("-s")
+            .arg("-n")
+            .arg("-i")
+            .arg(format!("{}@@{offset}", image.display()))
+            .arg("::/")
+            .arg(&out.0),
     );
     let mine = ours(&image, partition, false);
     assert!(mine.len() >= 5, "{mine:?}");

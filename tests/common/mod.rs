@@ -17,7 +17,11 @@ pub fn fixtures() -> PathBuf {
 
 pub fn fixture(name: &str) -> PathBuf {
     let p = fixtures().join(name);
-    assert!(p.exists(), "fixture {} is missing: run scripts/make-fixtures.sh", p.display());
+    assert!(
+        p.exists(),
+        "fixture {} is missing: run scripts/make-fixtures.sh",
+        p.display()
+    );
     p
 }
 
@@ -41,7 +45,10 @@ pub fn amiforge() -> Command {
 pub fn run(args: &[&std::ffi::OsStr]) -> Output {
     let out = amiforge().args(args).output().expect("amiforge runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "amiforge panicked on {args:?}: {stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "amiforge panicked on {args:?}: {stderr}"
+    );
     out
 }
 
@@ -49,7 +56,11 @@ pub fn run(args: &[&std::ffi::OsStr]) -> Output {
 pub fn ok(args: &[&str]) -> Vec<u8> {
     let os: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
     let out = run(&os);
-    assert!(out.status.success(), "amiforge {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "amiforge {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -60,7 +71,11 @@ pub fn json(args: &[&str]) -> serde_json::Value {
 /// Runs a command with a deadline; returns (exit code or None if killed by a signal,
 /// stderr), or panics when the deadline passes.
 pub fn run_with_deadline(cmd: &mut Command, deadline: Duration) -> (Option<i32>, String) {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let started = Instant::now();
     let mut stderr = child.stderr.take().expect("stderr");
     let reader = std::thread::spawn(move || {
@@ -105,7 +120,11 @@ pub fn tool(name: &str) -> Command {
 
 pub fn tool_output(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().expect("tool runs");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 

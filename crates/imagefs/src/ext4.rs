@@ -8,7 +8,11 @@ use std::sync::Arc;
 struct Reader(Arc<dyn BlockSource>);
 
 impl Ext4Read for Reader {
-    fn read(&mut self, start_byte: u64, dst: &mut [u8]) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
         Ok(self.0.read_exact_at(dst, start_byte)?)
     }
 }
@@ -23,22 +27,51 @@ fn convert(kind: FsKind, path: &[u8], e: Ext4Error) -> Error {
     let p = show(path);
     match e {
         Ext4Error::NotFound => Error::NotFound { path: p },
-        Ext4Error::IsADirectory => Error::WrongType { path: p, reason: "is a directory" },
-        Ext4Error::NotADirectory => Error::WrongType { path: p, reason: "not a directory" },
-        Ext4Error::NotASymlink => Error::WrongType { path: p, reason: "not a symlink" },
-        Ext4Error::IsASpecialFile => Error::WrongType { path: p, reason: "is a special file" },
+        Ext4Error::IsADirectory => Error::WrongType {
+            path: p,
+            reason: "is a directory",
+        },
+        Ext4Error::NotADirectory => Error::WrongType {
+            path: p,
+            reason: "not a directory",
+        },
+        Ext4Error::NotASymlink => Error::WrongType {
+            path: p,
+            reason: "not a symlink",
+        },
+        Ext4Error::IsASpecialFile => Error::WrongType {
+            path: p,
+            reason: "is a special file",
+        },
         Ext4Error::Io(source) => Error::Read { path: p, source },
-        Ext4Error::Incompatible(i) => Error::Unsupported { kind: kind.name(), reason: i.to_string() },
-        Ext4Error::Encrypted => Error::Unsupported { kind: kind.name(), reason: format!("{p} is encrypted") },
-        other => Error::Corrupt { kind: kind.name(), path: Some(p), reason: other.to_string() },
+        Ext4Error::Incompatible(i) => Error::Unsupported {
+            kind: kind.name(),
+            reason: i.to_string(),
+        },
+        Ext4Error::Encrypted => Error::Unsupported {
+            kind: kind.name(),
+            reason: format!("{p} is encrypted"),
+        },
+        other => Error::Corrupt {
+            kind: kind.name(),
+            path: Some(p),
+            reason: other.to_string(),
+        },
     }
 }
 
 impl Ext4Fs {
     pub(crate) fn open(source: Arc<dyn BlockSource>, kind: FsKind) -> Result<Self> {
         let fs = Ext4::load(Box::new(Reader(source))).map_err(|e| match convert(kind, b"", e) {
-            Error::Corrupt { kind, reason, .. } => Error::Corrupt { kind, path: None, reason },
-            Error::Read { source, .. } => Error::Read { path: "(superblock)".into(), source },
+            Error::Corrupt { kind, reason, .. } => Error::Corrupt {
+                kind,
+                path: None,
+                reason,
+            },
+            Error::Read { source, .. } => Error::Read {
+                path: "(superblock)".into(),
+                source,
+            },
             other => other,
         })?;
         Ok(Self { fs, kind })
@@ -108,7 +141,10 @@ impl Filesystem for Ext4Fs {
                 child.extend_from_slice(&name);
                 convert(self.kind, &child, e)
             })?;
-            out.push(DirEntry { name, metadata: metadata(&m) });
+            out.push(DirEntry {
+                name,
+                metadata: metadata(&m),
+            });
         }
         Ok(out)
     }

@@ -82,7 +82,9 @@ pub enum Error {
 }
 
 fn at(path: &Option<String>) -> String {
-    path.as_ref().map(|p| format!(" at {p}")).unwrap_or_default()
+    path.as_ref()
+        .map(|p| format!(" at {p}"))
+        .unwrap_or_default()
 }
 
 /// Result alias for this crate.
@@ -174,7 +176,10 @@ pub trait Filesystem {
             if n == 0 {
                 return Ok(total);
             }
-            out.write_all(&buf[..n]).map_err(|e| Error::Read { path: "(output)".into(), source: Box::new(e) })?;
+            out.write_all(&buf[..n]).map_err(|e| Error::Read {
+                path: "(output)".into(),
+                source: Box::new(e),
+            })?;
             total += n as u64;
         }
     }
@@ -182,7 +187,10 @@ pub trait Filesystem {
     /// Reads at most the first `n` bytes of a regular file.
     fn read_head(&self, path: &[u8], n: u64) -> Result<Vec<u8>> {
         let mut buf = Vec::new();
-        self.open(path)?.take(n).read_to_end(&mut buf).map_err(|e| read_error(path, e))?;
+        self.open(path)?
+            .take(n)
+            .read_to_end(&mut buf)
+            .map_err(|e| read_error(path, e))?;
         Ok(buf)
     }
 
@@ -190,7 +198,11 @@ pub trait Filesystem {
     fn read_file(&self, path: &[u8], limit: u64) -> Result<Vec<u8>> {
         let size = self.stat(path)?.size;
         if size > limit {
-            return Err(Error::TooLarge { path: show(path), size, limit });
+            return Err(Error::TooLarge {
+                path: show(path),
+                size,
+                limit,
+            });
         }
         let data = self.read_head(path, size)?;
         if data.len() as u64 != size {
@@ -214,7 +226,10 @@ pub trait Filesystem {
 const COPY_CHUNK: usize = 256 * 1024;
 
 fn read_error(path: &[u8], e: std::io::Error) -> Error {
-    Error::Read { path: show(path), source: Box::new(e) }
+    Error::Read {
+        path: show(path),
+        source: Box::new(e),
+    }
 }
 
 /// Shows a byte path for messages and reports: UTF-8 as it is, every byte that is
@@ -256,7 +271,9 @@ pub fn resolve<F: Filesystem + ?Sized>(fs: &F, path: &[u8]) -> Result<Vec<u8>> {
         let meta = fs.metadata(&here).map_err(|e| match e {
             Error::NotFound { .. } if here != path => {
                 let how = if hops > 0 { "resolved to" } else { "no" };
-                Error::NotFound { path: format!("{} ({how} {})", show(path), show(&here)) }
+                Error::NotFound {
+                    path: format!("{} ({how} {})", show(path), show(&here)),
+                }
             }
             other => other,
         })?;
@@ -307,8 +324,13 @@ pub fn join(parts: &[Vec<u8>]) -> Vec<u8> {
 /// Opens a readable filesystem on `source`. `kind` comes from [`probe`].
 pub fn open(source: Arc<dyn blockio::BlockSource>, kind: FsKind) -> Result<Box<dyn Filesystem>> {
     match kind {
-        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => Ok(Box::new(ext4::Ext4Fs::open(source, kind)?)),
+        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => {
+            Ok(Box::new(ext4::Ext4Fs::open(source, kind)?))
+        }
         FsKind::Vfat => Ok(Box::new(fat::FatFs::open(source)?)),
-        other => Err(Error::Unsupported { kind: other.name(), reason: "no reader for this filesystem".into() }),
+        other => Err(Error::Unsupported {
+            kind: other.name(),
+            reason: "no reader for this filesystem".into(),
+        }),
     }
 }

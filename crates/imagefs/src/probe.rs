@@ -63,7 +63,10 @@ impl FsKind {
 
     /// Can amiforge read files from it?
     pub fn readable(self) -> bool {
-        matches!(self, FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 | FsKind::Vfat)
+        matches!(
+            self,
+            FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 | FsKind::Vfat
+        )
     }
 }
 
@@ -141,7 +144,10 @@ pub fn probe_bytes(b: &[u8]) -> FsKind {
     if has(b, 0x8001, b"CD001") {
         return FsKind::Iso9660;
     }
-    if SWAP_PAGE_SIZES.iter().any(|&p| has(b, p - 10, b"SWAPSPACE2") || has(b, p - 10, b"SWAP-SPACE")) {
+    if SWAP_PAGE_SIZES
+        .iter()
+        .any(|&p| has(b, p - 10, b"SWAPSPACE2") || has(b, p - 10, b"SWAP-SPACE"))
+    {
         return FsKind::Swap;
     }
     if is_fat(b) {
@@ -188,10 +194,16 @@ mod tests {
         assert_eq!(probe_bytes(&at(0, b"LUKS\xba\xbe\x00\x02")), FsKind::Luks);
         assert_eq!(probe_bytes(&at(4086, b"SWAPSPACE2")), FsKind::Swap);
         assert_eq!(probe_bytes(&at(0, b"hsqs")), FsKind::Squashfs);
-        assert_eq!(probe_bytes(&at(1024, &EROFS_MAGIC.to_le_bytes())), FsKind::Erofs);
+        assert_eq!(
+            probe_bytes(&at(1024, &EROFS_MAGIC.to_le_bytes())),
+            FsKind::Erofs
+        );
         assert_eq!(probe_bytes(&at(3, b"NTFS    ")), FsKind::Ntfs);
         assert_eq!(probe_bytes(&at(0x8001, b"CD001")), FsKind::Iso9660);
-        assert_eq!(probe_bytes(&at(1024 + 56, &EXT_MAGIC.to_le_bytes())), FsKind::Ext2);
+        assert_eq!(
+            probe_bytes(&at(1024 + 56, &EXT_MAGIC.to_le_bytes())),
+            FsKind::Ext2
+        );
         assert_eq!(probe_bytes(&vec![0u8; 4096]), FsKind::Empty);
         assert_eq!(probe_bytes(&at(7, b"junk")), FsKind::Unknown);
         let mut lvm = at(512, b"LABELONE");

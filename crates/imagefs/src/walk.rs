@@ -14,7 +14,10 @@ pub struct WalkLimits {
 impl Default for WalkLimits {
     fn default() -> Self {
         // Real root filesystems nest a few dozen levels and hold a few million files.
-        Self { max_depth: 128, max_entries: 20_000_000 }
+        Self {
+            max_depth: 128,
+            max_entries: 20_000_000,
+        }
     }
 }
 
@@ -48,14 +51,22 @@ pub struct WalkOutcome {
 /// Visits every entry under `root` in depth-first, name-sorted order. Symlinks are
 /// reported, not followed, so a link cannot lead the walk outside the filesystem or
 /// around in a loop.
-pub fn walk(fs: &dyn Filesystem, root: &[u8], limits: WalkLimits, mut visit: impl FnMut(&WalkEntry)) -> WalkOutcome {
+pub fn walk(
+    fs: &dyn Filesystem,
+    root: &[u8],
+    limits: WalkLimits,
+    mut visit: impl FnMut(&WalkEntry),
+) -> WalkOutcome {
     let mut out = WalkOutcome::default();
     let mut stack: Vec<(Vec<u8>, usize)> = vec![(root.to_vec(), 0)];
     while let Some((dir, depth)) = stack.pop() {
         let mut entries = match fs.read_dir(&dir) {
             Ok(e) => e,
             Err(e) => {
-                out.problems.push(WalkProblem { path: show(&dir), reason: e.to_string() });
+                out.problems.push(WalkProblem {
+                    path: show(&dir),
+                    reason: e.to_string(),
+                });
                 continue;
             }
         };
@@ -76,13 +87,19 @@ pub fn walk(fs: &dyn Filesystem, root: &[u8], limits: WalkLimits, mut visit: imp
             }
             path.extend_from_slice(&entry.name);
             let is_dir = entry.metadata.kind == FileKind::Dir;
-            let e = WalkEntry { path, metadata: entry.metadata };
+            let e = WalkEntry {
+                path,
+                metadata: entry.metadata,
+            };
             visit(&e);
             if is_dir {
                 if depth + 1 >= limits.max_depth {
                     out.problems.push(WalkProblem {
                         path: show(&e.path),
-                        reason: format!("deeper than {} levels (a directory cycle?); not entered", limits.max_depth),
+                        reason: format!(
+                            "deeper than {} levels (a directory cycle?); not entered",
+                            limits.max_depth
+                        ),
                     });
                 } else {
                     subdirs.push((e.path, depth + 1));

@@ -96,7 +96,10 @@ pub(crate) struct Identity {
 }
 
 pub(crate) fn identify(fs: &dyn Filesystem) -> Identity {
-    let mut id = Identity { os: os_release(fs), ..Default::default() };
+    let mut id = Identity {
+        os: os_release(fs),
+        ..Default::default()
+    };
     id.architecture = architecture(fs, &mut id.problems);
     id.kernels = kernels(fs, b"/boot", &mut id.problems);
     id
@@ -117,20 +120,32 @@ pub fn parse_key_values(text: &str) -> Vec<(String, String)> {
                 .and_then(|v| v.strip_suffix('"'))
                 .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
                 .unwrap_or(v);
-            Some((k.trim().to_string(), v.replace("\\\"", "\"").replace("\\$", "$").replace("\\\\", "\\")))
+            Some((
+                k.trim().to_string(),
+                v.replace("\\\"", "\"")
+                    .replace("\\$", "$")
+                    .replace("\\\\", "\\"),
+            ))
         })
         .collect()
 }
 
 fn read_text(fs: &dyn Filesystem, path: &[u8]) -> Option<String> {
-    fs.read_file(path, TEXT_LIMIT).ok().map(|b| String::from_utf8_lossy(&b).into_owned())
+    fs.read_file(path, TEXT_LIMIT)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 fn os_release(fs: &dyn Filesystem) -> Option<OsRelease> {
     for path in OS_RELEASE_PATHS {
         if let Some(text) = read_text(fs, path) {
             let kv = parse_key_values(&text);
-            let get = |k: &str| kv.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+            let get = |k: &str| {
+                kv.iter()
+                    .rev()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+            };
             return Some(OsRelease {
                 id: get("ID"),
                 version_id: get("VERSION_ID"),
@@ -144,7 +159,12 @@ fn os_release(fs: &dyn Filesystem) -> Option<OsRelease> {
     }
     if let Some(text) = read_text(fs, b"/etc/lsb-release") {
         let kv = parse_key_values(&text);
-        let get = |k: &str| kv.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let get = |k: &str| {
+            kv.iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
         return Some(OsRelease {
             id: get("DISTRIB_ID").map(|s| s.to_lowercase()),
             version_id: get("DISTRIB_RELEASE"),
@@ -163,7 +183,10 @@ fn os_release(fs: &dyn Filesystem) -> Option<OsRelease> {
     ] {
         if let Some(text) = read_text(fs, path) {
             let line = text.lines().next().unwrap_or("").trim().to_string();
-            let version = line.split_whitespace().find(|w| w.starts_with(|c: char| c.is_ascii_digit())).map(str::to_string);
+            let version = line
+                .split_whitespace()
+                .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+                .map(str::to_string);
             return Some(OsRelease {
                 id: Some(id.into()),
                 version_id: version,
@@ -183,7 +206,11 @@ pub fn elf_architecture(head: &[u8]) -> Option<&'static str> {
     }
     let class64 = head[4] == 2;
     let big_endian = head[5] == 2;
-    let machine = if big_endian { u16::from_be_bytes([head[18], head[19]]) } else { u16::from_le_bytes([head[18], head[19]]) };
+    let machine = if big_endian {
+        u16::from_be_bytes([head[18], head[19]])
+    } else {
+        u16::from_le_bytes([head[18], head[19]])
+    };
     Some(match (machine, class64) {
         (0x3e, _) => "x86_64",
         (0xb7, _) => "arm64",
@@ -199,7 +226,10 @@ pub fn elf_architecture(head: &[u8]) -> Option<&'static str> {
     })
 }
 
-fn architecture(fs: &dyn Filesystem, problems: &mut Vec<(String, String)>) -> Option<(String, String)> {
+fn architecture(
+    fs: &dyn Filesystem,
+    problems: &mut Vec<(String, String)>,
+) -> Option<(String, String)> {
     for path in ELF_CANDIDATES {
         match fs.read_head(path, 64) {
             Ok(head) => {
@@ -234,7 +264,10 @@ pub(crate) fn compare_versions(a: &str, b: &str) -> Ordering {
         }
         out
     }
-    parts(a).iter().map(|(n, t)| (t.clone(), *n)).cmp(parts(b).iter().map(|(n, t)| (t.clone(), *n)))
+    parts(a)
+        .iter()
+        .map(|(n, t)| (t.clone(), *n))
+        .cmp(parts(b).iter().map(|(n, t)| (t.clone(), *n)))
 }
 
 fn child(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -247,13 +280,19 @@ fn child(dir: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 /// Kernels of a root filesystem: images in `boot_dir` and module trees.
-fn kernels(fs: &dyn Filesystem, boot_dir: &[u8], problems: &mut Vec<(String, String)>) -> Vec<Kernel> {
+fn kernels(
+    fs: &dyn Filesystem,
+    boot_dir: &[u8],
+    problems: &mut Vec<(String, String)>,
+) -> Vec<Kernel> {
     let mut found: Vec<Kernel> = Vec::new();
     add_kernel_images(fs, boot_dir, &mut found);
     let mut seen_dirs = Vec::new();
     for dir in MODULE_DIRS {
         // /lib is a symlink to /usr/lib on merged systems: visit each real dir once.
-        let Ok(real) = imagefs::resolve(fs, dir) else { continue };
+        let Ok(real) = imagefs::resolve(fs, dir) else {
+            continue;
+        };
         if seen_dirs.contains(&real) {
             continue;
         }
@@ -266,7 +305,10 @@ fn kernels(fs: &dyn Filesystem, boot_dir: &[u8], problems: &mut Vec<(String, Str
                 continue;
             }
         };
-        for e in entries.into_iter().filter(|e| e.metadata.kind == FileKind::Dir) {
+        for e in entries
+            .into_iter()
+            .filter(|e| e.metadata.kind == FileKind::Dir)
+        {
             let version = String::from_utf8_lossy(&e.name).into_owned();
             let mdir = child(&real, &e.name);
             let (ena, nvme) = module_drivers(fs, &mdir);
@@ -276,7 +318,13 @@ fn kernels(fs: &dyn Filesystem, boot_dir: &[u8], problems: &mut Vec<(String, Str
                     k.ena = ena;
                     k.nvme = nvme;
                 }
-                None => found.push(Kernel { version, image: None, modules: Some(show(&mdir)), ena, nvme }),
+                None => found.push(Kernel {
+                    version,
+                    image: None,
+                    modules: Some(show(&mdir)),
+                    ena,
+                    nvme,
+                }),
             }
         }
     }
@@ -284,17 +332,27 @@ fn kernels(fs: &dyn Filesystem, boot_dir: &[u8], problems: &mut Vec<(String, Str
 }
 
 fn add_kernel_images(fs: &dyn Filesystem, dir: &[u8], found: &mut Vec<Kernel>) {
-    let Ok(entries) = fs.read_dir(dir) else { return };
+    let Ok(entries) = fs.read_dir(dir) else {
+        return;
+    };
     for e in entries {
         let name = String::from_utf8_lossy(&e.name).into_owned();
-        let Some(version) = KERNEL_PREFIXES.iter().find_map(|p| name.strip_prefix(p)) else { continue };
+        let Some(version) = KERNEL_PREFIXES.iter().find_map(|p| name.strip_prefix(p)) else {
+            continue;
+        };
         if e.metadata.kind == FileKind::Dir || version.is_empty() {
             continue;
         }
         let image = Some(show(&child(dir, &e.name)));
         match found.iter_mut().find(|k| k.version == version) {
             Some(k) => k.image = image,
-            None => found.push(Kernel { version: version.to_string(), image, modules: None, ena: false, nvme: false }),
+            None => found.push(Kernel {
+                version: version.to_string(),
+                image,
+                modules: None,
+                ena: false,
+                nvme: false,
+            }),
         }
     }
 }
@@ -308,7 +366,10 @@ pub(crate) fn add_boot_kernels(fs: &dyn Filesystem, found: &mut Vec<Kernel>) {
 /// modules.dep, or its .ko file (compressed or not) exists.
 fn module_drivers(fs: &dyn Filesystem, mdir: &[u8]) -> (bool, bool) {
     let mut lists = String::new();
-    for (name, limit) in [(&b"modules.builtin"[..], TEXT_LIMIT), (b"modules.dep", MODULES_DEP_LIMIT)] {
+    for (name, limit) in [
+        (&b"modules.builtin"[..], TEXT_LIMIT),
+        (b"modules.dep", MODULES_DEP_LIMIT),
+    ] {
         if let Ok(b) = fs.read_file(&child(mdir, name), limit) {
             lists.push_str(&String::from_utf8_lossy(&b));
             lists.push('\n');
@@ -318,11 +379,15 @@ fn module_drivers(fs: &dyn Filesystem, mdir: &[u8]) -> (bool, bool) {
         lists.lines().any(|l| {
             let path = l.split(':').next().unwrap_or("");
             let file = path.rsplit('/').next().unwrap_or("");
-            file.strip_prefix(module).is_some_and(|rest| rest == ".ko" || rest.starts_with(".ko."))
+            file.strip_prefix(module)
+                .is_some_and(|rest| rest == ".ko" || rest.starts_with(".ko."))
         })
     };
     let file_exists = |rel: &str| {
-        ["", ".xz", ".zst", ".gz"].iter().any(|ext| fs.stat(&child(mdir, format!("{rel}{ext}").as_bytes())).is_ok())
+        ["", ".xz", ".zst", ".gz"].iter().any(|ext| {
+            fs.stat(&child(mdir, format!("{rel}{ext}").as_bytes()))
+                .is_ok()
+        })
     };
     let ena = listed("ena") || file_exists("kernel/drivers/net/ethernet/amazon/ena/ena.ko");
     let nvme = listed("nvme") || file_exists("kernel/drivers/nvme/host/nvme.ko");
@@ -339,11 +404,19 @@ pub(crate) fn boot_mode(image: &Image) -> (BootMode, Vec<String>) {
         let p = &v.partition;
         if p.is_esp() {
             uefi = true;
-            let loaders = v.open().ok().map(|fs| efi_loaders(&*fs)).unwrap_or_default();
+            let loaders = v
+                .open()
+                .ok()
+                .map(|fs| efi_loaders(&*fs))
+                .unwrap_or_default();
             if loaders.is_empty() {
                 evidence.push(format!("partition {} is an EFI system partition", p.number));
             } else {
-                evidence.push(format!("partition {} is an EFI system partition holding {}", p.number, loaders.join(", ")));
+                evidence.push(format!(
+                    "partition {} is an EFI system partition holding {}",
+                    p.number,
+                    loaders.join(", ")
+                ));
             }
         }
         if p.is_bios_boot() {
@@ -355,7 +428,10 @@ pub(crate) fn boot_mode(image: &Image) -> (BootMode, Vec<String>) {
         legacy = true;
         evidence.push("sector 0 holds MBR boot code".into());
     }
-    if table.kind == partition::TableKind::Mbr && table.partitions.iter().any(|p| p.bootable) && !legacy {
+    if table.kind == partition::TableKind::Mbr
+        && table.partitions.iter().any(|p| p.bootable)
+        && !legacy
+    {
         legacy = true;
         evidence.push("an MBR partition is marked bootable".into());
     }
@@ -374,7 +450,9 @@ pub(crate) fn boot_mode(image: &Image) -> (BootMode, Vec<String>) {
 /// The .efi files under /EFI/*/ of an ESP.
 fn efi_loaders(fs: &dyn Filesystem) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(vendors) = fs.read_dir(b"/EFI") else { return out };
+    let Ok(vendors) = fs.read_dir(b"/EFI") else {
+        return out;
+    };
     for v in vendors.iter().filter(|v| v.metadata.kind == FileKind::Dir) {
         let dir = child(b"/EFI", &v.name);
         for f in fs.read_dir(&dir).unwrap_or_default() {
@@ -393,7 +471,9 @@ mod tests {
 
     #[test]
     fn os_release_values_may_be_quoted_or_bare() {
-        let kv = parse_key_values("# c\nID=debian\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_ID='12'\n");
+        let kv = parse_key_values(
+            "# c\nID=debian\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_ID='12'\n",
+        );
         assert_eq!(kv[0], ("ID".into(), "debian".into()));
         assert_eq!(kv[1].1, "Debian GNU/Linux 12 (bookworm)");
         assert_eq!(kv[2].1, "12");
@@ -415,8 +495,21 @@ mod tests {
 
     #[test]
     fn kernel_versions_sort_numerically() {
-        let mut v = vec!["6.10.0-1-amd64", "6.1.0-13-amd64", "6.1.0-9-amd64", "5.15.0"];
+        let mut v = vec![
+            "6.10.0-1-amd64",
+            "6.1.0-13-amd64",
+            "6.1.0-9-amd64",
+            "5.15.0",
+        ];
         v.sort_by(|a, b| compare_versions(a, b));
-        assert_eq!(v, vec!["5.15.0", "6.1.0-9-amd64", "6.1.0-13-amd64", "6.10.0-1-amd64"]);
+        assert_eq!(
+            v,
+            vec![
+                "5.15.0",
+                "6.1.0-9-amd64",
+                "6.1.0-13-amd64",
+                "6.10.0-1-amd64"
+            ]
+        );
     }
 }

@@ -14,7 +14,7 @@
 mod identity;
 
 use blockio::{BlockSource, FileSource, Window};
-use imagefs::{FsKind, Filesystem};
+use imagefs::{Filesystem, FsKind};
 use partition::{Partition, PartitionTable, TableKind};
 use serde::Serialize;
 use std::path::Path;
@@ -156,8 +156,10 @@ impl Image {
 
     /// Like [`Image::open`], over any source.
     pub fn from_source(source: Arc<dyn BlockSource>) -> Result<Self> {
-        let table =
-            partition::read_table(&*source).map_err(|e| Error::Table { path: source.name(), source: e })?;
+        let table = partition::read_table(&*source).map_err(|e| Error::Table {
+            path: source.name(),
+            source: e,
+        })?;
         let parts = if table.kind == TableKind::None {
             vec![Partition {
                 number: 0,
@@ -173,8 +175,15 @@ impl Image {
         } else {
             table.partitions.clone()
         };
-        let volumes = parts.into_iter().map(|p| Volume::probe(&source, p)).collect();
-        Ok(Self { source, table, volumes })
+        let volumes = parts
+            .into_iter()
+            .map(|p| Volume::probe(&source, p))
+            .collect();
+        Ok(Self {
+            source,
+            table,
+            volumes,
+        })
     }
 
     /// The partition table.
@@ -198,15 +207,22 @@ impl Image {
             .volumes
             .iter()
             .find(|v| v.partition.number == number)
-            .ok_or_else(|| Error::NoFilesystem(format!("{}: no partition {number}", self.source.name())))?;
-        v.open().map_err(|why| Error::NoFilesystem(format!("{}: partition {number}: {why}", self.source.name())))
+            .ok_or_else(|| {
+                Error::NoFilesystem(format!("{}: no partition {number}", self.source.name()))
+            })?;
+        v.open().map_err(|why| {
+            Error::NoFilesystem(format!("{}: partition {number}: {why}", self.source.name()))
+        })
     }
 
     /// The partition holding the root filesystem: the first readable filesystem with
     /// an os-release file, else the first with an /etc directory.
     pub fn root_partition(&self) -> Option<u32> {
-        let readable: Vec<(u32, Box<dyn Filesystem>)> =
-            self.volumes.iter().filter_map(|v| Some((v.partition.number, v.open().ok()?))).collect();
+        let readable: Vec<(u32, Box<dyn Filesystem>)> = self
+            .volumes
+            .iter()
+            .filter_map(|v| Some((v.partition.number, v.open().ok()?)))
+            .collect();
         let has = |fs: &dyn Filesystem, p: &[u8]| fs.stat(p).is_ok();
         readable
             .iter()
@@ -237,7 +253,10 @@ impl Image {
                         reason: reason.clone(),
                     });
                 }
-                PartitionReport { partition: v.partition.clone(), filesystem: FilesystemReport { kind, examined } }
+                PartitionReport {
+                    partition: v.partition.clone(),
+                    filesystem: FilesystemReport { kind, examined },
+                }
             })
             .collect();
         let table = &self.table;
@@ -257,8 +276,17 @@ impl Image {
                 identity::add_boot_kernels(&*fs, &mut found.kernels);
             }
         }
-        found.kernels.sort_by(|a, b| identity::compare_versions(&a.version, &b.version));
-        let drivers = found.kernels.last().map(|k| Drivers { ena: k.ena, nvme: k.nvme }).unwrap_or_default();
+        found
+            .kernels
+            .sort_by(|a, b| identity::compare_versions(&a.version, &b.version));
+        let drivers = found
+            .kernels
+            .last()
+            .map(|k| Drivers {
+                ena: k.ena,
+                nvme: k.nvme,
+            })
+            .unwrap_or_default();
         let (boot_mode, boot_evidence) = identity::boot_mode(self);
         if root_partition.is_none() {
             not_examined.push(NotExamined {
@@ -268,7 +296,11 @@ impl Image {
             });
         }
         for (path, reason) in found.problems {
-            not_examined.push(NotExamined { partition: root_partition, what: path, reason });
+            not_examined.push(NotExamined {
+                partition: root_partition,
+                what: path,
+                reason,
+            });
         }
         Report {
             image: self.source.name(),
@@ -299,13 +331,23 @@ impl Volume {
     fn probe(disk: &Arc<dyn BlockSource>, partition: Partition) -> Self {
         let number = partition.number;
         if partition.extended {
-            return Self { partition, window: None, kind: None, problem: None };
+            return Self {
+                partition,
+                window: None,
+                kind: None,
+                problem: None,
+            };
         }
         let window = match Window::new(disk.clone(), partition.start, partition.size) {
             Ok(w) => Arc::new(w.with_label(format!("partition {number}"))) as Arc<dyn BlockSource>,
             Err(e) => {
                 let problem = Some(format!("partition lies outside the image: {e}"));
-                return Self { partition, window: None, kind: None, problem };
+                return Self {
+                    partition,
+                    window: None,
+                    kind: None,
+                    problem,
+                };
             }
         };
         let (kind, problem) = match imagefs::probe(&*window) {
@@ -316,7 +358,12 @@ impl Volume {
             },
             Ok(kind) => (Some(kind), Some(unreadable_reason(&partition, kind))),
         };
-        Self { partition, window: Some(window), kind, problem }
+        Self {
+            partition,
+            window: Some(window),
+            kind,
+            problem,
+        }
     }
 
     /// Opens its filesystem, or says why not.
@@ -334,10 +381,16 @@ impl Volume {
 fn unreadable_reason(p: &Partition, kind: FsKind) -> String {
     match kind {
         FsKind::Lvm2 => "LVM2 physical volume: logical volumes are not read yet".into(),
-        FsKind::Luks => "LUKS encrypted container: its content cannot be read without the key".into(),
+        FsKind::Luks => {
+            "LUKS encrypted container: its content cannot be read without the key".into()
+        }
         FsKind::Swap => "Linux swap: no files; swap can hold secrets from memory".into(),
-        FsKind::Empty if p.is_bios_boot() => "BIOS boot partition: empty (no boot loader installed)".into(),
-        FsKind::Unknown if p.is_bios_boot() => "BIOS boot partition: raw boot loader code, no filesystem".into(),
+        FsKind::Empty if p.is_bios_boot() => {
+            "BIOS boot partition: empty (no boot loader installed)".into()
+        }
+        FsKind::Unknown if p.is_bios_boot() => {
+            "BIOS boot partition: raw boot loader code, no filesystem".into()
+        }
         FsKind::Empty => "holds only zeros where a filesystem would start".into(),
         FsKind::Unknown => "no known filesystem signature".into(),
         other => format!("{}: no reader for this filesystem yet", other.name()),

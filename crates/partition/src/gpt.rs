@@ -1,7 +1,10 @@
 //! GUID Partition Table: headers with CRC checks, the backup header as a fallback,
 //! 512- and 4096-byte logical sectors.
 
-use crate::{le32, le64, read_at, Error, Partition, PartitionTable, PartitionType, Result, TableKind, SECTOR_SIZES};
+use crate::{
+    le32, le64, read_at, Error, Partition, PartitionTable, PartitionType, Result, TableKind,
+    SECTOR_SIZES,
+};
 use blockio::BlockSource;
 
 /// Type GUID of the EFI system partition.
@@ -56,9 +59,15 @@ pub fn format_guid(b: &[u8; 16]) -> String {
     )
 }
 
-fn read_header(disk: &dyn BlockSource, sector_size: u32, lba: u64) -> std::result::Result<Header, Problem> {
+fn read_header(
+    disk: &dyn BlockSource,
+    sector_size: u32,
+    lba: u64,
+) -> std::result::Result<Header, Problem> {
     let ss = u64::from(sector_size);
-    let offset = lba.checked_mul(ss).ok_or_else(|| Problem::Damaged("header LBA overflows".into()))?;
+    let offset = lba
+        .checked_mul(ss)
+        .ok_or_else(|| Problem::Damaged("header LBA overflows".into()))?;
     let mut sector = vec![0u8; sector_size as usize];
     if disk.read_exact_at(&mut sector, offset).is_err() {
         return Err(Problem::NoSignature);
@@ -69,18 +78,24 @@ fn read_header(disk: &dyn BlockSource, sector_size: u32, lba: u64) -> std::resul
     let damaged = |s: String| Problem::Damaged(s);
     let header_size = le32(&sector, 12) as usize;
     if !(MIN_HEADER_SIZE..=sector.len()).contains(&header_size) {
-        return Err(damaged(format!("header size {header_size} outside {MIN_HEADER_SIZE}..={sector_size}")));
+        return Err(damaged(format!(
+            "header size {header_size} outside {MIN_HEADER_SIZE}..={sector_size}"
+        )));
     }
     let stored_crc = le32(&sector, 16);
     let mut copy = sector[..header_size].to_vec();
     copy[16..20].fill(0);
     let crc = crc32fast::hash(&copy);
     if crc != stored_crc {
-        return Err(damaged(format!("header CRC32 is {stored_crc:#010x}, computed {crc:#010x}")));
+        return Err(damaged(format!(
+            "header CRC32 is {stored_crc:#010x}, computed {crc:#010x}"
+        )));
     }
     let my_lba = le64(&sector, 24);
     if my_lba != lba {
-        return Err(damaged(format!("header says it lives at LBA {my_lba}, found at LBA {lba}")));
+        return Err(damaged(format!(
+            "header says it lives at LBA {my_lba}, found at LBA {lba}"
+        )));
     }
     let alternate_lba = le64(&sector, 32);
     let mut disk_guid = [0u8; 16];
@@ -89,8 +104,13 @@ fn read_header(disk: &dyn BlockSource, sector_size: u32, lba: u64) -> std::resul
     let entry_count = le32(&sector, 80);
     let entry_size = le32(&sector, 84);
     let entries_crc = le32(&sector, 88);
-    if entry_size < ENTRY_SIZE as u32 || entry_size > MAX_ENTRY_SIZE || entry_size % ENTRY_SIZE as u32 != 0 {
-        return Err(damaged(format!("partition entry size {entry_size} is not a multiple of 128 up to {MAX_ENTRY_SIZE}")));
+    if entry_size < ENTRY_SIZE as u32
+        || entry_size > MAX_ENTRY_SIZE
+        || entry_size % ENTRY_SIZE as u32 != 0
+    {
+        return Err(damaged(format!(
+            "partition entry size {entry_size} is not a multiple of 128 up to {MAX_ENTRY_SIZE}"
+        )));
     }
     let array_bytes = u64::from(entry_count) * u64::from(entry_size);
     if array_bytes > MAX_ENTRY_ARRAY_BYTES {
@@ -100,17 +120,37 @@ fn read_header(disk: &dyn BlockSource, sector_size: u32, lba: u64) -> std::resul
     }
     let array_offset = entries_lba
         .checked_mul(ss)
-        .filter(|o| o.checked_add(array_bytes).is_some_and(|end| end <= disk.len()))
-        .ok_or_else(|| damaged(format!("partition entry array at LBA {entries_lba} lies outside the image")))?;
-    let entries = read_at(disk, "GPT partition entry array", array_offset, array_bytes as usize)
-        .map_err(|e| damaged(e.to_string()))?;
+        .filter(|o| {
+            o.checked_add(array_bytes)
+                .is_some_and(|end| end <= disk.len())
+        })
+        .ok_or_else(|| {
+            damaged(format!(
+                "partition entry array at LBA {entries_lba} lies outside the image"
+            ))
+        })?;
+    let entries = read_at(
+        disk,
+        "GPT partition entry array",
+        array_offset,
+        array_bytes as usize,
+    )
+    .map_err(|e| damaged(e.to_string()))?;
     let crc = crc32fast::hash(&entries);
     if crc != entries_crc {
         return Err(damaged(format!(
             "partition entry array CRC32 is {entries_crc:#010x}, computed {crc:#010x}"
         )));
     }
-    Ok(Header { sector_size, lba, alternate_lba, disk_guid, entries, entry_count, entry_size })
+    Ok(Header {
+        sector_size,
+        lba,
+        alternate_lba,
+        disk_guid,
+        entries,
+        entry_count,
+        entry_size,
+    })
 }
 
 /// Reads a GPT if there is one. `Ok(None)` means no GPT signature anywhere.
@@ -143,11 +183,17 @@ pub(crate) fn read(disk: &dyn BlockSource) -> Result<Option<PartitionTable>> {
                     Some((_, why)) => format!("primary GPT header at byte {ss} is damaged ({why})"),
                     None => format!("no primary GPT header at byte {ss}"),
                 };
-                let note = format!("{why}; used the backup header at byte {}", last * u64::from(ss));
+                let note = format!(
+                    "{why}; used the backup header at byte {}",
+                    last * u64::from(ss)
+                );
                 return Ok(Some(build(disk, h, vec![note])));
             }
             Err(Problem::Damaged(backup_why)) => {
-                let primary = damage.as_ref().map(|(_, w)| w.as_str()).unwrap_or("missing");
+                let primary = damage
+                    .as_ref()
+                    .map(|(_, w)| w.as_str())
+                    .unwrap_or("missing");
                 return Err(Error::Corrupt {
                     table: "GPT",
                     offset: u64::from(ss),
@@ -186,12 +232,19 @@ fn build(disk: &dyn BlockSource, h: Header, mut notes: Vec<String>) -> Partition
         let number = i as u32 + 1;
         let first = le64(e, 32);
         let last = le64(e, 40);
-        let (Some(start), Some(end)) = (first.checked_mul(ss), last.checked_add(1).and_then(|l| l.checked_mul(ss))) else {
-            notes.push(format!("GPT entry {number}: LBAs {first}..{last} overflow; ignored"));
+        let (Some(start), Some(end)) = (
+            first.checked_mul(ss),
+            last.checked_add(1).and_then(|l| l.checked_mul(ss)),
+        ) else {
+            notes.push(format!(
+                "GPT entry {number}: LBAs {first}..{last} overflow; ignored"
+            ));
             continue;
         };
         if end <= start {
-            notes.push(format!("GPT entry {number}: last LBA {last} lies before first LBA {first}; ignored"));
+            notes.push(format!(
+                "GPT entry {number}: last LBA {last} lies before first LBA {first}; ignored"
+            ));
             continue;
         }
         if end > disk.len() {
@@ -205,8 +258,11 @@ fn build(disk: &dyn BlockSource, h: Header, mut notes: Vec<String>) -> Partition
         let mut unique = [0u8; 16];
         unique.copy_from_slice(&e[16..32]);
         let attributes = le64(e, 48);
-        let name_units: Vec<u16> =
-            e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
+        let name_units: Vec<u16> = e[56..128]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
         partitions.push(Partition {
             number,
             start,

@@ -25,7 +25,7 @@ mod mbr;
 use blockio::BlockSource;
 use serde::Serialize;
 
-pub use gpt::{format_guid, ESP_TYPE, BIOS_BOOT_TYPE};
+pub use gpt::{format_guid, BIOS_BOOT_TYPE, ESP_TYPE};
 
 /// What went wrong while reading a partition table.
 #[derive(Debug, thiserror::Error)]
@@ -185,9 +185,13 @@ pub fn read_table(disk: &dyn BlockSource) -> Result<PartitionTable> {
     if let Some(mut table) = gpt::read(disk)? {
         table.mbr = mbr_info.clone();
         if mbr_info.hybrid {
-            table.notes.push("hybrid MBR: sector 0 lists partitions beside the GPT protective entry".into());
+            table.notes.push(
+                "hybrid MBR: sector 0 lists partitions beside the GPT protective entry".into(),
+            );
         } else if !mbr_info.protective {
-            table.notes.push("no protective MBR entry (0xEE) in sector 0".into());
+            table
+                .notes
+                .push("no protective MBR entry (0xEE) in sector 0".into());
         }
         return Ok(table);
     }
@@ -215,9 +219,15 @@ pub fn read_table(disk: &dyn BlockSource) -> Result<PartitionTable> {
     })
 }
 
-pub(crate) fn read_at(disk: &dyn BlockSource, what: &'static str, offset: u64, len: usize) -> Result<Vec<u8>> {
+pub(crate) fn read_at(
+    disk: &dyn BlockSource,
+    what: &'static str,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
-    disk.read_exact_at(&mut buf, offset).map_err(|source| Error::Read { what, source })?;
+    disk.read_exact_at(&mut buf, offset)
+        .map_err(|source| Error::Read { what, source })?;
     Ok(buf)
 }
 

@@ -42,20 +42,31 @@ struct Entry {
 fn entries(s: &[u8]) -> [Entry; 4] {
     std::array::from_fn(|i| {
         let e = &s[ENTRIES_OFFSET + 16 * i..][..16];
-        Entry { status: e[0], kind: e[4], lba: le32(e, 8), sectors: le32(e, 12) }
+        Entry {
+            status: e[0],
+            kind: e[4],
+            lba: le32(e, 8),
+            sectors: le32(e, 12),
+        }
     })
 }
 
 /// A FAT or NTFS boot sector also ends in 0x55AA; its "entries" are boot code.
 fn is_filesystem_boot_sector(s: &[u8]) -> bool {
-    &s[3..11] == b"NTFS    " || &s[54..59] == b"FAT12" || &s[54..59] == b"FAT16" || &s[82..87] == b"FAT32"
+    &s[3..11] == b"NTFS    "
+        || &s[54..59] == b"FAT12"
+        || &s[54..59] == b"FAT16"
+        || &s[82..87] == b"FAT32"
 }
 
 pub(crate) fn info(s: &[u8; 512]) -> MbrInfo {
     let signature = has_signature(s);
     let es = entries(s);
     let protective = signature && es.iter().any(|e| e.kind == PROTECTIVE);
-    let others = es.iter().filter(|e| e.kind != 0 && e.kind != PROTECTIVE).count();
+    let others = es
+        .iter()
+        .filter(|e| e.kind != 0 && e.kind != PROTECTIVE)
+        .count();
     MbrInfo {
         signature,
         boot_code: s[..BOOT_CODE_LEN].iter().any(|&b| b != 0),
@@ -93,7 +104,10 @@ pub(crate) fn read(disk: &dyn BlockSource, s: &[u8; 512]) -> Result<Option<Parti
         };
         if p.extended {
             if extended.is_some() {
-                notes.push(format!("partition {}: a second extended partition; its chain is not followed", p.number));
+                notes.push(format!(
+                    "partition {}: a second extended partition; its chain is not followed",
+                    p.number
+                ));
             } else {
                 extended = Some((e.lba, e.sectors));
             }
@@ -101,7 +115,13 @@ pub(crate) fn read(disk: &dyn BlockSource, s: &[u8; 512]) -> Result<Option<Parti
         partitions.push(p);
     }
     if let Some((ext_lba, ext_sectors)) = extended {
-        read_logical(disk, u64::from(ext_lba), u64::from(ext_sectors), &mut partitions, &mut notes);
+        read_logical(
+            disk,
+            u64::from(ext_lba),
+            u64::from(ext_sectors),
+            &mut partitions,
+            &mut notes,
+        );
     }
     for p in &partitions {
         if p.end() > disk.len() {
@@ -125,24 +145,36 @@ pub(crate) fn read(disk: &dyn BlockSource, s: &[u8; 512]) -> Result<Option<Parti
 }
 
 /// Follows the EBR chain. Problems end the chain with a note; the primaries stay.
-fn read_logical(disk: &dyn BlockSource, ext_lba: u64, ext_sectors: u64, out: &mut Vec<Partition>, notes: &mut Vec<String>) {
+fn read_logical(
+    disk: &dyn BlockSource,
+    ext_lba: u64,
+    ext_sectors: u64,
+    out: &mut Vec<Partition>,
+    notes: &mut Vec<String>,
+) {
     let mut seen = HashSet::new();
     let mut ebr_lba = ext_lba;
     let mut number = 5;
     loop {
         if !seen.insert(ebr_lba) {
-            notes.push(format!("EBR chain loops back to LBA {ebr_lba}; stopped following it"));
+            notes.push(format!(
+                "EBR chain loops back to LBA {ebr_lba}; stopped following it"
+            ));
             return;
         }
         if seen.len() > MAX_LOGICAL_PARTITIONS {
-            notes.push(format!("EBR chain longer than {MAX_LOGICAL_PARTITIONS} links; stopped following it"));
+            notes.push(format!(
+                "EBR chain longer than {MAX_LOGICAL_PARTITIONS} links; stopped following it"
+            ));
             return;
         }
         let offset = ebr_lba * SECTOR;
         let sector = match read_at(disk, "extended boot record", offset, SECTOR as usize) {
             Ok(s) => s,
             Err(e) => {
-                notes.push(format!("EBR at byte {offset}: {e}; logical partitions after it are not listed"));
+                notes.push(format!(
+                    "EBR at byte {offset}: {e}; logical partitions after it are not listed"
+                ));
                 return;
             }
         };
@@ -156,7 +188,9 @@ fn read_logical(disk: &dyn BlockSource, ext_lba: u64, ext_sectors: u64, out: &mu
             let start = (ebr_lba + u64::from(this.lba)) * SECTOR;
             let size = u64::from(this.sectors) * SECTOR;
             if start + size > (ext_lba + ext_sectors) * SECTOR {
-                notes.push(format!("logical partition {number} runs past the end of its extended partition"));
+                notes.push(format!(
+                    "logical partition {number} runs past the end of its extended partition"
+                ));
             }
             out.push(Partition {
                 number,
@@ -175,7 +209,10 @@ fn read_logical(disk: &dyn BlockSource, ext_lba: u64, ext_sectors: u64, out: &mu
             return;
         }
         if !EXTENDED_TYPES.contains(&next.kind) {
-            notes.push(format!("EBR at byte {offset} links to a non-extended type {:#04x}; stopped", next.kind));
+            notes.push(format!(
+                "EBR at byte {offset} links to a non-extended type {:#04x}; stopped",
+                next.kind
+            ));
             return;
         }
         ebr_lba = ext_lba + u64::from(next.lba);

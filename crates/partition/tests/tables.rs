@@ -1,5 +1,6 @@
 //! Partition tables written by an independent implementation (the `gpt` crate) or by
 //! hand, byte by byte, read back by ours.
+#![allow(clippy::unwrap_used)]
 
 use blockio::MemorySource;
 use gpt::disk::LogicalBlockSize;
@@ -12,11 +13,19 @@ const MIB: u64 = 1 << 20;
 fn gpt_disk(size: u64, lb: LogicalBlockSize) -> Vec<u8> {
     let lb_size: u64 = lb.into();
     let mut dev = Cursor::new(vec![0u8; size as usize]);
-    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(size / lb_size - 1).unwrap_or(0xFFFF_FFFF));
+    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(
+        u32::try_from(size / lb_size - 1).unwrap_or(0xFFFF_FFFF),
+    );
     mbr.overwrite_lba0(&mut dev).unwrap();
-    let mut disk = gpt::GptConfig::new().writable(true).logical_block_size(lb).create_from_device(dev, None).unwrap();
-    disk.add_partition("EFI System", 4 * MIB, partition_types::EFI, 0, None).unwrap();
-    disk.add_partition("root", 8 * MIB, partition_types::LINUX_FS, 0, None).unwrap();
+    let mut disk = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(lb)
+        .create_from_device(dev, None)
+        .unwrap();
+    disk.add_partition("EFI System", 4 * MIB, partition_types::EFI, 0, None)
+        .unwrap();
+    disk.add_partition("root", 8 * MIB, partition_types::LINUX_FS, 0, None)
+        .unwrap();
     disk.write().unwrap().into_inner()
 }
 
@@ -35,7 +44,10 @@ fn a_gpt_written_by_the_gpt_crate_reads_back_with_512_byte_sectors() {
     assert!(t.partitions[0].is_esp());
     assert_eq!(t.partitions[0].size, 4 * MIB);
     assert_eq!(t.partitions[0].name.as_deref(), Some("EFI System"));
-    assert_eq!(t.partitions[1].kind, PartitionType::Gpt("0FC63DAF-8483-4772-8E79-3D69D8477DE4".into()));
+    assert_eq!(
+        t.partitions[1].kind,
+        PartitionType::Gpt("0FC63DAF-8483-4772-8E79-3D69D8477DE4".into())
+    );
     assert_eq!(t.partitions[1].size, 8 * MIB);
 }
 
@@ -55,7 +67,13 @@ fn a_damaged_primary_header_falls_back_to_the_backup_and_says_so() {
     let t = parts(bytes);
     assert_eq!(t.gpt_header, Some("backup"));
     assert_eq!(t.partitions.len(), 2);
-    assert!(t.notes.iter().any(|n| n.contains("damaged") && n.contains("backup")), "{:?}", t.notes);
+    assert!(
+        t.notes
+            .iter()
+            .any(|n| n.contains("damaged") && n.contains("backup")),
+        "{:?}",
+        t.notes
+    );
 }
 
 #[test]
@@ -64,7 +82,11 @@ fn a_corrupt_primary_entry_array_also_falls_back_to_the_backup() {
     bytes[1024 + 20] ^= 0xff; // first entry's unique GUID
     let t = parts(bytes);
     assert_eq!(t.gpt_header, Some("backup"));
-    assert!(t.notes.iter().any(|n| n.contains("entry array CRC32")), "{:?}", t.notes);
+    assert!(
+        t.notes.iter().any(|n| n.contains("entry array CRC32")),
+        "{:?}",
+        t.notes
+    );
 }
 
 #[test]
@@ -73,8 +95,13 @@ fn both_headers_damaged_is_a_clear_error() {
     let len = bytes.len();
     bytes[512 + 40] ^= 0xff;
     bytes[len - 512 + 40] ^= 0xff;
-    let err = read_table(&MemorySource::new(bytes)).unwrap_err().to_string();
-    assert!(err.contains("primary header") && err.contains("backup header"), "{err}");
+    let err = read_table(&MemorySource::new(bytes))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("primary header") && err.contains("backup header"),
+        "{err}"
+    );
 }
 
 /// Rewrites the primary header's field at `at` and fixes its CRC, as a hostile image would.
@@ -102,7 +129,11 @@ fn a_huge_entry_count_is_refused_without_allocating_it() {
     forge_header(&mut bytes, 80, &u32::MAX.to_le_bytes());
     let t = parts(bytes);
     assert_eq!(t.gpt_header, Some("backup"));
-    assert!(t.notes.iter().any(|n| n.contains("exceed")), "{:?}", t.notes);
+    assert!(
+        t.notes.iter().any(|n| n.contains("exceed")),
+        "{:?}",
+        t.notes
+    );
 }
 
 fn mbr_entry(sector: &mut [u8], slot: usize, status: u8, kind: u8, lba: u32, sectors: u32) {
@@ -139,8 +170,20 @@ fn mbr_disk() -> Vec<u8> {
 fn logical_partitions_are_found_by_following_the_ebr_chain() {
     let t = parts(mbr_disk());
     assert_eq!(t.kind, TableKind::Mbr);
-    let summary: Vec<_> = t.partitions.iter().map(|p| (p.number, p.start / 512, p.size / 512, p.logical)).collect();
-    assert_eq!(summary, vec![(1, 2048, 2048, false), (2, 16384, 16384, false), (5, 18432, 2048, true), (6, 26624, 2048, true)]);
+    let summary: Vec<_> = t
+        .partitions
+        .iter()
+        .map(|p| (p.number, p.start / 512, p.size / 512, p.logical))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, 2048, 2048, false),
+            (2, 16384, 16384, false),
+            (5, 18432, 2048, true),
+            (6, 26624, 2048, true)
+        ]
+    );
     assert!(t.partitions[0].bootable);
     assert!(t.partitions[1].extended);
     assert!(t.notes.is_empty(), "{:?}", t.notes);

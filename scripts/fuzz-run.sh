@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs one fuzz target for a while, with AddressSanitizer, from a seed corpus of small
+# real filesystems and disks made with mkfs and sgdisk.
+#
+#   scripts/fuzz-run.sh partition_table|filesystem_walk|inspect_image [SECONDS]
+#
+# AddressSanitizer needs unstable compiler flags; RUSTC_BOOTSTRAP=1 lets the stable
+# toolchain accept them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=$1
+seconds=${2:-60}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+export PATH="$PATH:/usr/sbin:/sbin"
+corpus=fuzz/corpus/$target
+mkdir -p "$corpus"
+if [ -z "$(ls -A "$corpus")" ]; then
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  mkdir -p "$tmp/tree/dir/sub" && echo hello > "$tmp/tree/dir/sub/file" && ln -s dir/sub "$tmp/tree/link"
+  truncate -s 256K "$tmp/ext4" && mkfs.ext4 -q -F -b 1024 -N 32 -O ^has_journal -d "$tmp/tree" "$tmp/ext4"
+  truncate -s 256K "$tmp/ext2" && mkfs.ext2 -q -F -b 1024 -N 16 -d "$tmp/tree" "$tmp/ext2"
+  truncate -s 256K "$tmp/fat12" && mkfs.vfat -n SEED "$tmp/fat12" >/dev/null && mcopy -s -i "$tmp/fat12" "$tmp/tree/dir" ::/
+  truncate -s 64K "$tmp/gpt" && sgdisk -n 1:34:+16 -n 2:0:+16 "$tmp/gpt" >/dev/null
+  truncate -s 64K "$tmp/mbr" && printf 'label: dos\nstart=1, size=8, type=83\nstart=10, size=40, type=5\nstart=12, size=4, type=83\n' | sfdisk -q "$tmp/mbr"
+  cp "$tmp"/ext4 "$tmp"/ext2 "$tmp"/fat12 "$tmp"/gpt "$tmp"/mbr "$corpus/"
+fi
+cd fuzz
+RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "corpus/$target" -- -max_total_time="$seconds" -max_len=1048576 -timeout=10 -rss_limit_mb=2048
