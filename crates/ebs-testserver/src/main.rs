@@ -1,0 +1,46 @@
+//! `ebs-testserver`: the strict EBS direct test server as a standalone process, for
+//! benchmarks and manual runs. Prints `listening on http://127.0.0.1:PORT`.
+
+use clap::Parser;
+
+/// A strict EBS direct API test server on 127.0.0.1.
+#[derive(Parser)]
+struct Args {
+    /// Port (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Milliseconds a completed snapshot stays pending.
+    #[arg(long, default_value_t = 300)]
+    completion_delay_ms: u64,
+    /// Share of data-plane calls that fail transiently (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    transient_rate: f64,
+    /// Milliseconds a slow answer takes.
+    #[arg(long, default_value_t = 0)]
+    slow_ms: u64,
+    /// "Snapshot not found" for the first K puts of each snapshot.
+    #[arg(long, default_value_t = 0)]
+    not_found_first: u32,
+    /// Answer every EBS call with AccessDeniedException.
+    #[arg(long)]
+    access_denied: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let a = Args::parse();
+    let config = ebs_testserver::Config {
+        completion_delay_ms: a.completion_delay_ms,
+        faults: ebs_testserver::Faults {
+            transient_rate: a.transient_rate,
+            slow_ms: a.slow_ms,
+            not_found_first: a.not_found_first,
+            access_denied: a.access_denied,
+        },
+        ..Default::default()
+    };
+    let server = ebs_testserver::start_on(config, a.port).await?;
+    println!("listening on {}", server.endpoint());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
