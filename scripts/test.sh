@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
+export AMIFORGE_VENV=${AMIFORGE_VENV:-$HOME/.cache/amiforge/venv}
 export AMIFORGE_FIXTURES=${AMIFORGE_FIXTURES:-$PWD/fixtures/build}
 scripts/make-fixtures.sh "$AMIFORGE_FIXTURES"
 

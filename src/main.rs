@@ -6,17 +6,20 @@
 //! 2 error.
 
 mod commands;
+mod transfer;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 
 /// Exit code for success.
 const EXIT_OK: u8 = 0;
+/// Exit code for a failed check (verify found differing blocks).
+const EXIT_FAILED_CHECK: u8 = 1;
 /// Exit code for any error: bad input, unreadable image, I/O failure.
 const EXIT_ERROR: u8 = 2;
 
-/// Offline disk-image inspector: partitions, filesystems, OS, architecture and boot
-/// mode, read without mounting, root or booting. The image is never written.
+/// Offline disk-image inspector and EBS snapshot uploader. Images are read without
+/// mounting, root or booting, and never written.
 #[derive(Parser)]
 #[command(name = "amiforge", version, propagate_version = true)]
 struct Cli {
@@ -77,6 +80,14 @@ enum Command {
         #[arg(long)]
         partition: Option<u32>,
     },
+    /// Stream an image into a new EBS snapshot through the EBS direct APIs: holes and
+    /// zero blocks are skipped, blocks are verified with SHA-256, failures retried,
+    /// and an interrupted upload can be resumed.
+    Upload(transfer::UploadArgs),
+    /// Download a completed snapshot into a sparse file, verifying every block.
+    Download(transfer::DownloadArgs),
+    /// Compare an image with a snapshot block by block (exit 1 when they differ).
+    Verify(transfer::VerifyArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -102,6 +113,13 @@ fn main() -> ExitCode {
             path,
             partition,
         } => commands::cat(&image, &path, partition),
+        Command::Upload(args) => transfer::upload(args),
+        Command::Download(args) => transfer::download(args),
+        Command::Verify(args) => match transfer::verify(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
+            Err(e) => Err(e),
+        },
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

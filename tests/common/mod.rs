@@ -139,3 +139,118 @@ pub fn show(b: &[u8]) -> String {
     }
     out
 }
+
+/// amiforge with dummy credentials and every AWS call sent to `endpoint`.
+pub fn amiforge_at(endpoint: &str) -> Command {
+    let mut cmd = amiforge();
+    cmd.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    cmd
+}
+
+/// Runs a prepared command; returns (exit code, stdout, stderr), failing on a panic.
+pub fn outcome(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let out = cmd.output().expect("amiforge runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "amiforge panicked: {stderr}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "amiforge-{name}-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub const BLOCK: u64 = 524_288;
+
+/// A sparse image of `size` bytes: random data in about half the blocks, explicit
+/// zero blocks (allocated, not holes) in some, and holes elsewhere.
+pub fn make_image(path: &Path, size: u64, seed: u64) {
+    use std::os::unix::fs::FileExt;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    let blocks = size.div_ceil(BLOCK);
+    let mut buf = vec![0u8; BLOCK as usize];
+    for b in 0..blocks {
+        let len = (size - b * BLOCK).min(BLOCK) as usize;
+        match rng.u8(..10) {
+            0..=4 => {
+                rng.fill(&mut buf[..len]);
+                f.write_all_at(&buf[..len], b * BLOCK).unwrap();
+            }
+            5 => {
+                // A few bytes of data in an otherwise zero block.
+                buf[..len].fill(0);
+                buf[rng.usize(..len)] = rng.u8(1..);
+                f.write_all_at(&buf[..len], b * BLOCK).unwrap();
+            }
+            6 => f.write_all_at(&vec![0u8; len], b * BLOCK).unwrap(),
+            _ => {}
+        }
+    }
+}
+
+/// Asserts that `downloaded` (a whole volume) equals `image` followed by zeros.
+pub fn assert_same_padded(image: &Path, downloaded: &Path) {
+    use std::io::Read;
+    let mut a = std::fs::File::open(image).unwrap();
+    let mut b = std::fs::File::open(downloaded).unwrap();
+    let image_len = a.metadata().unwrap().len();
+    let volume_len = b.metadata().unwrap().len();
+    assert!(
+        volume_len >= image_len && volume_len % (1 << 30) == 0,
+        "volume {volume_len} for image {image_len}"
+    );
+    let mut x = vec![0u8; 1 << 20];
+    let mut y = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < volume_len {
+        let n = ((volume_len - at) as usize).min(x.len());
+        let from_image = (image_len.saturating_sub(at) as usize).min(n);
+        a.read_exact(&mut x[..from_image]).unwrap();
+        x[from_image..n].fill(0);
+        b.read_exact(&mut y[..n]).unwrap();
+        if x[..n] != y[..n] {
+            let off = (0..n).find(|&i| x[i] != y[i]).unwrap_or(0) as u64 + at;
+            panic!(
+                "{} differs from {} at byte {off} (block {})",
+                downloaded.display(),
+                image.display(),
+                off / BLOCK
+            );
+        }
+        at += n as u64;
+    }
+}

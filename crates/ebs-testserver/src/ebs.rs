@@ -21,16 +21,34 @@ fn error(status: StatusCode, code: &str, reason: Option<&str>, message: &str) ->
     if let Some(r) = reason {
         body["Reason"] = r.into();
     }
-    (status, [("x-amzn-ErrorType", code), ("content-type", "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [
+            ("x-amzn-ErrorType", code),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn validation(st: &mut State, reason: &str, message: &str) -> Response {
     *st.stats.rejected.entry(reason.to_string()).or_default() += 1;
-    error(StatusCode::BAD_REQUEST, "ValidationException", Some(reason), message)
+    error(
+        StatusCode::BAD_REQUEST,
+        "ValidationException",
+        Some(reason),
+        message,
+    )
 }
 
 fn not_found(id: &str) -> Response {
-    error(StatusCode::NOT_FOUND, "ResourceNotFoundException", Some("SNAPSHOT_NOT_FOUND"), &format!("The snapshot '{id}' does not exist."))
+    error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFoundException",
+        Some("SNAPSHOT_NOT_FOUND"),
+        &format!("The snapshot '{id}' does not exist."),
+    )
 }
 
 fn count(st: &mut State, op: &str) {
@@ -47,7 +65,7 @@ enum Fault {
 
 fn roll_fault(st: &mut State, data_plane: bool) -> Fault {
     let f = st.config.faults.clone();
-    if f.access_denied {
+    if f.access_denied && data_plane {
         st.stats.access_denied += 1;
         return Fault::Now(error(
             StatusCode::FORBIDDEN,
@@ -57,6 +75,9 @@ fn roll_fault(st: &mut State, data_plane: bool) -> Fault {
         ));
     }
     if !data_plane || f.transient_rate <= 0.0 || st.rng.f64() >= f.transient_rate {
+        if data_plane && f.put_delay_ms > 0 {
+            return Fault::Slow(Duration::from_millis(f.put_delay_ms));
+        }
         return Fault::None;
     }
     st.stats.faults_injected += 1;
@@ -67,7 +88,12 @@ fn roll_fault(st: &mut State, data_plane: bool) -> Fault {
             Some("ACCOUNT_THROTTLED"),
             "The request was throttled",
         )),
-        1 => Fault::Now(error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException", None, "An internal error occurred")),
+        1 => Fault::Now(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerException",
+            None,
+            "An internal error occurred",
+        )),
         2 => Fault::Reset,
         _ => Fault::Slow(Duration::from_millis(f.slow_ms)),
     }
@@ -75,7 +101,9 @@ fn roll_fault(st: &mut State, data_plane: bool) -> Fault {
 
 /// A response whose body fails mid-way: the client sees the connection drop.
 fn reset() -> Response {
-    let stream = futures_util::stream::once(async { Err::<Bytes, std::io::Error>(std::io::Error::other("injected connection reset")) });
+    let stream = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("injected connection reset"))
+    });
     Response::builder()
         .status(StatusCode::CREATED)
         .header("content-length", "1000")
@@ -130,20 +158,44 @@ pub(crate) async fn start_snapshot(Axum(s): Axum<Shared>, body: Bytes) -> Respon
     };
     let volume = b.volume_size.unwrap_or(0);
     if !(1..=65_536).contains(&volume) {
-        return validation(&mut st, "INVALID_VOLUME_SIZE", &format!("VolumeSize {volume} is not in 1..=65536"));
+        return validation(
+            &mut st,
+            "INVALID_VOLUME_SIZE",
+            &format!("VolumeSize {volume} is not in 1..=65536"),
+        );
     }
     let timeout = b.timeout.unwrap_or(60);
     if !(10..=4320).contains(&timeout) {
-        return validation(&mut st, "INVALID_PARAMETER", &format!("Timeout {timeout} is not in 10..=4320 minutes"));
+        return validation(
+            &mut st,
+            "INVALID_PARAMETER",
+            &format!("Timeout {timeout} is not in 10..=4320 minutes"),
+        );
     }
     let encrypted = b.encrypted.unwrap_or(false);
     if encrypted && b.parent_snapshot_id.is_some() {
-        return validation(&mut st, "INVALID_PARAMETER", "ParentSnapshotId cannot be combined with Encrypted");
+        return validation(
+            &mut st,
+            "INVALID_PARAMETER",
+            "ParentSnapshotId cannot be combined with Encrypted",
+        );
     }
-    if b.description.as_ref().is_some_and(|d| d.chars().count() > 255) {
-        return validation(&mut st, "INVALID_PARAMETER", "Description is longer than 255 characters");
+    if b.description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 255)
+    {
+        return validation(
+            &mut st,
+            "INVALID_PARAMETER",
+            "Description is longer than 255 characters",
+        );
     }
-    let tags: Vec<(String, String)> = b.tags.unwrap_or_default().into_iter().map(|t| (t.key, t.value)).collect();
+    let tags: Vec<(String, String)> = b
+        .tags
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (t.key, t.value))
+        .collect();
     if tags.len() > 50 {
         return validation(&mut st, "INVALID_PARAMETER", "more than 50 tags");
     }
@@ -152,20 +204,39 @@ pub(crate) async fn start_snapshot(Axum(s): Axum<Shared>, body: Bytes) -> Respon
         match st.snapshots.get(parent) {
             None => return not_found(parent),
             Some(p) if p.status != Status::Completed => {
-                return validation(&mut st, "INVALID_PARENT_SNAPSHOT", "the parent snapshot is not completed")
+                return validation(
+                    &mut st,
+                    "INVALID_PARENT_SNAPSHOT",
+                    "the parent snapshot is not completed",
+                )
             }
             Some(p) if p.volume_size_gib > volume as u64 => {
-                return validation(&mut st, "INVALID_VOLUME_SIZE", "VolumeSize is smaller than the parent's")
+                return validation(
+                    &mut st,
+                    "INVALID_VOLUME_SIZE",
+                    "VolumeSize is smaller than the parent's",
+                )
             }
             _ => {}
         }
     }
-    let fingerprint = format!("{volume}|{:?}|{encrypted}|{:?}|{:?}|{tags:?}|{timeout}", b.parent_snapshot_id, b.kms_key_arn, b.description);
+    let fingerprint = format!(
+        "{volume}|{:?}|{encrypted}|{:?}|{:?}|{tags:?}|{timeout}",
+        b.parent_snapshot_id, b.kms_key_arn, b.description
+    );
     if let Some(token) = &b.client_token {
         if let Some(existing) = st.client_tokens.get(token).cloned() {
-            let same = st.snapshots.get(&existing).is_some_and(|s| s.fingerprint == fingerprint);
+            let same = st
+                .snapshots
+                .get(&existing)
+                .is_some_and(|s| s.fingerprint == fingerprint);
             if !same {
-                return error(StatusCode::CONFLICT, "ConflictException", None, "The ClientToken was used with other parameters");
+                return error(
+                    StatusCode::CONFLICT,
+                    "ConflictException",
+                    None,
+                    "The ClientToken was used with other parameters",
+                );
             }
             let snap = &st.snapshots[&existing];
             return (StatusCode::CREATED, axum::Json(describe_json(snap))).into_response();
@@ -213,7 +284,12 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-pub(crate) async fn put_block(Axum(s): Axum<Shared>, Path((id, index)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn put_block(
+    Axum(s): Axum<Shared>,
+    Path((id, index)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let fault = {
         let mut st = lock(&s);
         count(&mut st, "PutSnapshotBlock");
@@ -227,7 +303,9 @@ pub(crate) async fn put_block(Axum(s): Axum<Shared>, Path((id, index)): Path<(St
     let mut st = lock(&s);
     st.tick(&id);
     let not_found_first = st.config.faults.not_found_first;
-    let Some(snap) = st.snapshots.get_mut(&id) else { return not_found(&id) };
+    let Some(snap) = st.snapshots.get_mut(&id) else {
+        return not_found(&id);
+    };
     if snap.puts_refused_as_not_found < not_found_first {
         snap.puts_refused_as_not_found += 1;
         return not_found(&id);
@@ -237,16 +315,31 @@ pub(crate) async fn put_block(Axum(s): Axum<Shared>, Path((id, index)): Path<(St
         return validation(&mut st, "INVALID_SNAPSHOT_STATE", &msg);
     }
     let volume_blocks = snap.volume_size_gib * BLOCKS_PER_GIB;
-    let Ok(index) = index.parse::<u64>() else { return validation(&mut st, "INVALID_BLOCK", "bad block index") };
+    let Ok(index) = index.parse::<u64>() else {
+        return validation(&mut st, "INVALID_BLOCK", "bad block index");
+    };
     if index >= volume_blocks {
-        return validation(&mut st, "INVALID_BLOCK", &format!("block {index} is outside the {volume_blocks}-block volume"));
+        return validation(
+            &mut st,
+            "INVALID_BLOCK",
+            &format!("block {index} is outside the {volume_blocks}-block volume"),
+        );
     }
-    if header(&headers, "x-amz-data-length") != Some(&BLOCK_SIZE.to_string()) || body.len() != BLOCK_SIZE {
-        let msg = format!("block {index}: data length must be {BLOCK_SIZE}, got {} bytes", body.len());
+    if header(&headers, "x-amz-data-length") != Some(&BLOCK_SIZE.to_string())
+        || body.len() != BLOCK_SIZE
+    {
+        let msg = format!(
+            "block {index}: data length must be {BLOCK_SIZE}, got {} bytes",
+            body.len()
+        );
         return validation(&mut st, "INVALID_BLOCK", &msg);
     }
     if header(&headers, "x-amz-checksum-algorithm") != Some("SHA256") {
-        return validation(&mut st, "INVALID_CHECKSUM", "x-amz-Checksum-Algorithm must be SHA256");
+        return validation(
+            &mut st,
+            "INVALID_CHECKSUM",
+            "x-amz-Checksum-Algorithm must be SHA256",
+        );
     }
     let sent = header(&headers, "x-amz-checksum").unwrap_or("").to_string();
     let checksum = b64(&digest);
@@ -258,24 +351,44 @@ pub(crate) async fn put_block(Axum(s): Axum<Shared>, Path((id, index)): Path<(St
     snap.blocks.insert(index, (body, digest));
     snap.last_activity = Instant::now();
     st.stats.blocks_stored += 1;
-    (StatusCode::CREATED, [("x-amz-Checksum", checksum.as_str()), ("x-amz-Checksum-Algorithm", "SHA256")], axum::Json(serde_json::json!({}))).into_response()
+    (
+        StatusCode::CREATED,
+        [
+            ("x-amz-Checksum", checksum.as_str()),
+            ("x-amz-Checksum-Algorithm", "SHA256"),
+        ],
+        axum::Json(serde_json::json!({})),
+    )
+        .into_response()
 }
 
-pub(crate) async fn complete_snapshot(Axum(s): Axum<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+pub(crate) async fn complete_snapshot(
+    Axum(s): Axum<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let mut st = lock(&s);
     count(&mut st, "CompleteSnapshot");
     if let Fault::Now(r) = roll_fault(&mut st, false) {
         return r;
     }
     st.tick(&id);
-    let Some(snap) = st.snapshots.get(&id) else { return not_found(&id) };
+    let Some(snap) = st.snapshots.get(&id) else {
+        return not_found(&id);
+    };
     if snap.status != Status::Pending {
         let msg = format!("snapshot {id} is not pending");
         return validation(&mut st, "INVALID_SNAPSHOT_STATE", &msg);
     }
     let written = snap.blocks.len() as u64;
-    let Some(count) = header(&headers, "x-amz-changedblockscount").and_then(|c| c.parse::<u64>().ok()) else {
-        return validation(&mut st, "INVALID_PARAMETER", "x-amz-ChangedBlocksCount is required");
+    let Some(count) =
+        header(&headers, "x-amz-changedblockscount").and_then(|c| c.parse::<u64>().ok())
+    else {
+        return validation(
+            &mut st,
+            "INVALID_PARAMETER",
+            "x-amz-ChangedBlocksCount is required",
+        );
     };
     if count != written {
         let msg = format!("ChangedBlocksCount {count} does not match the {written} blocks written");
@@ -285,7 +398,11 @@ pub(crate) async fn complete_snapshot(Axum(s): Axum<Shared>, Path(id): Path<Stri
         if header(&headers, "x-amz-checksum-aggregation-method") != Some("LINEAR")
             || header(&headers, "x-amz-checksum-algorithm") != Some("SHA256")
         {
-            return validation(&mut st, "INVALID_CHECKSUM", "only SHA256 with the LINEAR aggregation is supported");
+            return validation(
+                &mut st,
+                "INVALID_CHECKSUM",
+                "only SHA256 with the LINEAR aggregation is supported",
+            );
         }
         let mut indices: Vec<&u64> = snap.blocks.keys().collect();
         indices.sort();
@@ -301,7 +418,11 @@ pub(crate) async fn complete_snapshot(Axum(s): Axum<Shared>, Path(id): Path<Stri
     }
     let snap = st.snapshots.get_mut(&id).expect("checked above");
     snap.status = Status::Sealing(Instant::now());
-    (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "Status": "pending" }))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "Status": "pending" })),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -324,26 +445,44 @@ fn readable(st: &State, id: &str) -> Vec<u64> {
     st.all_blocks(id).into_keys().collect()
 }
 
-pub(crate) async fn list_blocks(Axum(s): Axum<Shared>, Path(id): Path<String>, Query(q): Query<ListQuery>) -> Response {
+pub(crate) async fn list_blocks(
+    Axum(s): Axum<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
     let mut st = lock(&s);
     count(&mut st, "ListSnapshotBlocks");
     if let Fault::Now(r) = roll_fault(&mut st, false) {
         return r;
     }
     st.tick(&id);
-    let Some(snap) = st.snapshots.get(&id) else { return not_found(&id) };
+    let Some(snap) = st.snapshots.get(&id) else {
+        return not_found(&id);
+    };
     if snap.status != Status::Completed {
         let msg = format!("snapshot {id} is not completed");
         return validation(&mut st, "INVALID_SNAPSHOT_STATE", &msg);
     }
     let volume = snap.volume_size_gib;
     let max = q.max_results.unwrap_or(10_000).clamp(100, 10_000);
-    let from = q.page_token.and_then(|t| t.parse::<u64>().ok()).or(q.starting_block_index).unwrap_or(0);
+    let from = q
+        .page_token
+        .and_then(|t| t.parse::<u64>().ok())
+        .or(q.starting_block_index)
+        .unwrap_or(0);
     let all = readable(&st, &id);
-    let page: Vec<u64> = all.iter().copied().filter(|&i| i >= from).take(max + 1).collect();
+    let page: Vec<u64> = all
+        .iter()
+        .copied()
+        .filter(|&i| i >= from)
+        .take(max + 1)
+        .collect();
     let next = page.get(max).map(|n| n.to_string());
-    let blocks: Vec<serde_json::Value> =
-        page.iter().take(max).map(|i| serde_json::json!({ "BlockIndex": i, "BlockToken": format!("{id}:{i}") })).collect();
+    let blocks: Vec<serde_json::Value> = page
+        .iter()
+        .take(max)
+        .map(|i| serde_json::json!({ "BlockIndex": i, "BlockToken": format!("{id}:{i}") }))
+        .collect();
     axum::Json(serde_json::json!({
         "Blocks": blocks,
         "NextToken": next,
@@ -360,7 +499,11 @@ pub(crate) struct GetQuery {
     block_token: Option<String>,
 }
 
-pub(crate) async fn get_block(Axum(s): Axum<Shared>, Path((id, index)): Path<(String, String)>, Query(q): Query<GetQuery>) -> Response {
+pub(crate) async fn get_block(
+    Axum(s): Axum<Shared>,
+    Path((id, index)): Path<(String, String)>,
+    Query(q): Query<GetQuery>,
+) -> Response {
     let fault = {
         let mut st = lock(&s);
         count(&mut st, "GetSnapshotBlock");
@@ -371,14 +514,22 @@ pub(crate) async fn get_block(Axum(s): Axum<Shared>, Path((id, index)): Path<(St
     }
     let mut st = lock(&s);
     st.tick(&id);
-    let Some(snap) = st.snapshots.get(&id) else { return not_found(&id) };
+    let Some(snap) = st.snapshots.get(&id) else {
+        return not_found(&id);
+    };
     if snap.status != Status::Completed {
         let msg = format!("snapshot {id} is not completed");
         return validation(&mut st, "INVALID_SNAPSHOT_STATE", &msg);
     }
-    let Ok(index) = index.parse::<u64>() else { return validation(&mut st, "INVALID_BLOCK", "bad block index") };
+    let Ok(index) = index.parse::<u64>() else {
+        return validation(&mut st, "INVALID_BLOCK", "bad block index");
+    };
     if q.block_token.as_deref() != Some(format!("{id}:{index}").as_str()) {
-        return validation(&mut st, "INVALID_BLOCK_TOKEN", "the block token does not match");
+        return validation(
+            &mut st,
+            "INVALID_BLOCK_TOKEN",
+            "the block token does not match",
+        );
     }
     let encrypted = snap.encrypted;
     let data = match st.all_blocks(&id).remove(&index) {
@@ -389,7 +540,13 @@ pub(crate) async fn get_block(Axum(s): Axum<Shared>, Path((id, index)): Path<(St
             st.rng.fill(&mut g);
             Bytes::from(g)
         }
-        None => return validation(&mut st, "INVALID_BLOCK", &format!("block {index} was never written")),
+        None => {
+            return validation(
+                &mut st,
+                "INVALID_BLOCK",
+                &format!("block {index} was never written"),
+            )
+        }
     };
     drop(st);
     let checksum = b64(&sha2::Sha256::digest(&data));

@@ -18,7 +18,10 @@ pub(crate) fn status_name(s: Status) -> &'static str {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn ec2_error(code: &str, message: &str) -> Response {
@@ -26,7 +29,12 @@ fn ec2_error(code: &str, message: &str) -> Response {
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{}</Message></Error></Errors><RequestID>req-1</RequestID></Response>",
         xml_escape(message)
     );
-    (StatusCode::BAD_REQUEST, [("content-type", "text/xml")], body).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        [("content-type", "text/xml")],
+        body,
+    )
+        .into_response()
 }
 
 fn parse_form(body: &[u8]) -> Vec<(String, String)> {
@@ -56,18 +64,29 @@ fn parse_form(body: &[u8]) -> Vec<(String, String)> {
 
 pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
     let form = parse_form(&body);
-    let get = |k: &str| form.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let get = |k: &str| {
+        form.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
     let action = get("Action").unwrap_or_default();
     let mut st = lock(&s);
     *st.stats.requests.entry(action.clone()).or_default() += 1;
     match action.as_str() {
         "DescribeSnapshots" => {
-            let ids: Vec<String> = form.iter().filter(|(k, _)| k.starts_with("SnapshotId.")).map(|(_, v)| v.clone()).collect();
+            let ids: Vec<String> = form
+                .iter()
+                .filter(|(k, _)| k.starts_with("SnapshotId."))
+                .map(|(_, v)| v.clone())
+                .collect();
             let mut items = String::new();
             for id in &ids {
                 st.tick(id);
                 let Some(snap) = st.snapshots.get(id) else {
-                    return ec2_error("InvalidSnapshot.NotFound", &format!("The snapshot '{id}' does not exist."));
+                    return ec2_error(
+                        "InvalidSnapshot.NotFound",
+                        &format!("The snapshot '{id}' does not exist."),
+                    );
                 };
                 let status = status_name(snap.status);
                 let progress = if status == "completed" { "100%" } else { "0%" };
@@ -88,12 +107,18 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
         "DeleteSnapshot" => {
             let id = get("SnapshotId").unwrap_or_default();
             if st.snapshots.remove(&id).is_none() {
-                return ec2_error("InvalidSnapshot.NotFound", &format!("The snapshot '{id}' does not exist."));
+                return ec2_error(
+                    "InvalidSnapshot.NotFound",
+                    &format!("The snapshot '{id}' does not exist."),
+                );
             }
             let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteSnapshotResponse xmlns=\"{XMLNS}\"><requestId>req-1</requestId><return>true</return></DeleteSnapshotResponse>");
             (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
         }
-        other => ec2_error("InvalidAction", &format!("The action {other} is not valid for this web service.")),
+        other => ec2_error(
+            "InvalidAction",
+            &format!("The action {other} is not valid for this web service."),
+        ),
     }
 }
 

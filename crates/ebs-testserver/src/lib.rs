@@ -22,8 +22,8 @@
 //! # }
 //! ```
 
-mod ec2;
 mod ebs;
+mod ec2;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -46,8 +46,11 @@ pub struct Faults {
     pub slow_ms: u64,
     /// The first K PutSnapshotBlock calls of each snapshot answer "snapshot not found".
     pub not_found_first: u32,
-    /// Every EBS call answers AccessDeniedException.
+    /// Every data-plane call (put, get, list, complete) answers AccessDeniedException;
+    /// StartSnapshot still works, so the refusal hits a block of a real snapshot.
     pub access_denied: bool,
+    /// Every PutSnapshotBlock waits this many milliseconds (to interrupt uploads).
+    pub put_delay_ms: u64,
 }
 
 /// Server settings.
@@ -65,7 +68,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { completion_delay_ms: 300, minute_ms: 60_000, faults: Faults::default(), seed: 1 }
+        Self {
+            completion_delay_ms: 300,
+            minute_ms: 60_000,
+            faults: Faults::default(),
+            seed: 1,
+        }
     }
 }
 
@@ -124,7 +132,11 @@ impl State {
         if let Some(s) = self.snapshots.get_mut(id) {
             match s.status {
                 Status::Sealing(at) if at.elapsed() >= delay => s.status = Status::Completed,
-                Status::Pending if s.last_activity.elapsed() > minute * s.timeout_minutes as u32 => s.status = Status::Error,
+                Status::Pending
+                    if s.last_activity.elapsed() > minute * s.timeout_minutes as u32 =>
+                {
+                    s.status = Status::Error
+                }
                 _ => {}
             }
         }
@@ -183,7 +195,9 @@ impl Server {
     /// The blocks written to one snapshot itself (not inherited): index → bytes.
     pub fn own_blocks(&self, id: &str) -> Option<BTreeMap<u64, bytes::Bytes>> {
         let st = lock(&self.state);
-        st.snapshots.get(id).map(|s| s.blocks.iter().map(|(k, (b, _))| (*k, b.clone())).collect())
+        st.snapshots
+            .get(id)
+            .map(|s| s.blocks.iter().map(|(k, (b, _))| (*k, b.clone())).collect())
     }
 
     /// A snapshot's status ("pending", "completed", "error"), its encryption flag
@@ -191,7 +205,13 @@ impl Server {
     pub fn describe(&self, id: &str) -> Option<(String, bool, Option<String>)> {
         let mut st = lock(&self.state);
         st.tick(id);
-        st.snapshots.get(id).map(|s| (ec2::status_name(s.status).to_string(), s.encrypted, s.parent.clone()))
+        st.snapshots.get(id).map(|s| {
+            (
+                ec2::status_name(s.status).to_string(),
+                s.encrypted,
+                s.parent.clone(),
+            )
+        })
     }
 }
 
@@ -199,7 +219,10 @@ fn router(state: Shared) -> axum::Router {
     use axum::routing::{get, post, put};
     axum::Router::new()
         .route("/snapshots", post(ebs::start_snapshot))
-        .route("/snapshots/{id}/blocks/{index}", put(ebs::put_block).get(ebs::get_block))
+        .route(
+            "/snapshots/{id}/blocks/{index}",
+            put(ebs::put_block).get(ebs::get_block),
+        )
         .route("/snapshots/{id}/blocks", get(ebs::list_blocks))
         .route("/snapshots/completion/{id}", post(ebs::complete_snapshot))
         .route("/", post(ec2::query))
@@ -213,7 +236,10 @@ async fn stats(axum::extract::State(s): axum::extract::State<Shared>) -> axum::J
     axum::Json(lock(&s).stats.clone())
 }
 
-async fn set_faults(axum::extract::State(s): axum::extract::State<Shared>, axum::Json(f): axum::Json<Faults>) -> &'static str {
+async fn set_faults(
+    axum::extract::State(s): axum::extract::State<Shared>,
+    axum::Json(f): axum::Json<Faults>,
+) -> &'static str {
     lock(&s).config.faults = f;
     "ok"
 }
@@ -259,7 +285,13 @@ impl std::ops::Deref for BackgroundServer {
 
 /// Starts a server with its own runtime, for tests that are not async.
 pub fn start_background(config: Config) -> std::io::Result<BackgroundServer> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let server = runtime.block_on(start(config))?;
-    Ok(BackgroundServer { server, _runtime: runtime })
+    Ok(BackgroundServer {
+        server,
+        _runtime: runtime,
+    })
 }

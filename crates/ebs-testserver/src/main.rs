@@ -36,6 +36,7 @@ async fn main() -> std::io::Result<()> {
             slow_ms: a.slow_ms,
             not_found_first: a.not_found_first,
             access_denied: a.access_denied,
+            put_delay_ms: 0,
         },
         ..Default::default()
     };

@@ -97,7 +97,10 @@ impl ErrorKind {
     /// Whether a later attempt can succeed. `NotFound` is retryable only shortly
     /// after StartSnapshot; the uploader decides that.
     pub fn is_transient(self) -> bool {
-        matches!(self, ErrorKind::Throttled | ErrorKind::Server | ErrorKind::Network | ErrorKind::Timeout)
+        matches!(
+            self,
+            ErrorKind::Throttled | ErrorKind::Server | ErrorKind::Network | ErrorKind::Timeout
+        )
     }
 }
 
@@ -124,7 +127,11 @@ impl fmt::Display for ApiError {
 impl ApiError {
     /// A new error.
     pub fn new(kind: ErrorKind, code: Option<&str>, message: impl Into<String>) -> Self {
-        Self { kind, code: code.map(str::to_string), message: message.into() }
+        Self {
+            kind,
+            code: code.map(str::to_string),
+            message: message.into(),
+        }
     }
 }
 
@@ -137,7 +144,10 @@ pub type ApiResult<T> = std::result::Result<T, ApiError>;
 /// timeouts belong to the caller, so they are never stacked.
 pub trait EbsApi: Send + Sync + 'static {
     /// StartSnapshot.
-    fn start_snapshot(&self, req: StartRequest) -> impl Future<Output = ApiResult<StartedSnapshot>> + Send;
+    fn start_snapshot(
+        &self,
+        req: StartRequest,
+    ) -> impl Future<Output = ApiResult<StartedSnapshot>> + Send;
     /// PutSnapshotBlock with a base64 SHA-256.
     fn put_block(
         &self,
@@ -155,9 +165,21 @@ pub trait EbsApi: Send + Sync + 'static {
         aggregate_b64: &str,
     ) -> impl Future<Output = ApiResult<()>> + Send;
     /// The snapshot's state (ec2:DescribeSnapshots).
-    fn snapshot_state(&self, snapshot_id: &str) -> impl Future<Output = ApiResult<SnapshotState>> + Send;
+    fn snapshot_state(
+        &self,
+        snapshot_id: &str,
+    ) -> impl Future<Output = ApiResult<SnapshotState>> + Send;
     /// One page of ListSnapshotBlocks.
-    fn list_blocks(&self, snapshot_id: &str, next_token: Option<String>) -> impl Future<Output = ApiResult<BlockPage>> + Send;
+    fn list_blocks(
+        &self,
+        snapshot_id: &str,
+        next_token: Option<String>,
+    ) -> impl Future<Output = ApiResult<BlockPage>> + Send;
     /// GetSnapshotBlock.
-    fn get_block(&self, snapshot_id: &str, index: u64, token: &str) -> impl Future<Output = ApiResult<FetchedBlock>> + Send;
+    fn get_block(
+        &self,
+        snapshot_id: &str,
+        index: u64,
+        token: &str,
+    ) -> impl Future<Output = ApiResult<FetchedBlock>> + Send;
 }

@@ -36,13 +36,27 @@ pub struct VerifyOutcome {
 }
 
 /// Every block the snapshot lists, with its token, and its volume size.
-async fn list_all<A: EbsApi>(api: &A, snapshot_id: &str, retry: &RetryPolicy) -> Result<(BTreeMap<u64, String>, u64)> {
+async fn list_all<A: EbsApi>(
+    api: &A,
+    snapshot_id: &str,
+    retry: &RetryPolicy,
+) -> Result<(BTreeMap<u64, String>, u64)> {
     let mut blocks = BTreeMap::new();
     let mut token = None;
     let mut volume = None;
     loop {
-        let (r, attempts) = retry.run(None, &|| false, || api.list_blocks(snapshot_id, token.clone())).await;
-        let page = r.map_err(|source| Error::Api { op: "ListSnapshotBlocks", snapshot_id: Some(snapshot_id.into()), block: None, attempts, source })?;
+        let (r, attempts) = retry
+            .run(None, &|| false, || {
+                api.list_blocks(snapshot_id, token.clone())
+            })
+            .await;
+        let page = r.map_err(|source| Error::Api {
+            op: "ListSnapshotBlocks",
+            snapshot_id: Some(snapshot_id.into()),
+            block: None,
+            attempts,
+            source,
+        })?;
         volume = volume.or(page.volume_size_gib);
         blocks.extend(page.blocks);
         match page.next_token {
@@ -50,16 +64,37 @@ async fn list_all<A: EbsApi>(api: &A, snapshot_id: &str, retry: &RetryPolicy) ->
             _ => break,
         }
     }
-    let volume = volume.ok_or_else(|| Error::Invalid(format!("snapshot {snapshot_id}: ListSnapshotBlocks gave no volume size")))?;
+    let volume = volume.ok_or_else(|| {
+        Error::Invalid(format!(
+            "snapshot {snapshot_id}: ListSnapshotBlocks gave no volume size"
+        ))
+    })?;
     Ok((blocks, volume))
 }
 
 /// Fetches one block and checks it against the checksum the service sent.
-async fn fetch<A: EbsApi>(api: &A, snapshot_id: &str, index: u64, token: &str, retry: &RetryPolicy) -> Result<bytes::Bytes> {
-    let (r, attempts) = retry.run(None, &|| false, || api.get_block(snapshot_id, index, token)).await;
-    let block = r.map_err(|source| Error::Api { op: "GetSnapshotBlock", snapshot_id: Some(snapshot_id.into()), block: Some(index), attempts, source })?;
+async fn fetch<A: EbsApi>(
+    api: &A,
+    snapshot_id: &str,
+    index: u64,
+    token: &str,
+    retry: &RetryPolicy,
+) -> Result<bytes::Bytes> {
+    let (r, attempts) = retry
+        .run(None, &|| false, || api.get_block(snapshot_id, index, token))
+        .await;
+    let block = r.map_err(|source| Error::Api {
+        op: "GetSnapshotBlock",
+        snapshot_id: Some(snapshot_id.into()),
+        block: Some(index),
+        attempts,
+        source,
+    })?;
     if block.data.len() as u64 != BLOCK_SIZE {
-        return Err(Error::Invalid(format!("snapshot {snapshot_id} block {index}: {} bytes, not {BLOCK_SIZE}", block.data.len())));
+        return Err(Error::Invalid(format!(
+            "snapshot {snapshot_id} block {index}: {} bytes, not {BLOCK_SIZE}",
+            block.data.len()
+        )));
     }
     let data = block.data;
     let actual = tokio::task::spawn_blocking({
@@ -70,17 +105,36 @@ async fn fetch<A: EbsApi>(api: &A, snapshot_id: &str, index: u64, token: &str, r
     .map_err(|e| Error::Invalid(e.to_string()))?;
     if let Some(expected) = block.checksum {
         if expected != actual {
-            return Err(Error::Checksum { snapshot_id: snapshot_id.into(), block: index, expected, actual });
+            return Err(Error::Checksum {
+                snapshot_id: snapshot_id.into(),
+                block: index,
+                expected,
+                actual,
+            });
         }
     }
     Ok(data)
 }
 
 /// Downloads a completed snapshot into `out`, a sparse file the size of the volume.
-pub async fn download<A: EbsApi>(api: Arc<A>, snapshot_id: &str, out: &Path, workers: usize, retry: RetryPolicy) -> Result<DownloadOutcome> {
+pub async fn download<A: EbsApi>(
+    api: Arc<A>,
+    snapshot_id: &str,
+    out: &Path,
+    workers: usize,
+    retry: RetryPolicy,
+) -> Result<DownloadOutcome> {
     let (blocks, volume_size_gib) = list_all(&*api, snapshot_id, &retry).await?;
-    let io = |e: std::io::Error| Error::State { path: out.into(), reason: e.to_string() };
-    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(out).map_err(io)?;
+    let io = |e: std::io::Error| Error::State {
+        path: out.into(),
+        reason: e.to_string(),
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .map_err(io)?;
     file.set_len(volume_size_gib * GIB).map_err(io)?;
     let file = Arc::new(file);
     let sem = Arc::new(Semaphore::new(workers.max(1)));
@@ -90,15 +144,27 @@ pub async fn download<A: EbsApi>(api: Arc<A>, snapshot_id: &str, out: &Path, wor
         if index >= volume_size_gib * crate::BLOCKS_PER_GIB {
             return Err(Error::Invalid(format!("snapshot {snapshot_id} lists block {index} beyond its {volume_size_gib} GiB volume")));
         }
-        let permit = sem.clone().acquire_owned().await.map_err(|e| Error::Invalid(e.to_string()))?;
-        let (api, file, id, out) = (api.clone(), file.clone(), snapshot_id.to_string(), out.to_path_buf());
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let (api, file, id, out) = (
+            api.clone(),
+            file.clone(),
+            snapshot_id.to_string(),
+            out.to_path_buf(),
+        );
         tasks.spawn(async move {
             let _permit = permit;
             let data = fetch(&*api, &id, index, &token, &retry).await?;
             tokio::task::spawn_blocking(move || file.write_all_at(&data, index * BLOCK_SIZE))
                 .await
                 .map_err(|e| Error::Invalid(e.to_string()))?
-                .map_err(|e| Error::State { path: out, reason: format!("writing block {index}: {e}") })
+                .map_err(|e| Error::State {
+                    path: out,
+                    reason: format!("writing block {index}: {e}"),
+                })
         });
         if let Some(r) = tasks.try_join_next() {
             r.map_err(|e| Error::Invalid(e.to_string()))??;
@@ -108,7 +174,12 @@ pub async fn download<A: EbsApi>(api: Arc<A>, snapshot_id: &str, out: &Path, wor
         r.map_err(|e| Error::Invalid(e.to_string()))??;
     }
     file.sync_all().map_err(io)?;
-    Ok(DownloadOutcome { snapshot_id: snapshot_id.into(), volume_size_gib, blocks: count, bytes: count * BLOCK_SIZE })
+    Ok(DownloadOutcome {
+        snapshot_id: snapshot_id.into(),
+        volume_size_gib,
+        blocks: count,
+        bytes: count * BLOCK_SIZE,
+    })
 }
 
 /// Compares every block of `image` with the snapshot. Blocks the snapshot does not
@@ -122,20 +193,36 @@ pub async fn verify<A: EbsApi>(
 ) -> Result<VerifyOutcome> {
     let (blocks, _) = list_all(&*api, snapshot_id, &retry).await?;
     let image_blocks = image.len().div_ceil(BLOCK_SIZE);
-    let last = blocks.keys().next_back().map_or(0, |l| l + 1).max(image_blocks);
+    let last = blocks
+        .keys()
+        .next_back()
+        .map_or(0, |l| l + 1)
+        .max(image_blocks);
     let blocks = Arc::new(blocks);
     let sem = Arc::new(Semaphore::new(workers.max(1)));
     let zero = block_checksum(&vec![0u8; BLOCK_SIZE as usize]);
     let mut tasks = JoinSet::new();
     for index in 0..last {
-        let permit = sem.clone().acquire_owned().await.map_err(|e| Error::Invalid(e.to_string()))?;
-        let (api, image, blocks, id, zero) = (api.clone(), image.clone(), blocks.clone(), snapshot_id.to_string(), zero.clone());
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let (api, image, blocks, id, zero) = (
+            api.clone(),
+            image.clone(),
+            blocks.clone(),
+            snapshot_id.to_string(),
+            zero.clone(),
+        );
         tasks.spawn(async move {
             let _permit = permit;
             let theirs = match blocks.get(&index) {
                 Some(token) => {
                     let data = fetch(&*api, &id, index, token, &retry).await?;
-                    tokio::task::spawn_blocking(move || block_checksum(&data)).await.map_err(|e| Error::Invalid(e.to_string()))?
+                    tokio::task::spawn_blocking(move || block_checksum(&data))
+                        .await
+                        .map_err(|e| Error::Invalid(e.to_string()))?
                 }
                 None => zero,
             };
@@ -161,5 +248,9 @@ pub async fn verify<A: EbsApi>(
         }
     }
     mismatches.sort_unstable();
-    Ok(VerifyOutcome { snapshot_id: snapshot_id.into(), blocks_compared: last, mismatches })
+    Ok(VerifyOutcome {
+        snapshot_id: snapshot_id.into(),
+        blocks_compared: last,
+        mismatches,
+    })
 }

@@ -29,8 +29,15 @@ impl ImageIdentity {
     /// Reads the identity of `path`.
     pub fn of(path: &Path) -> Result<Self> {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).map_err(|e| Error::State { path: path.into(), reason: e.to_string() })?;
-        Ok(Self { size: m.len(), mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()), inode: m.ino() })
+        let m = std::fs::metadata(path).map_err(|e| Error::State {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            size: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            inode: m.ino(),
+        })
     }
 }
 
@@ -59,7 +66,13 @@ pub struct JournalHeader {
 
 impl JournalHeader {
     /// A header for a new upload.
-    pub fn new(snapshot_id: &str, image_path: &Path, image: ImageIdentity, volume_size_gib: u64, encrypted: bool) -> Self {
+    pub fn new(
+        snapshot_id: &str,
+        image_path: &Path,
+        image: ImageIdentity,
+        volume_size_gib: u64,
+        encrypted: bool,
+    ) -> Self {
         Self {
             format: FORMAT.into(),
             version: VERSION,
@@ -88,7 +101,13 @@ pub struct Journal {
 impl Journal {
     /// Where the journal of `image` lives: beside it, or in `state_dir`.
     pub fn path_for(image: &Path, state_dir: Option<&Path>) -> PathBuf {
-        let name = format!("{}{JOURNAL_SUFFIX}", image.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+        let name = format!(
+            "{}{JOURNAL_SUFFIX}",
+            image
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        );
         match state_dir {
             Some(d) => d.join(name),
             None => image.with_file_name(name),
@@ -97,47 +116,85 @@ impl Journal {
 
     /// Starts a new journal, replacing any old one.
     pub fn create(path: &Path, header: JournalHeader) -> Result<Self> {
-        let bad = |e: std::io::Error| Error::State { path: path.into(), reason: format!("cannot write the journal: {e}") };
+        let bad = |e: std::io::Error| Error::State {
+            path: path.into(),
+            reason: format!("cannot write the journal: {e}"),
+        };
         let mut file = File::create(path).map_err(bad)?;
-        let line = serde_json::to_string(&header).map_err(|e| Error::State { path: path.into(), reason: e.to_string() })?;
+        let line = serde_json::to_string(&header).map_err(|e| Error::State {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         writeln!(file, "{line}").map_err(bad)?;
         file.sync_data().map_err(bad)?;
-        Ok(Self { path: path.into(), header, confirmed: BTreeMap::new(), file })
+        Ok(Self {
+            path: path.into(),
+            header,
+            confirmed: BTreeMap::new(),
+            file,
+        })
     }
 
     /// Opens an existing journal to resume from it.
     pub fn open(path: &Path) -> Result<Self> {
-        let bad = |reason: String| Error::State { path: path.into(), reason };
+        let bad = |reason: String| Error::State {
+            path: path.into(),
+            reason,
+        };
         let f = File::open(path).map_err(|e| bad(format!("no journal to resume from: {e}")))?;
         let mut lines = BufReader::new(f).lines();
-        let first = lines.next().ok_or_else(|| bad("empty journal".into()))?.map_err(|e| bad(e.to_string()))?;
-        let header: JournalHeader = serde_json::from_str(&first).map_err(|e| bad(format!("not an upload journal: {e}")))?;
+        let first = lines
+            .next()
+            .ok_or_else(|| bad("empty journal".into()))?
+            .map_err(|e| bad(e.to_string()))?;
+        let header: JournalHeader =
+            serde_json::from_str(&first).map_err(|e| bad(format!("not an upload journal: {e}")))?;
         if header.format != FORMAT || header.version != VERSION {
-            return Err(bad(format!("journal format {} version {} is not {FORMAT} version {VERSION}", header.format, header.version)));
+            return Err(bad(format!(
+                "journal format {} version {} is not {FORMAT} version {VERSION}",
+                header.format, header.version
+            )));
         }
         let mut confirmed = BTreeMap::new();
         for line in lines {
             let Ok(line) = line else { break };
             // A torn last line (a crash mid-write) is simply not confirmed.
-            let Some((index, digest)) = line.split_once(' ') else { break };
-            let (Ok(index), Some(digest)) = (index.parse::<u64>(), decode_digest(digest)) else { break };
+            let Some((index, digest)) = line.split_once(' ') else {
+                break;
+            };
+            let (Ok(index), Some(digest)) = (index.parse::<u64>(), decode_digest(digest)) else {
+                break;
+            };
             confirmed.insert(index, digest);
         }
-        let file = OpenOptions::new().append(true).open(path).map_err(|e| bad(e.to_string()))?;
-        Ok(Self { path: path.into(), header, confirmed, file })
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            path: path.into(),
+            header,
+            confirmed,
+            file,
+        })
     }
 
     /// Records a confirmed block.
     pub fn record(&mut self, index: u64, digest: &[u8; 32]) -> Result<()> {
-        writeln!(self.file, "{index} {}", crate::b64(digest))
-            .map_err(|e| Error::State { path: self.path.clone(), reason: format!("cannot append to the journal: {e}") })?;
+        writeln!(self.file, "{index} {}", crate::b64(digest)).map_err(|e| Error::State {
+            path: self.path.clone(),
+            reason: format!("cannot append to the journal: {e}"),
+        })?;
         self.confirmed.insert(index, *digest);
         Ok(())
     }
 
     /// Flushes confirmations to disk.
     pub fn sync(&mut self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::State { path: self.path.clone(), reason: e.to_string() })
+        self.file.sync_data().map_err(|e| Error::State {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// Its path.
@@ -147,13 +204,20 @@ impl Journal {
 
     /// Deletes the journal after a completed upload.
     pub fn remove(self) -> Result<()> {
-        std::fs::remove_file(&self.path).map_err(|e| Error::State { path: self.path.clone(), reason: e.to_string() })
+        std::fs::remove_file(&self.path).map_err(|e| Error::State {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
     }
 }
 
 fn decode_digest(s: &str) -> Option<[u8; 32]> {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()?.try_into().ok()
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()?
+        .try_into()
+        .ok()
 }
 
 #[cfg(test)]
@@ -165,12 +229,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("journal-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("j");
-        let id = ImageIdentity { size: 1, mtime_ns: 2, inode: 3 };
-        let mut j = Journal::create(&path, JournalHeader::new("snap-1", Path::new("x.img"), id, 1, false)).unwrap();
+        let id = ImageIdentity {
+            size: 1,
+            mtime_ns: 2,
+            inode: 3,
+        };
+        let mut j = Journal::create(
+            &path,
+            JournalHeader::new("snap-1", Path::new("x.img"), id, 1, false),
+        )
+        .unwrap();
         j.record(5, &[7u8; 32]).unwrap();
         j.record(9, &[8u8; 32]).unwrap();
         drop(j);
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"12 AAA").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"12 AAA")
+            .unwrap();
         let j = Journal::open(&path).unwrap();
         assert_eq!(j.header.snapshot_id, "snap-1");
         assert_eq!(j.confirmed.keys().copied().collect::<Vec<_>>(), vec![5, 9]);

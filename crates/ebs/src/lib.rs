@@ -24,7 +24,8 @@ mod retry;
 mod upload;
 
 pub use api::{
-    ApiError, ApiResult, BlockPage, EbsApi, ErrorKind, FetchedBlock, SnapshotState, StartRequest, StartedSnapshot,
+    ApiError, ApiResult, BlockPage, EbsApi, ErrorKind, FetchedBlock, SnapshotState, StartRequest,
+    StartedSnapshot,
 };
 pub use download::{download, verify, DownloadOutcome, VerifyOutcome};
 pub use journal::{Journal, JournalHeader};
@@ -114,17 +115,24 @@ pub enum Error {
 }
 
 fn on_snapshot(id: &Option<String>) -> String {
-    id.as_ref().map(|s| format!(" for snapshot {s}")).unwrap_or_default()
+    id.as_ref()
+        .map(|s| format!(" for snapshot {s}"))
+        .unwrap_or_default()
 }
 fn on_block(b: &Option<u64>) -> String {
-    b.map(|b| format!(" at block {b} (byte offset {})", b * BLOCK_SIZE)).unwrap_or_default()
+    b.map(|b| format!(" at block {b} (byte offset {})", b * BLOCK_SIZE))
+        .unwrap_or_default()
 }
 
 impl Error {
     /// The snapshot this error leaves pending, if any.
     pub fn pending_snapshot(&self) -> Option<&str> {
         match self {
-            Error::Api { snapshot_id: Some(s), op, .. } if *op != "StartSnapshot" => Some(s),
+            Error::Api {
+                snapshot_id: Some(s),
+                op,
+                ..
+            } if *op != "StartSnapshot" => Some(s),
             Error::Interrupted { snapshot_id } => Some(snapshot_id),
             _ => None,
         }
@@ -149,7 +157,10 @@ pub fn block_checksum(data: &[u8]) -> String {
 /// True when every byte is zero. Compares 16 bytes at a time.
 pub fn is_zero(buf: &[u8]) -> bool {
     let (chunks, rest) = buf.split_at(buf.len() - buf.len() % 16);
-    chunks.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0) && rest.iter().all(|&b| b == 0)
+    chunks
+        .chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().unwrap_or([1; 16])) == 0)
+        && rest.iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]
@@ -160,7 +171,14 @@ mod tests {
     fn zero_detection_sees_a_single_set_byte_anywhere() {
         let mut b = vec![0u8; BLOCK_SIZE as usize + 3];
         assert!(is_zero(&b));
-        for at in [0, 15, 16, 4095, BLOCK_SIZE as usize, BLOCK_SIZE as usize + 2] {
+        for at in [
+            0,
+            15,
+            16,
+            4095,
+            BLOCK_SIZE as usize,
+            BLOCK_SIZE as usize + 2,
+        ] {
             b[at] = 1;
             assert!(!is_zero(&b), "byte {at}");
             b[at] = 0;
@@ -170,6 +188,9 @@ mod tests {
     #[test]
     fn checksums_are_base64_sha256() {
         // SHA-256 of the empty string.
-        assert_eq!(block_checksum(b""), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+        assert_eq!(
+            block_checksum(b""),
+            "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+        );
     }
 }

@@ -46,21 +46,35 @@ impl Manifest {
 
     /// Reads and checks a manifest file.
     pub fn load(path: &Path) -> Result<Self> {
-        let bad = |reason: String| Error::State { path: path.to_path_buf(), reason };
-        let text = std::fs::read(path).map_err(|e| bad(format!("cannot read the manifest: {e}")))?;
-        let m: Manifest = serde_json::from_slice(&text).map_err(|e| bad(format!("not a block manifest: {e}")))?;
+        let bad = |reason: String| Error::State {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text =
+            std::fs::read(path).map_err(|e| bad(format!("cannot read the manifest: {e}")))?;
+        let m: Manifest =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("not a block manifest: {e}")))?;
         if m.format != FORMAT || m.version != VERSION {
-            return Err(bad(format!("manifest format {} version {} is not {FORMAT} version {VERSION}", m.format, m.version)));
+            return Err(bad(format!(
+                "manifest format {} version {} is not {FORMAT} version {VERSION}",
+                m.format, m.version
+            )));
         }
         if m.block_size != BLOCK_SIZE {
-            return Err(bad(format!("block size {} is not {BLOCK_SIZE}", m.block_size)));
+            return Err(bad(format!(
+                "block size {} is not {BLOCK_SIZE}",
+                m.block_size
+            )));
         }
         Ok(m)
     }
 
     /// Writes the manifest atomically (a temporary file, then a rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let bad = |reason: String| Error::State { path: path.to_path_buf(), reason };
+        let bad = |reason: String| Error::State {
+            path: path.to_path_buf(),
+            reason,
+        };
         let tmp = path.with_extension("tmp");
         let json = serde_json::to_vec_pretty(self).map_err(|e| bad(e.to_string()))?;
         std::fs::write(&tmp, json).map_err(|e| bad(format!("cannot write: {e}")))?;

@@ -38,7 +38,13 @@ pub fn plan(source: &dyn BlockSource) -> blockio::Result<Plan> {
         };
         data_blocks.extend(from..=last);
     }
-    Ok(Plan { image_size, image_blocks, volume_size_gib, volume_blocks: volume_size_gib * BLOCKS_PER_GIB, data_blocks })
+    Ok(Plan {
+        image_size,
+        image_blocks,
+        volume_size_gib,
+        volume_blocks: volume_size_gib * BLOCKS_PER_GIB,
+        data_blocks,
+    })
 }
 
 #[cfg(test)]
@@ -54,6 +60,13 @@ mod tests {
         assert_eq!(p.volume_blocks, 2048);
         assert_eq!(p.data_blocks, vec![0, 1]);
         let empty = plan(&MemorySource::new(Vec::new())).unwrap();
-        assert_eq!((empty.image_blocks, empty.volume_size_gib, empty.data_blocks.len()), (0, 1, 0));
+        assert_eq!(
+            (
+                empty.image_blocks,
+                empty.volume_size_gib,
+                empty.data_blocks.len()
+            ),
+            (0, 1, 0)
+        );
     }
 }

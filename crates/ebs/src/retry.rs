@@ -36,14 +36,22 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The backoff before attempt `attempt` (1-based count of failures so far).
     pub fn backoff(&self, failures: u32) -> Duration {
-        let ceiling = self.base_delay.saturating_mul(1u32 << failures.min(20)).min(self.max_delay);
+        let ceiling = self
+            .base_delay
+            .saturating_mul(1u32 << failures.min(20))
+            .min(self.max_delay);
         Duration::from_nanos(fastrand::u64(0..=ceiling.as_nanos() as u64))
     }
 
     /// Runs `call` until it succeeds, fails for good, or attempts run out.
     /// `since` is when the snapshot was started, for the not-found grace period.
     /// Returns the result and the number of attempts made.
-    pub async fn run<T, F, Fut>(&self, since: Option<Instant>, stop: &(dyn Fn() -> bool + Sync), mut call: F) -> (ApiResult<T>, u32)
+    pub async fn run<T, F, Fut>(
+        &self,
+        since: Option<Instant>,
+        stop: &(dyn Fn() -> bool + Sync),
+        mut call: F,
+    ) -> (ApiResult<T>, u32)
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = ApiResult<T>>,
@@ -54,7 +62,11 @@ impl RetryPolicy {
             let err = match tokio::time::timeout(self.attempt_timeout, call()).await {
                 Ok(Ok(v)) => return (Ok(v), attempt),
                 Ok(Err(e)) => e,
-                Err(_) => ApiError::new(ErrorKind::Timeout, None, format!("no answer within {:?}", self.attempt_timeout)),
+                Err(_) => ApiError::new(
+                    ErrorKind::Timeout,
+                    None,
+                    format!("no answer within {:?}", self.attempt_timeout),
+                ),
             };
             let young = since.is_some_and(|t| t.elapsed() < self.not_found_grace);
             let retryable = err.kind.is_transient() || (err.kind == ErrorKind::NotFound && young);
@@ -73,7 +85,11 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn fast() -> RetryPolicy {
-        RetryPolicy { base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(2), ..Default::default() }
+        RetryPolicy {
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            ..Default::default()
+        }
     }
 
     #[tokio::test]
@@ -82,7 +98,11 @@ mod tests {
         let (r, attempts) = fast()
             .run(None, &|| false, || async {
                 if calls.fetch_add(1, Ordering::SeqCst) < 3 {
-                    Err(ApiError::new(ErrorKind::Throttled, Some("RequestThrottledException"), "slow down"))
+                    Err(ApiError::new(
+                        ErrorKind::Throttled,
+                        Some("RequestThrottledException"),
+                        "slow down",
+                    ))
                 } else {
                     Ok(7)
                 }
@@ -94,14 +114,20 @@ mod tests {
     #[tokio::test]
     async fn access_denied_is_never_retried() {
         let (r, attempts) = fast()
-            .run(None, &|| false, || async { Err::<(), _>(ApiError::new(ErrorKind::AccessDenied, None, "no")) })
+            .run(None, &|| false, || async {
+                Err::<(), _>(ApiError::new(ErrorKind::AccessDenied, None, "no"))
+            })
             .await;
-        assert_eq!((r.unwrap_err().kind, attempts), (ErrorKind::AccessDenied, 1));
+        assert_eq!(
+            (r.unwrap_err().kind, attempts),
+            (ErrorKind::AccessDenied, 1)
+        );
     }
 
     #[tokio::test]
     async fn not_found_is_retried_only_while_the_snapshot_is_young() {
-        let nf = || async { Err::<(), _>(ApiError::new(ErrorKind::NotFound, None, "no such snapshot")) };
+        let nf =
+            || async { Err::<(), _>(ApiError::new(ErrorKind::NotFound, None, "no such snapshot")) };
         let (_, young) = fast().run(Some(Instant::now()), &|| false, nf).await;
         assert_eq!(young, 10);
         let old = Instant::now() - Duration::from_secs(600);
@@ -112,7 +138,10 @@ mod tests {
     #[tokio::test]
     async fn a_hung_attempt_times_out_and_is_retried() {
         let calls = AtomicU32::new(0);
-        let policy = RetryPolicy { attempt_timeout: Duration::from_millis(20), ..fast() };
+        let policy = RetryPolicy {
+            attempt_timeout: Duration::from_millis(20),
+            ..fast()
+        };
         let (r, attempts) = policy
             .run(None, &|| false, || async {
                 if calls.fetch_add(1, Ordering::SeqCst) == 0 {

@@ -2,7 +2,10 @@
 
 use crate::api::{EbsApi, SnapshotState, StartRequest};
 use crate::journal::{ImageIdentity, Journal, JournalHeader};
-use crate::{is_zero, linear_aggregate, plan, Error, Manifest, Result, RetryPolicy, BLOCK_SIZE, MAX_VOLUME_GIB};
+use crate::{
+    is_zero, linear_aggregate, plan, Error, Manifest, Result, RetryPolicy, BLOCK_SIZE,
+    MAX_VOLUME_GIB,
+};
 use blockio::BlockSource;
 use bytes::Bytes;
 use sha2::Digest;
@@ -145,7 +148,10 @@ pub async fn upload<A: EbsApi>(
             return Err(Error::ImageChanged {
                 path: image_path.into(),
                 what: "the interrupted upload",
-                reason: format!("size, modification time or inode differ (journal {:?}, now {:?})", h.image, identity),
+                reason: format!(
+                    "size, modification time or inode differ (journal {:?}, now {:?})",
+                    h.image, identity
+                ),
             });
         }
         let parent = match &h.parent_manifest {
@@ -153,27 +159,46 @@ pub async fn upload<A: EbsApi>(
             None => None,
         };
         let id = h.snapshot_id.clone();
-        let (state, _) = opts.retry.run(None, &stopped, || api.snapshot_state(&id)).await;
+        let (state, _) = opts
+            .retry
+            .run(None, &stopped, || api.snapshot_state(&id))
+            .await;
         match state {
             Ok(SnapshotState::Pending) => {}
             Ok(other) => {
                 return Err(Error::NotCompleted {
                     snapshot_id: id,
-                    state: format!("is {other:?}, not pending: it cannot be resumed; start a new upload"),
+                    state: format!(
+                        "is {other:?}, not pending: it cannot be resumed; start a new upload"
+                    ),
                 })
             }
-            Err(source) => return Err(Error::Api { op: "DescribeSnapshots", snapshot_id: Some(id), block: None, attempts: 1, source }),
+            Err(source) => {
+                return Err(Error::Api {
+                    op: "DescribeSnapshots",
+                    snapshot_id: Some(id),
+                    block: None,
+                    attempts: 1,
+                    source,
+                })
+            }
         }
         check_confirmed_blocks(&image, &journal, image_path).await?;
         tracing::info!(snapshot_id = %id, confirmed = journal.confirmed.len(), "resuming");
         (journal, parent, None)
     } else {
         if opts.parent.is_some() && opts.encrypted {
-            return Err(Error::Invalid("a parent snapshot cannot be combined with encryption (EBS refuses it)".into()));
+            return Err(Error::Invalid(
+                "a parent snapshot cannot be combined with encryption (EBS refuses it)".into(),
+            ));
         }
-        let volume_size_gib = p.volume_size_gib.max(opts.parent.as_ref().map_or(0, |m| m.volume_size_gib));
+        let volume_size_gib = p
+            .volume_size_gib
+            .max(opts.parent.as_ref().map_or(0, |m| m.volume_size_gib));
         if volume_size_gib > MAX_VOLUME_GIB {
-            return Err(Error::Invalid(format!("{volume_size_gib} GiB exceeds the {MAX_VOLUME_GIB} GiB EBS limit")));
+            return Err(Error::Invalid(format!(
+                "{volume_size_gib} GiB exceeds the {MAX_VOLUME_GIB} GiB EBS limit"
+            )));
         }
         let req = StartRequest {
             volume_size_gib,
@@ -182,13 +207,32 @@ pub async fn upload<A: EbsApi>(
             kms_key_arn: opts.kms_key_arn.clone(),
             description: opts.description.clone(),
             tags: opts.tags.clone(),
-            client_token: format!("amiforge-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            client_token: format!(
+                "amiforge-{:016x}{:016x}",
+                fastrand::u64(..),
+                fastrand::u64(..)
+            ),
             timeout_minutes: opts.timeout_minutes,
         };
         // The same client token on every attempt makes StartSnapshot idempotent.
-        let (r, attempts) = opts.retry.run(None, &stopped, || api.start_snapshot(req.clone())).await;
-        let snap = r.map_err(|source| Error::Api { op: "StartSnapshot", snapshot_id: None, block: None, attempts, source })?;
-        let mut header = JournalHeader::new(&snap.snapshot_id, image_path, identity, volume_size_gib, opts.encrypted);
+        let (r, attempts) = opts
+            .retry
+            .run(None, &stopped, || api.start_snapshot(req.clone()))
+            .await;
+        let snap = r.map_err(|source| Error::Api {
+            op: "StartSnapshot",
+            snapshot_id: None,
+            block: None,
+            attempts,
+            source,
+        })?;
+        let mut header = JournalHeader::new(
+            &snap.snapshot_id,
+            image_path,
+            identity,
+            volume_size_gib,
+            opts.encrypted,
+        );
         header.parent_snapshot_id = req.parent_snapshot_id.clone();
         header.parent_manifest = opts.parent_manifest_path.clone();
         let journal = Journal::create(&opts.journal_path, header)?;
@@ -201,19 +245,34 @@ pub async fn upload<A: EbsApi>(
     (opts.on_started)(&snapshot_id);
 
     // 2. Which blocks to look at.
-    let mut visit: BTreeSet<u64> = if encrypted { (0..volume_blocks).collect() } else { p.data_blocks.iter().copied().collect() };
+    let mut visit: BTreeSet<u64> = if encrypted {
+        (0..volume_blocks).collect()
+    } else {
+        p.data_blocks.iter().copied().collect()
+    };
     if let Some(parent) = &parent {
         visit.extend(parent.blocks.keys().copied().filter(|&i| i < volume_blocks));
     }
     let resumed: BTreeMap<u64, [u8; 32]> = journal.confirmed.clone();
-    let to_visit: Vec<u64> = visit.iter().copied().filter(|i| !resumed.contains_key(i)).collect();
+    let to_visit: Vec<u64> = visit
+        .iter()
+        .copied()
+        .filter(|i| !resumed.contains_key(i))
+        .collect();
     progress.started(&snapshot_id, to_visit.len() as u64);
 
     // 3. Stream.
-    let parent_blocks: Arc<BTreeMap<u64, String>> = Arc::new(parent.as_ref().map(|m| m.blocks.clone()).unwrap_or_default());
+    let parent_blocks: Arc<BTreeMap<u64, String>> = Arc::new(
+        parent
+            .as_ref()
+            .map(|m| m.blocks.clone())
+            .unwrap_or_default(),
+    );
     let workers = opts.workers.max(1);
     let in_flight = Arc::new(Semaphore::new(workers));
-    let hashers = Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
+    let hashers = Arc::new(Semaphore::new(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ));
     let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::new(Mutex::new(Vec::with_capacity(workers)));
     let counters = Arc::new(Counters::default());
     let fatal: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
@@ -254,7 +313,9 @@ pub async fn upload<A: EbsApi>(
         if stopped() {
             break;
         }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         let ctx = BlockContext {
             api: api.clone(),
             image: image.clone(),
@@ -267,7 +328,8 @@ pub async fn upload<A: EbsApi>(
             since: snapshot_started,
             counters: counters.clone(),
             done: done_tx.clone(),
-            progress_pct: (visited.fetch_add(1, Ordering::Relaxed) * 100 / total_to_visit).min(100) as u8,
+            progress_pct: (visited.fetch_add(1, Ordering::Relaxed) * 100 / total_to_visit).min(100)
+                as u8,
         };
         let (fatal, abort, stop_flag) = (fatal.clone(), abort.clone(), stop_flag.clone());
         tasks.spawn(async move {
@@ -288,8 +350,9 @@ pub async fn upload<A: EbsApi>(
     }
     while tasks.join_next().await.is_some() {}
     drop(done_tx);
-    let (journal, seen, skipped) =
-        journal_task.await.map_err(|e| Error::Invalid(format!("journal writer failed: {e}")))??;
+    let (journal, seen, skipped) = journal_task
+        .await
+        .map_err(|e| Error::Invalid(format!("journal writer failed: {e}")))??;
 
     if let Some(e) = fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
@@ -303,9 +366,19 @@ pub async fn upload<A: EbsApi>(
     let written = journal.confirmed.clone();
     let aggregate = linear_aggregate(written.values());
     let count = written.len() as u64;
-    let (r, attempts) =
-        opts.retry.run(snapshot_started, &|| false, || api.complete_snapshot(&snapshot_id, count, &aggregate)).await;
-    r.map_err(|source| Error::Api { op: "CompleteSnapshot", snapshot_id: Some(snapshot_id.clone()), block: None, attempts, source })?;
+    let (r, attempts) = opts
+        .retry
+        .run(snapshot_started, &|| false, || {
+            api.complete_snapshot(&snapshot_id, count, &aggregate)
+        })
+        .await;
+    r.map_err(|source| Error::Api {
+        op: "CompleteSnapshot",
+        snapshot_id: Some(snapshot_id.clone()),
+        block: None,
+        attempts,
+        source,
+    })?;
     wait_completed(&*api, &snapshot_id, &opts).await?;
     journal.remove()?;
 
@@ -339,7 +412,11 @@ fn journal_parent(parent: &Option<Manifest>) -> Option<String> {
 }
 
 /// Before resuming, the blocks the journal confirmed must still hash the same.
-async fn check_confirmed_blocks(image: &Arc<dyn BlockSource>, journal: &Journal, path: &Path) -> Result<()> {
+async fn check_confirmed_blocks(
+    image: &Arc<dyn BlockSource>,
+    journal: &Journal,
+    path: &Path,
+) -> Result<()> {
     let image = image.clone();
     let confirmed = journal.confirmed.clone();
     let path = path.to_path_buf();
@@ -352,7 +429,10 @@ async fn check_confirmed_blocks(image: &Arc<dyn BlockSource>, journal: &Journal,
                 return Err(Error::ImageChanged {
                     path,
                     what: "the interrupted upload",
-                    reason: format!("block {index} (byte offset {}) no longer matches what was uploaded", index * BLOCK_SIZE),
+                    reason: format!(
+                        "block {index} (byte offset {}) no longer matches what was uploaded",
+                        index * BLOCK_SIZE
+                    ),
                 });
             }
         }
@@ -366,16 +446,30 @@ async fn wait_completed<A: EbsApi>(api: &A, snapshot_id: &str, opts: &UploadOpti
     let deadline = Instant::now() + opts.completion_timeout;
     let sealed_at = Instant::now();
     loop {
-        let (r, attempts) = opts.retry.run(Some(sealed_at), &|| false, || api.snapshot_state(snapshot_id)).await;
+        let (r, attempts) = opts
+            .retry
+            .run(Some(sealed_at), &|| false, || {
+                api.snapshot_state(snapshot_id)
+            })
+            .await;
         match r {
             Ok(SnapshotState::Completed) => return Ok(()),
             Ok(SnapshotState::Error) => {
-                return Err(Error::NotCompleted { snapshot_id: snapshot_id.into(), state: "ended in the error state".into() })
+                return Err(Error::NotCompleted {
+                    snapshot_id: snapshot_id.into(),
+                    state: "ended in the error state".into(),
+                })
             }
             // Just after completion, DescribeSnapshots may not see it yet.
             Ok(SnapshotState::Pending | SnapshotState::NotFound) => {}
             Err(source) => {
-                return Err(Error::Api { op: "DescribeSnapshots", snapshot_id: Some(snapshot_id.into()), block: None, attempts, source })
+                return Err(Error::Api {
+                    op: "DescribeSnapshots",
+                    snapshot_id: Some(snapshot_id.into()),
+                    block: None,
+                    attempts,
+                    source,
+                })
             }
         }
         if Instant::now() > deadline {
@@ -412,25 +506,34 @@ impl<A: EbsApi> BlockContext<A> {
 
     fn give_back(&self, buf: Vec<u8>) {
         if buf.len() == BLOCK_SIZE as usize {
-            self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
+            self.pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(buf);
         }
     }
 
     async fn run(self, index: u64, stopped: &(dyn Fn() -> bool + Sync)) -> Result<()> {
         // Read, check for zeros and hash, off the async runtime.
         let buf = self.take_buffer();
-        let permit = self.hashers.clone().acquire_owned().await.map_err(|e| Error::Invalid(e.to_string()))?;
+        let permit = self
+            .hashers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let image = self.image.clone();
-        let (buf, zero, digest) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, bool, [u8; 32])> {
-            let _permit = permit;
-            let mut buf = buf;
-            read_block(&*image, index, &mut buf)?;
-            let zero = is_zero(&buf);
-            let digest: [u8; 32] = sha2::Sha256::digest(&buf).into();
-            Ok((buf, zero, digest))
-        })
-        .await
-        .map_err(|e| Error::Invalid(format!("reading block {index} failed: {e}")))??;
+        let (buf, zero, digest) =
+            tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, bool, [u8; 32])> {
+                let _permit = permit;
+                let mut buf = buf;
+                read_block(&*image, index, &mut buf)?;
+                let zero = is_zero(&buf);
+                let digest: [u8; 32] = sha2::Sha256::digest(&buf).into();
+                Ok((buf, zero, digest))
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("reading block {index} failed: {e}")))??;
 
         let digest_b64 = crate::b64(&digest);
         let in_parent = self.parent_blocks.get(&index);
@@ -444,7 +547,12 @@ impl<A: EbsApi> BlockContext<A> {
         };
         if !send {
             self.give_back(buf);
-            let _ = self.done.send(Done { index, digest, zero, written: false });
+            let _ = self.done.send(Done {
+                index,
+                digest,
+                zero,
+                written: false,
+            });
             return Ok(());
         }
 
@@ -452,7 +560,13 @@ impl<A: EbsApi> BlockContext<A> {
         let (r, attempts) = self
             .retry
             .run(self.since, stopped, || {
-                self.api.put_block(&self.snapshot_id, index, body.clone(), &digest_b64, Some(self.progress_pct))
+                self.api.put_block(
+                    &self.snapshot_id,
+                    index,
+                    body.clone(),
+                    &digest_b64,
+                    Some(self.progress_pct),
+                )
             })
             .await;
         if let Ok(back) = body.try_into_mut() {
@@ -460,11 +574,18 @@ impl<A: EbsApi> BlockContext<A> {
         }
         match r {
             Ok(()) => {
-                self.counters.sent_bytes.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
+                self.counters
+                    .sent_bytes
+                    .fetch_add(BLOCK_SIZE, Ordering::Relaxed);
                 if zero {
                     self.counters.zero_written.fetch_add(1, Ordering::Relaxed);
                 }
-                let _ = self.done.send(Done { index, digest, zero, written: true });
+                let _ = self.done.send(Done {
+                    index,
+                    digest,
+                    zero,
+                    written: true,
+                });
                 Ok(())
             }
             // Stopped by Ctrl-C or another block's fatal error: not this block's fault.

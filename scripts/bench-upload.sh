@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Benchmark: upload the same sparse 4 GiB image (about 50% data) with amiforge and
+# with coldsnap, both against the strict EBS test server on loopback, in one run; then
+# amiforge against moto. Reports wall time, CPU seconds (user+system), peak RSS and
+# throughput for each, and the ratios.
+#
+#   scripts/bench-upload.sh [SIZE_GIB]     (default 4)
+#
+# coldsnap is installed from crates.io (cargo install coldsnap) into
+# ~/.cache/amiforge/tools the first time. Both tools wait for the snapshot to be
+# completed. coldsnap gets --omit-zero-blocks so that both skip zero blocks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_gib=${1:-4}
+scripts/install-deps.sh
+command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+tools=$HOME/.cache/amiforge/tools
+if [ ! -x "$tools/bin/coldsnap" ]; then
+  echo "installing coldsnap from crates.io (a few minutes)..." >&2
+  cargo install coldsnap --locked --quiet --root "$tools"
+fi
+cargo build --release --locked --quiet -p amiforge -p ebs-testserver
+target=${CARGO_TARGET_DIR:-$PWD/target}/release
+dir=${BENCH_DIR:-$PWD/target/bench}
+mkdir -p "$dir"
+img=$dir/upload-${size_gib}g.img
+if [ ! -f "$img" ]; then
+  echo "writing $img: ${size_gib} GiB, random data in about half of the 512 KiB blocks..." >&2
+  python3 - "$img" "$size_gib" <<'PY'
+import os, random, sys
+path, gib = sys.argv[1], int(sys.argv[2])
+random.seed(7)
+block = 524288
+with open(path + ".tmp", "wb") as f:
+    f.truncate(gib << 30)
+    pool = os.urandom(64 << 20)
+    for i in range((gib << 30) // block):
+        if random.random() < 0.5:
+            off = random.randrange(0, len(pool) - block)
+            f.seek(i * block)
+            f.write(pool[off:off + block])
+os.rename(path + ".tmp", path)
+PY
+fi
+data_mib=$(( $(du -k "$img" | cut -f1) / 1024 ))
+
+export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+start_strict() {
+  "$target/ebs-testserver" --completion-delay-ms 0 > "$dir/server.out" &
+  server_pid=$!
+  for _ in $(seq 100); do grep -q listening "$dir/server.out" 2>/dev/null && break; sleep 0.1; done
+  endpoint=$(sed -n 's/^listening on //p' "$dir/server.out")
+}
+stop_server() { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; }
+# measure NAME COMMAND...: one line "NAME wall cpu rss"
+measure() {
+  local name=$1; shift
+  /usr/bin/time -f "%e %U %S %M" -o "$dir/time.out" "$@" > "$dir/$name.stdout" 2> "$dir/$name.stderr" || {
+    echo "$name failed:" >&2; tail -5 "$dir/$name.stderr" >&2; exit 2; }
+  read -r wall user sys rss < "$dir/time.out"
+  echo "$name $wall $(python3 -c "print($user + $sys)") $rss"
+}
+
+results=()
+start_strict
+results+=("$(AWS_ENDPOINT_URL=$endpoint measure amiforge "$target/amiforge" upload "$img" --no-progress --workers 64)")
+stop_server
+start_strict
+results+=("$(AWS_ENDPOINT_URL=$endpoint measure coldsnap "$tools/bin/coldsnap" upload --wait --omit-zero-blocks "$img")")
+stop_server
+
+venv=${AMIFORGE_VENV:-$HOME/.cache/amiforge/venv}
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+MOTO_EC2_LOAD_DEFAULT_AMIS=false "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >/dev/null 2>&1 &
+server_pid=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
+results+=("$(AWS_ENDPOINT_URL=http://127.0.0.1:$port measure amiforge-vs-moto "$target/amiforge" upload "$img" --no-progress --workers 64)")
+stop_server
+
+printf '%s\n' "${results[@]}" | python3 -c "
+import sys
+data_mib = $data_mib
+rows = {}
+for line in sys.stdin:
+    name, wall, cpu, rss = line.split()
+    rows[name] = (float(wall), float(cpu), int(rss))
+print(f'image: ${size_gib} GiB sparse, {data_mib} MiB of data')
+print(f\"{'tool':<18}{'wall s':>9}{'cpu s':>9}{'MiB/s':>9}{'cpu s/GiB':>11}{'peak RSS MiB':>14}\")
+for name, (wall, cpu, rss) in rows.items():
+    print(f'{name:<18}{wall:>9.2f}{cpu:>9.2f}{data_mib / wall:>9.1f}{cpu / (data_mib / 1024):>11.2f}{rss / 1024:>14.1f}')
+a, c = rows['amiforge'], rows['coldsnap']
+print(f'amiforge vs coldsnap (strict server): throughput x{c[0] / a[0]:.2f}, cpu per GiB x{a[1] / c[1]:.2f}, peak RSS x{a[2] / c[2]:.2f}')
+"
