@@ -175,7 +175,8 @@ sgdisk -U 55555555-2222-3333-4444-555555555555 \
   -n 1:1M:+16M -t 1:8E00 -c 1:lvm -n 2:0:+32M -t 2:8309 -c 2:luks2 -n 3:0:+16M -t 3:8309 -c 3:luks1 \
   -n 4:0:+320M -t 4:8300 -c 4:xfs -n 5:0:+128M -t 5:8300 -c 5:btrfs -n 6:0:+16M -t 6:8200 -c 6:swap \
   -n 7:0:+16M -t 7:8300 -c 7:squashfs -n 8:0:+16M -t 8:8300 -c 8:erofs -n 9:0:+16M -t 9:0700 -c 9:ntfs \
-  -n 10:0:+16M -t 10:8300 -c 10:iso9660 -n 11:0:+16M -t 11:8300 -c 11:empty "$img" >/dev/null
+  -n 10:0:+16M -t 10:8300 -c 10:iso9660 -n 11:0:+16M -t 11:8300 -c 11:empty \
+  -n 12:0:+16M -t 12:8300 -c 12:ext4-inline-data "$img" >/dev/null
 put() { # put PARTNO FILE: copy a filesystem image into a partition
   dd if="$2" of="$img" bs=1M seek=$(( $(offset_of "$img" "$1") / MiB )) conv=notrunc,sparse status=none
 }
@@ -209,6 +210,8 @@ mksquashfs "$work/small" "$work/sq" -quiet -noappend >/dev/null; put 7 "$work/sq
 mkfs.erofs --quiet -T 1700000000 "$work/erofs" "$work/small"; put 8 "$work/erofs"
 truncate -s 16M "$work/ntfs"; mkntfs -q -F -Q "$work/ntfs" >/dev/null; put 9 "$work/ntfs"
 genisoimage -quiet -o "$work/iso" "$work/small"; put 10 "$work/iso"
+# An ext4 feature ext4-view cannot read: it must be reported, never an empty result.
+mkfs.ext4 -q -F -O inline_data -E "offset=$(offset_of "$img" 12)" -d "$work/small" "$img" 16M
 mv "$img" "$out/"
 
 echo "$want" > "$stamp"
