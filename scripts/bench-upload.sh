@@ -19,8 +19,11 @@ if [ ! -x "$tools/bin/coldsnap" ]; then
   echo "installing coldsnap from crates.io (a few minutes)..." >&2
   cargo install coldsnap --locked --quiet --root "$tools"
 fi
-cargo build --release --locked --quiet -p amiforge -p ebs-testserver
-target=${CARGO_TARGET_DIR:-$PWD/target}/release
+# BENCH_PROFILE=dev reuses the test build (dependencies at opt-level 2, our crates
+# unoptimized): slower for amiforge, never faster, and it saves a 15-minute release build.
+profile=${BENCH_PROFILE:-release}
+cargo build --profile "$profile" --locked --quiet -p amiforge -p ebs-testserver
+target=${CARGO_TARGET_DIR:-$PWD/target}/$([ "$profile" = dev ] && echo debug || echo "$profile")
 dir=${BENCH_DIR:-$PWD/target/bench}
 mkdir -p "$dir"
 img=$dir/upload-${size_gib}g.img
@@ -84,7 +87,7 @@ rows = {}
 for line in sys.stdin:
     name, wall, cpu, rss = line.split()
     rows[name] = (float(wall), float(cpu), int(rss))
-print(f'image: ${size_gib} GiB sparse, {data_mib} MiB of data')
+print(f'image: ${size_gib} GiB sparse, {data_mib} MiB of data; amiforge built with the $profile profile')
 print(f\"{'tool':<18}{'wall s':>9}{'cpu s':>9}{'MiB/s':>9}{'cpu s/GiB':>11}{'peak RSS MiB':>14}\")
 for name, (wall, cpu, rss) in rows.items():
     print(f'{name:<18}{wall:>9.2f}{cpu:>9.2f}{data_mib / wall:>9.1f}{cpu / (data_mib / 1024):>11.2f}{rss / 1024:>14.1f}')

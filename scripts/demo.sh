@@ -4,9 +4,11 @@
 #     mkfs.vfat, mkfs.ext4 -d);
 #  2. inspects the UEFI sample: partitions, filesystems, OS, architecture, boot mode,
 #     kernels, EC2 drivers;
-#  3. starts the strict EBS test server on loopback and uploads the image into a
-#     snapshot through the EBS direct APIs;
-#  4. verifies the snapshot block by block against the image.
+#  3. starts the strict EBS test server on loopback (EBS direct plus the EC2 calls it
+#     needs) and publishes the image: inspect → gate → upload into a snapshot →
+#     RegisterImage with the architecture, boot mode and ENA the image implies;
+#  4. verifies the AMI's snapshot block by block against the image, and shows that a
+#     re-run returns the same AMI without uploading.
 #
 #   scripts/demo.sh
 set -euo pipefail
@@ -31,5 +33,9 @@ export AWS_EC2_METADATA_DISABLED=true
 set -x
 "$bin/amiforge" inspect "$image"
 "$bin/amiforge" ls "$image" /etc -l
-snapshot=$("$bin/amiforge" upload "$image" --tag demo=true)
+"$bin/amiforge" publish "$image" --name "amiforge-demo" --tag demo=true --format json > /tmp/amiforge-demo-publish.$$
+cat /tmp/amiforge-demo-publish.$$
+snapshot=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshot_id"])' /tmp/amiforge-demo-publish.$$)
+rm -f /tmp/amiforge-demo-publish.$$
 "$bin/amiforge" verify "$image" "$snapshot"
+"$bin/amiforge" publish "$image" --name "amiforge-demo"

@@ -6,6 +6,7 @@
 //! 2 error.
 
 mod commands;
+mod publish;
 mod transfer;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -13,7 +14,8 @@ use std::process::ExitCode;
 
 /// Exit code for success.
 const EXIT_OK: u8 = 0;
-/// Exit code for a failed check (verify found differing blocks).
+/// Exit code for a failed check: the publish gate failed, or verify found differing
+/// blocks.
 const EXIT_FAILED_CHECK: u8 = 1;
 /// Exit code for any error: bad input, unreadable image, I/O failure.
 const EXIT_ERROR: u8 = 2;
@@ -88,6 +90,11 @@ enum Command {
     Download(transfer::DownloadArgs),
     /// Compare an image with a snapshot block by block (exit 1 when they differ).
     Verify(transfer::VerifyArgs),
+    /// Register an AMI from completed snapshots. Re-running with the same name returns
+    /// the existing AMI after checking that it matches.
+    Register(publish::RegisterArgs),
+    /// The whole pipeline: inspect → gate → upload → register. Prints the AMI id.
+    Publish(publish::PublishArgs),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -116,6 +123,12 @@ fn main() -> ExitCode {
         Command::Upload(args) => transfer::upload(args),
         Command::Download(args) => transfer::download(args),
         Command::Verify(args) => match transfer::verify(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
+            Err(e) => Err(e),
+        },
+        Command::Register(args) => publish::register(args),
+        Command::Publish(args) => match publish::publish(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
             Err(e) => Err(e),

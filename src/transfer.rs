@@ -32,7 +32,7 @@ pub struct AwsArgs {
 }
 
 impl AwsArgs {
-    fn retry(&self) -> RetryPolicy {
+    pub fn retry(&self) -> RetryPolicy {
         RetryPolicy {
             max_attempts: self.max_attempts.max(1),
             attempt_timeout: Duration::from_secs(self.attempt_timeout.max(1)),
@@ -40,13 +40,16 @@ impl AwsArgs {
         }
     }
 
-    async fn client(&self) -> Result<Arc<awsapi::SdkEbs>> {
-        let opts = awsapi::AwsOptions {
+    pub fn options(&self) -> awsapi::AwsOptions {
+        awsapi::AwsOptions {
             region: self.region.clone(),
             profile: self.profile.clone(),
             endpoint_url: self.endpoint_url.clone(),
-        };
-        let config = awsapi::load(&opts).await?;
+        }
+    }
+
+    async fn client(&self) -> Result<Arc<awsapi::SdkEbs>> {
+        let config = awsapi::load(&self.options()).await?;
         Ok(Arc::new(awsapi::SdkEbs::new(&config)))
     }
 
@@ -121,7 +124,7 @@ pub struct UploadArgs {
     pub aws: AwsArgs,
 }
 
-fn parse_tags(tags: &[String]) -> Result<Vec<(String, String)>> {
+pub fn parse_tags(tags: &[String]) -> Result<Vec<(String, String)>> {
     tags.iter()
         .map(|t| match t.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -218,7 +221,7 @@ impl Progress for Reporter {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
@@ -264,8 +267,14 @@ fn resume_command(args: &UploadArgs) -> String {
         .join(" ")
 }
 
-pub fn upload(args: UploadArgs) -> Result<()> {
-    let tags = parse_tags(&args.tags)?;
+/// Runs an upload and reports the pending snapshot on failure; prints nothing else.
+pub fn run_upload(
+    args: &UploadArgs,
+    extra_tags: &[(String, String)],
+    rt: &tokio::runtime::Runtime,
+) -> Result<ebs::UploadOutcome> {
+    let mut tags = parse_tags(&args.tags)?;
+    tags.extend(extra_tags.iter().cloned());
     if args.workers == 0 {
         bail!("--workers must be at least 1");
     }
@@ -304,7 +313,6 @@ pub fn upload(args: UploadArgs) -> Result<()> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let reporter = Arc::new(Reporter::new(args.no_progress));
-    let quiet = args.no_progress;
     let opts = UploadOptions {
         workers: args.workers,
         description: args.description.clone(),
@@ -320,12 +328,8 @@ pub fn upload(args: UploadArgs) -> Result<()> {
         completion_timeout: Duration::from_secs(args.completion_timeout_minutes * 60),
         poll_interval: Duration::from_secs(2),
         stop: stop.clone(),
-        on_started: Box::new(move |id| {
-            let _ = quiet;
-            eprintln!("amiforge: snapshot {id} started");
-        }),
+        on_started: Box::new(|id| eprintln!("amiforge: snapshot {id} started")),
     };
-    let rt = runtime()?;
     let result = rt.block_on(async {
         let api = args.aws.client().await?;
         let stop = stop.clone();
@@ -344,7 +348,7 @@ pub fn upload(args: UploadArgs) -> Result<()> {
             if let Some(id) = e.pending_snapshot() {
                 eprintln!(
                     "amiforge: snapshot {id} is still pending. Resume the upload with:\n  {}",
-                    resume_command(&args)
+                    resume_command(args)
                 );
             }
             return Err(e.into());
@@ -359,6 +363,12 @@ pub fn upload(args: UploadArgs) -> Result<()> {
             outcome.blocks_written, outcome.zero_blocks_written
         );
     }
+    Ok(outcome)
+}
+
+pub fn upload(args: UploadArgs) -> Result<()> {
+    let rt = runtime()?;
+    let outcome = run_upload(&args, &[], &rt)?;
     match args.format {
         Format::Json => {
             let mut v = serde_json::to_value(&outcome)?;

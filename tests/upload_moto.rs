@@ -137,3 +137,49 @@ fn a_synthetic_image_with_zeros_and_holes_round_trips_through_moto() {
     );
     assert_same_padded(&image, &dir.path("back.img"));
 }
+
+#[test]
+fn publish_registers_an_ami_on_moto_that_boto3_can_describe_and_whose_snapshot_holds_the_image() {
+    let moto = Moto::start();
+    let dir = Scratch::new("moto-publish");
+    let image = fixture("gpt-uefi.img");
+    let run = || {
+        outcome(
+            amiforge_at(&moto.endpoint)
+                .arg("publish")
+                .arg(&image)
+                .args([
+                    "--name",
+                    "amiforge-moto-publish",
+                    "--format",
+                    "json",
+                    "--no-progress",
+                ]),
+        )
+    };
+    let (code, stdout, stderr) = run();
+    assert_eq!(code, Some(0), "{stderr}");
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let ami = r["image_id"].as_str().unwrap();
+    let snap = r["snapshot_id"].as_str().unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/describe_image.py");
+    let o = Command::new(venv().join("bin/python"))
+        .arg(script)
+        .arg(&moto.endpoint)
+        .arg(ami)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let described: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(described["Name"], "amiforge-moto-publish");
+    assert_eq!(described["State"], "available");
+    readback_with_boto3(&moto.endpoint, snap, &dir.path("root.img"));
+    assert_same_padded(&image, &dir.path("root.img"));
+    // A re-run finds the AMI by name and its image tag, and uploads nothing.
+    let (code, stdout, stderr) = run();
+    assert_eq!(code, Some(0), "{stderr}");
+    let again: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(again["image_id"], ami);
+    assert_eq!(again["existing"], true);
+}

@@ -1,11 +1,12 @@
 //! The EC2 query-protocol calls the uploader needs: DescribeSnapshots and
 //! DeleteSnapshot.
 
-use crate::{lock, Shared, Status};
+use crate::{lock, Image, Shared, State, Status};
 use axum::body::Bytes;
 use axum::extract::State as Axum;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use std::time::{Duration, Instant};
 
 const XMLNS: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
 
@@ -72,7 +73,34 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
     let action = get("Action").unwrap_or_default();
     let mut st = lock(&s);
     *st.stats.requests.entry(action.clone()).or_default() += 1;
+    st.ec2_requests.push((action.clone(), form.clone()));
     match action.as_str() {
+        "RegisterImage" => register_image(&mut st, &form),
+        "DescribeImages" => describe_images(&mut st, &form),
+        "CreateTags" => {
+            let resources: Vec<String> = indexed(&form, "ResourceId");
+            let tags = tag_pairs(&form, "Tag");
+            for r in &resources {
+                if let Some(i) = st.images.get_mut(r) {
+                    i.tags.extend(tags.clone());
+                } else if let Some(snap) = st.snapshots.get_mut(r) {
+                    snap.tags.extend(tags.clone());
+                } else {
+                    return ec2_error("InvalidID", &format!("The ID '{r}' is not valid"));
+                }
+            }
+            ok_response("CreateTags")
+        }
+        "DeregisterImage" => {
+            let id = get("ImageId").unwrap_or_default();
+            if st.images.remove(&id).is_none() {
+                return ec2_error(
+                    "InvalidAMIID.NotFound",
+                    &format!("The image id '[{id}]' does not exist"),
+                );
+            }
+            ok_response("DeregisterImage")
+        }
         "DescribeSnapshots" => {
             let ids: Vec<String> = form
                 .iter()
@@ -120,6 +148,202 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
             &format!("The action {other} is not valid for this web service."),
         ),
     }
+}
+
+fn ok_response(action: &str) -> Response {
+    let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{action}Response xmlns=\"{XMLNS}\"><requestId>req-1</requestId><return>true</return></{action}Response>");
+    (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
+}
+
+/// Values of `Prefix.1`, `Prefix.2`, ... in order.
+fn indexed(form: &[(String, String)], prefix: &str) -> Vec<String> {
+    let mut v: Vec<(u32, String)> = form
+        .iter()
+        .filter_map(|(k, val)| {
+            k.strip_prefix(prefix)?
+                .strip_prefix('.')?
+                .parse::<u32>()
+                .ok()
+                .map(|n| (n, val.clone()))
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, s)| s).collect()
+}
+
+/// `Prefix.N.Key` / `Prefix.N.Value` pairs.
+fn tag_pairs(form: &[(String, String)], prefix: &str) -> Vec<(String, String)> {
+    let get = |k: String| {
+        form.iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.clone())
+    };
+    (1..=50)
+        .map_while(|n| {
+            Some((
+                get(format!("{prefix}.{n}.Key"))?,
+                get(format!("{prefix}.{n}.Value")).unwrap_or_default(),
+            ))
+        })
+        .collect()
+}
+
+fn field<'a>(form: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(key, _)| key == k)
+        .map(|(_, v)| v.as_str())
+}
+
+fn register_image(st: &mut State, form: &[(String, String)]) -> Response {
+    if st.config.faults.fail_register {
+        return ec2_error("InternalError", "injected RegisterImage failure");
+    }
+    let name = field(form, "Name").unwrap_or_default().to_string();
+    if name.len() < 3 || name.len() > 128 {
+        return ec2_error(
+            "InvalidAMIName.Malformed",
+            "AMI names must be between 3 and 128 characters long",
+        );
+    }
+    if st.images.values().any(|i| i.name == name) {
+        return ec2_error(
+            "InvalidAMIName.Duplicate",
+            &format!("AMI name {name} is already in use"),
+        );
+    }
+    let arch = field(form, "Architecture").unwrap_or("x86_64");
+    let boot = field(form, "BootMode").unwrap_or("");
+    if arch == "arm64" && boot != "uefi" {
+        return ec2_error(
+            "InvalidParameterCombination",
+            "arm64 AMIs require the uefi boot mode",
+        );
+    }
+    if field(form, "TpmSupport").is_some() && boot != "uefi" {
+        return ec2_error(
+            "InvalidParameterCombination",
+            "NitroTPM requires the uefi boot mode",
+        );
+    }
+    let root = field(form, "RootDeviceName").unwrap_or_default();
+    let mut root_mapped = false;
+    for n in 1..=16 {
+        let Some(dev) = field(form, &format!("BlockDeviceMapping.{n}.DeviceName")) else {
+            break;
+        };
+        if let Some(snap) = field(form, &format!("BlockDeviceMapping.{n}.Ebs.SnapshotId")) {
+            st.tick(snap);
+            match st.snapshots.get(snap) {
+                None => {
+                    return ec2_error(
+                        "InvalidSnapshot.NotFound",
+                        &format!("The snapshot '{snap}' does not exist."),
+                    )
+                }
+                Some(s) if s.status != Status::Completed => {
+                    return ec2_error(
+                        "IncorrectState",
+                        &format!("Snapshot '{snap}' is not completed"),
+                    )
+                }
+                _ => {}
+            }
+        }
+        root_mapped |= dev == root;
+    }
+    if !root_mapped {
+        return ec2_error(
+            "InvalidBlockDeviceMapping",
+            &format!("the root device {root} has no block device mapping"),
+        );
+    }
+    let id = format!("ami-{:017x}", st.next_id);
+    st.next_id += 1;
+    let tags = tag_pairs(form, "TagSpecification.1.Tag");
+    st.images.insert(
+        id.clone(),
+        Image {
+            id: id.clone(),
+            name,
+            registered: Instant::now(),
+            fields: form.to_vec(),
+            tags,
+        },
+    );
+    let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<RegisterImageResponse xmlns=\"{XMLNS}\"><requestId>req-1</requestId><imageId>{id}</imageId></RegisterImageResponse>");
+    (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
+}
+
+fn image_xml(st: &State, i: &Image) -> String {
+    let f = |k: &str| field(&i.fields, k).unwrap_or_default().to_string();
+    let state = if i.registered.elapsed() >= Duration::from_millis(st.config.completion_delay_ms) {
+        "available"
+    } else {
+        "pending"
+    };
+    let mut mappings = String::new();
+    for n in 1..=16 {
+        let Some(dev) = field(&i.fields, &format!("BlockDeviceMapping.{n}.DeviceName")) else {
+            break;
+        };
+        let snap = f(&format!("BlockDeviceMapping.{n}.Ebs.SnapshotId"));
+        mappings.push_str(&format!(
+            "<item><deviceName>{dev}</deviceName><ebs><snapshotId>{snap}</snapshotId></ebs></item>"
+        ));
+    }
+    let tags: String = i
+        .tags
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<item><key>{}</key><value>{}</value></item>",
+                xml_escape(k),
+                xml_escape(v)
+            )
+        })
+        .collect();
+    format!(
+        "<item><imageId>{}</imageId><name>{}</name><imageState>{state}</imageState><imageOwnerId>111122223333</imageOwnerId>\
+         <architecture>{}</architecture><rootDeviceType>ebs</rootDeviceType><rootDeviceName>{}</rootDeviceName>\
+         <virtualizationType>hvm</virtualizationType><bootMode>{}</bootMode><enaSupport>{}</enaSupport>\
+         <blockDeviceMapping>{mappings}</blockDeviceMapping><tagSet>{tags}</tagSet></item>",
+        i.id,
+        xml_escape(&i.name),
+        f("Architecture"),
+        f("RootDeviceName"),
+        f("BootMode"),
+        f("EnaSupport"),
+    )
+}
+
+fn describe_images(st: &mut State, form: &[(String, String)]) -> Response {
+    let ids = indexed(form, "ImageId");
+    let mut name_filter = None;
+    for n in 1..=10 {
+        if field(form, &format!("Filter.{n}.Name")) == Some("name") {
+            name_filter = field(form, &format!("Filter.{n}.Value.1")).map(str::to_string);
+        }
+    }
+    let mut items = String::new();
+    let mut found: Vec<&Image> = st.images.values().collect();
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    for i in found {
+        if !ids.is_empty() && !ids.contains(&i.id) {
+            continue;
+        }
+        if name_filter.as_ref().is_some_and(|n| *n != i.name) {
+            continue;
+        }
+        items.push_str(&image_xml(st, i));
+    }
+    if items.is_empty() && !ids.is_empty() {
+        return ec2_error(
+            "InvalidAMIID.NotFound",
+            &format!("The image id '{ids:?}' does not exist"),
+        );
+    }
+    let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeImagesResponse xmlns=\"{XMLNS}\"><requestId>req-1</requestId><imagesSet>{items}</imagesSet></DescribeImagesResponse>");
+    (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
 }
 
 #[cfg(test)]

@@ -51,6 +51,8 @@ pub struct Faults {
     pub access_denied: bool,
     /// Every PutSnapshotBlock waits this many milliseconds (to interrupt uploads).
     pub put_delay_ms: u64,
+    /// RegisterImage fails with an internal error (to test clean-up).
+    pub fail_register: bool,
 }
 
 /// Server settings.
@@ -115,8 +117,19 @@ pub(crate) struct Snapshot {
     pub puts_refused_as_not_found: u32,
 }
 
+/// An image registered through RegisterImage.
+pub(crate) struct Image {
+    pub id: String,
+    pub name: String,
+    pub registered: Instant,
+    pub fields: Vec<(String, String)>,
+    pub tags: Vec<(String, String)>,
+}
+
 pub(crate) struct State {
     pub config: Config,
+    pub images: HashMap<String, Image>,
+    pub ec2_requests: Vec<(String, Vec<(String, String)>)>,
     pub snapshots: HashMap<String, Snapshot>,
     pub client_tokens: HashMap<String, String>,
     pub next_id: u64,
@@ -200,6 +213,29 @@ impl Server {
             .map(|s| s.blocks.iter().map(|(k, (b, _))| (*k, b.clone())).collect())
     }
 
+    /// Every EC2 request of this action received so far, as its form fields.
+    pub fn ec2_requests(&self, action: &str) -> Vec<Vec<(String, String)>> {
+        lock(&self.state)
+            .ec2_requests
+            .iter()
+            .filter(|(a, _)| a == action)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+
+    /// The tags of an image or snapshot, as set by RegisterImage's TagSpecification
+    /// and CreateTags.
+    pub fn tags_of(&self, resource: &str) -> Vec<(String, String)> {
+        let st = lock(&self.state);
+        if let Some(i) = st.images.get(resource) {
+            return i.tags.clone();
+        }
+        st.snapshots
+            .get(resource)
+            .map(|s| s.tags.clone())
+            .unwrap_or_default()
+    }
+
     /// A snapshot's status ("pending", "completed", "error"), its encryption flag
     /// and its parent.
     pub fn describe(&self, id: &str) -> Option<(String, bool, Option<String>)> {
@@ -252,6 +288,8 @@ pub async fn start_on(config: Config, port: u16) -> std::io::Result<Server> {
     let state = Arc::new(Mutex::new(State {
         config,
         snapshots: HashMap::new(),
+        images: HashMap::new(),
+        ec2_requests: Vec::new(),
         client_tokens: HashMap::new(),
         next_id: 1,
         stats: Stats::default(),

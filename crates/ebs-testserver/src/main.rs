@@ -37,6 +37,7 @@ async fn main() -> std::io::Result<()> {
             not_found_first: a.not_found_first,
             access_denied: a.access_denied,
             put_delay_ms: 0,
+            fail_register: false,
         },
         ..Default::default()
     };

@@ -1,0 +1,445 @@
+//! register (snapshot → AMI) and publish (image → inspect → gate → upload → AMI).
+
+use crate::transfer::{parse_tags, run_upload, runtime, AwsArgs, UploadArgs};
+use crate::Format;
+use ami::{Architecture, BootMode, RegisterSpec};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Tag keys amiforge writes on what it publishes.
+const TAG_IMAGE_SHA256: &str = "amiforge:image-sha256";
+const TAG_VERSION: &str = "amiforge:version";
+const TAG_AUDIT: &str = "amiforge:audit";
+
+/// AMI parameters shared by register and publish.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AmiParams {
+    /// CPU architecture: auto (from the image), x86_64, arm64 or i386.
+    #[arg(long, default_value = "auto")]
+    pub architecture: String,
+    /// Boot mode: auto (from the image), uefi, legacy-bios or uefi-preferred.
+    #[arg(long, default_value = "auto")]
+    pub boot_mode: String,
+    /// Mark the AMI ENA-capable (default: whether the image's kernel has the driver,
+    /// or yes without an image).
+    #[arg(long, overrides_with = "no_ena")]
+    pub ena: bool,
+    /// Do not mark the AMI ENA-capable.
+    #[arg(long)]
+    pub no_ena: bool,
+    /// SR-IOV "simple" networking (the default).
+    #[arg(long, overrides_with = "no_sriov")]
+    pub sriov: bool,
+    /// No SR-IOV.
+    #[arg(long)]
+    pub no_sriov: bool,
+    /// Require IMDSv2 on instances launched from the AMI.
+    #[arg(long)]
+    pub imds_v2: bool,
+    /// NitroTPM 2.0 (needs UEFI).
+    #[arg(long)]
+    pub tpm_v2: bool,
+    /// Root device name.
+    #[arg(long, default_value = "/dev/xvda")]
+    pub root_device: String,
+    /// Volume type of the block device mappings.
+    #[arg(long, default_value = "gp3")]
+    pub volume_type: String,
+    /// Root volume size in GiB (default: the snapshot's).
+    #[arg(long, value_name = "GIB")]
+    pub volume_size: Option<u64>,
+    /// Minutes to wait for snapshots to complete and the AMI to become available.
+    #[arg(long, default_value_t = 60)]
+    pub register_timeout_minutes: u64,
+}
+
+/// `amiforge register` arguments.
+#[derive(clap::Args, Debug)]
+pub struct RegisterArgs {
+    /// AMI name (3-128 characters; unique per account and region).
+    #[arg(long)]
+    pub name: String,
+    /// The root volume's snapshot.
+    #[arg(long, value_name = "SNAPSHOT_ID")]
+    pub snapshot: String,
+    /// A data volume: SNAPSHOT_ID or SNAPSHOT_ID:/dev/NAME (default /dev/xvdb, xvdc...).
+    #[arg(long = "data-snapshot", value_name = "SNAP[:DEVICE]")]
+    pub data_snapshots: Vec<String>,
+    /// The image the snapshot was made from, to detect architecture, boot mode and ENA.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    #[command(flatten)]
+    pub params: AmiParams,
+    /// AMI description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Tag for the AMI and its snapshots, KEY=VALUE; repeat for more.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+/// What the image says about how to register it.
+struct Detected {
+    architecture: Option<String>,
+    boot_mode: Option<String>,
+    ena: Option<bool>,
+    report: inspect::Report,
+}
+
+fn detect(image: &Path) -> Result<Detected> {
+    let report = inspect::Image::open(image)
+        .with_context(|| format!("cannot inspect {}", image.display()))?
+        .report();
+    let boot = serde_json::to_value(report.boot_mode)?
+        .as_str()
+        .map(str::to_string)
+        .filter(|b| b != "unknown");
+    Ok(Detected {
+        architecture: report.architecture.clone(),
+        boot_mode: boot,
+        ena: (!report.kernels.is_empty()).then_some(report.drivers.ena),
+        report,
+    })
+}
+
+fn spec_from(
+    name: &str,
+    snapshot: &str,
+    data: &[String],
+    params: &AmiParams,
+    detected: Option<&Detected>,
+    description: Option<String>,
+    tags: Vec<(String, String)>,
+) -> Result<RegisterSpec> {
+    let arch_name = match params.architecture.as_str() {
+        "auto" => detected
+            .and_then(|d| d.architecture.clone())
+            .context("--architecture auto needs an image whose architecture can be detected (give --image, or --architecture)")?,
+        a => a.to_string(),
+    };
+    let architecture = Architecture::from_name(&arch_name)
+        .with_context(|| format!("unsupported architecture {arch_name:?}"))?;
+    let boot_name = match params.boot_mode.as_str() {
+        "auto" => detected
+            .and_then(|d| d.boot_mode.clone())
+            .context("--boot-mode auto needs an image with an ESP, a BIOS boot partition or MBR boot code (give --image, or --boot-mode)")?,
+        b => b.to_string(),
+    };
+    let boot_mode = BootMode::from_name(&boot_name)
+        .with_context(|| format!("unsupported boot mode {boot_name:?}"))?;
+    let ena = if params.no_ena {
+        false
+    } else if params.ena {
+        true
+    } else {
+        detected.and_then(|d| d.ena).unwrap_or(true)
+    };
+    let mut data_snapshots = Vec::new();
+    for (i, d) in data.iter().enumerate() {
+        let (snap, dev) = match d.split_once(':') {
+            Some((s, dev)) => (s.to_string(), dev.to_string()),
+            None => (d.clone(), format!("/dev/xvd{}", (b'b' + i as u8) as char)),
+        };
+        data_snapshots.push((snap, dev));
+    }
+    Ok(RegisterSpec {
+        name: name.to_string(),
+        description,
+        architecture,
+        boot_mode,
+        root_snapshot: snapshot.to_string(),
+        data_snapshots,
+        ena,
+        sriov: !params.no_sriov,
+        imds_v2: params.imds_v2,
+        tpm_v2: params.tpm_v2,
+        root_device: params.root_device.clone(),
+        volume_type: params.volume_type.clone(),
+        volume_size_gib: params.volume_size,
+        tags,
+    })
+}
+
+#[derive(Serialize)]
+struct RegisterOutput<'a> {
+    #[serde(flatten)]
+    registered: &'a ami::Registered,
+    spec: &'a RegisterSpec,
+}
+
+pub fn register(args: RegisterArgs) -> Result<()> {
+    let detected = args.image.as_deref().map(detect).transpose()?;
+    let tags = parse_tags(&args.tags)?;
+    let spec = spec_from(
+        &args.name,
+        &args.snapshot,
+        &args.data_snapshots,
+        &args.params,
+        detected.as_ref(),
+        args.description.clone(),
+        tags,
+    )?;
+    spec.validate()?;
+    let timeout = Duration::from_secs(args.params.register_timeout_minutes * 60);
+    let rt = runtime()?;
+    let registered = rt.block_on(async {
+        let client = ami::client(&args.aws.options()).await?;
+        Ok::<_, anyhow::Error>(ami::register(&client, &spec, timeout).await?)
+    })?;
+    print_registered(&registered, &spec, args.format)
+}
+
+fn print_registered(
+    registered: &ami::Registered,
+    spec: &RegisterSpec,
+    format: Format,
+) -> Result<()> {
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&RegisterOutput { registered, spec })?
+        ),
+        Format::Text => {
+            let how = if registered.existing {
+                "already registered"
+            } else {
+                "registered"
+            };
+            eprintln!(
+                "amiforge: {} {how} as {:?} ({}, {:?}, ENA {})",
+                registered.image_id,
+                spec.name,
+                spec.architecture.name(),
+                spec.boot_mode,
+                spec.ena
+            );
+            println!("{}", registered.image_id);
+        }
+    }
+    Ok(())
+}
+
+/// Severities for the gate, lowest first.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Fail on nothing.
+    None,
+    /// Low and above.
+    Low,
+    /// Medium and above.
+    Medium,
+    /// High and above.
+    High,
+    /// Critical only.
+    Critical,
+}
+
+/// `amiforge publish` arguments.
+#[derive(clap::Args, Debug)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub upload: UploadArgs,
+    /// AMI name (3-128 characters; unique per account and region).
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub params: AmiParams,
+    /// The gate: stop before uploading when a finding is at least this severe. Until
+    /// the audit exists the gate is inspect only: an image whose root filesystem could
+    /// not be examined is a high finding.
+    #[arg(long, value_enum, default_value_t = Severity::High)]
+    pub fail_on: Severity,
+    /// Keep the snapshot when registration fails (default: delete it).
+    #[arg(long)]
+    pub keep_on_failure: bool,
+}
+
+#[derive(Serialize)]
+struct PublishOutput<'a> {
+    image_id: &'a str,
+    name: &'a str,
+    existing: bool,
+    snapshot_id: &'a str,
+    image_sha256: &'a str,
+    architecture: &'a str,
+    boot_mode: BootMode,
+    ena: bool,
+    upload: Option<&'a ebs::UploadOutcome>,
+}
+
+fn sha256_of(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Returns false when the gate failed (exit 1).
+pub fn publish(args: PublishArgs) -> Result<bool> {
+    let image = args.upload.image.clone();
+    // 1. Inspect and gate, before anything is sent.
+    let detected = detect(&image)?;
+    let mut findings: Vec<(Severity, String)> = Vec::new();
+    if detected.report.root_partition.is_none() {
+        findings.push((
+            Severity::High,
+            "no readable root filesystem: the image cannot be examined".into(),
+        ));
+    }
+    let failing: Vec<&(Severity, String)> = findings
+        .iter()
+        .filter(|(s, _)| args.fail_on != Severity::None && *s >= args.fail_on)
+        .collect();
+    if !failing.is_empty() {
+        for (s, f) in &failing {
+            eprintln!("amiforge: gate: {s:?}: {f}");
+        }
+        eprintln!(
+            "amiforge: gate failed (--fail-on {:?}); nothing was uploaded",
+            args.fail_on
+        );
+        return Ok(false);
+    }
+    let os = detected
+        .report
+        .os
+        .as_ref()
+        .and_then(|o| o.pretty_name.clone())
+        .unwrap_or_else(|| "unknown OS".into());
+    let audit = format!("inspect-only; {os}; {} finding(s)", findings.len());
+    // 2. Validate the registration before uploading.
+    let user_tags = parse_tags(&args.upload.tags)?;
+    let image_sha256 = sha256_of(&image)?;
+    let mut tags = user_tags.clone();
+    tags.push((TAG_IMAGE_SHA256.into(), image_sha256.clone()));
+    tags.push((TAG_VERSION.into(), env!("CARGO_PKG_VERSION").into()));
+    tags.push((TAG_AUDIT.into(), audit));
+    let draft = spec_from(
+        &args.name,
+        "snap-00000000",
+        &[],
+        &args.params,
+        Some(&detected),
+        args.upload.description.clone(),
+        tags.clone(),
+    )?;
+    draft.validate()?;
+    let timeout = Duration::from_secs(args.params.register_timeout_minutes * 60);
+    let rt = runtime()?;
+    let client = rt.block_on(ami::client(&args.upload.aws.options()))?;
+
+    // 3. Idempotent re-runs: the same name and the same image bytes return the AMI.
+    if let Some(existing) = rt.block_on(ami::find_by_name(&client, &args.name))? {
+        let id = existing.image_id().unwrap_or("?").to_string();
+        let same = existing
+            .tags()
+            .iter()
+            .any(|t| t.key() == Some(TAG_IMAGE_SHA256) && t.value() == Some(image_sha256.as_str()));
+        if !same {
+            bail!("an AMI named {:?} already exists ({id}) but was not published from this image (tag {TAG_IMAGE_SHA256} differs); choose another name", args.name);
+        }
+        let snapshot = existing
+            .block_device_mappings()
+            .first()
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.snapshot_id())
+            .unwrap_or("")
+            .to_string();
+        eprintln!("amiforge: {id} was already published from this image; nothing to do");
+        return print_publish(&args, &id, true, &snapshot, &image_sha256, &draft, None)
+            .map(|_| true);
+    }
+
+    // 4. Upload, then register; clean up the snapshot if registration fails.
+    let outcome = run_upload(
+        &args.upload,
+        &[(TAG_IMAGE_SHA256.to_string(), image_sha256.clone())],
+        &rt,
+    )?;
+    let spec = RegisterSpec {
+        root_snapshot: outcome.snapshot_id.clone(),
+        ..draft.clone()
+    };
+    match rt.block_on(ami::register(&client, &spec, timeout)) {
+        Ok(r) => {
+            print_publish(
+                &args,
+                &r.image_id,
+                r.existing,
+                &outcome.snapshot_id,
+                &image_sha256,
+                &spec,
+                Some(&outcome),
+            )?;
+            Ok(true)
+        }
+        Err(e) => {
+            eprintln!("amiforge: registration failed: {e}");
+            eprintln!(
+                "amiforge: resources created: snapshot {}",
+                outcome.snapshot_id
+            );
+            if args.keep_on_failure {
+                eprintln!(
+                    "amiforge: keeping snapshot {} (--keep-on-failure)",
+                    outcome.snapshot_id
+                );
+            } else {
+                match rt.block_on(ami::delete_snapshot(&client, &outcome.snapshot_id)) {
+                    Ok(()) => eprintln!("amiforge: deleted snapshot {}", outcome.snapshot_id),
+                    Err(d) => eprintln!(
+                        "amiforge: could not delete snapshot {}: {d}",
+                        outcome.snapshot_id
+                    ),
+                }
+            }
+            Err(e.into())
+        }
+    }
+}
+
+fn print_publish(
+    args: &PublishArgs,
+    image_id: &str,
+    existing: bool,
+    snapshot_id: &str,
+    image_sha256: &str,
+    spec: &RegisterSpec,
+    upload: Option<&ebs::UploadOutcome>,
+) -> Result<()> {
+    match args.upload.format {
+        Format::Json => {
+            let out = PublishOutput {
+                image_id,
+                name: &spec.name,
+                existing,
+                snapshot_id,
+                image_sha256,
+                architecture: spec.architecture.name(),
+                boot_mode: spec.boot_mode,
+                ena: spec.ena,
+                upload,
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Text => {
+            eprintln!(
+                "amiforge: published {:?} as {image_id} from snapshot {snapshot_id} ({}, {:?}, ENA {})",
+                spec.name,
+                spec.architecture.name(),
+                spec.boot_mode,
+                spec.ena
+            );
+            println!("{image_id}");
+        }
+    }
+    Ok(())
+}
