@@ -6,6 +6,7 @@
 //! 2 error.
 
 mod commands;
+mod lifecycle;
 mod publish;
 mod transfer;
 
@@ -95,6 +96,9 @@ enum Command {
     Register(publish::RegisterArgs),
     /// The whole pipeline: inspect → gate → upload → register. Prints the AMI id.
     Publish(publish::PublishArgs),
+    /// Manage AMIs: list, share, unshare, copy, deprecate, prune.
+    #[command(subcommand)]
+    Ami(lifecycle::AmiCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
             Err(e) => Err(e),
         },
+        Command::Ami(cmd) => lifecycle::run(cmd),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

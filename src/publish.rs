@@ -213,11 +213,11 @@ fn print_registered(
                 "registered"
             };
             eprintln!(
-                "amiforge: {} {how} as {:?} ({}, {:?}, ENA {})",
+                "amiforge: {} {how} as {:?} ({}, {}, ENA {})",
                 registered.image_id,
                 spec.name,
                 spec.architecture.name(),
-                spec.boot_mode,
+                spec.boot_mode.name(),
                 spec.ena
             );
             println!("{}", registered.image_id);
@@ -259,6 +259,12 @@ pub struct PublishArgs {
     /// Keep the snapshot when registration fails (default: delete it).
     #[arg(long)]
     pub keep_on_failure: bool,
+    /// The image family, for `ami list --family` and `ami prune` (tag amiforge:family).
+    #[arg(long)]
+    pub family: Option<String>,
+    /// The version within the family (tag amiforge:image-version).
+    #[arg(long)]
+    pub image_version: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -322,6 +328,12 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
     tags.push((TAG_IMAGE_SHA256.into(), image_sha256.clone()));
     tags.push((TAG_VERSION.into(), env!("CARGO_PKG_VERSION").into()));
     tags.push((TAG_AUDIT.into(), audit));
+    if let Some(f) = &args.family {
+        tags.push((ami::lifecycle::TAG_FAMILY.into(), f.clone()));
+    }
+    if let Some(v) = &args.image_version {
+        tags.push((ami::lifecycle::TAG_IMAGE_VERSION.into(), v.clone()));
+    }
     let draft = spec_from(
         &args.name,
         "snap-00000000",
@@ -432,10 +444,10 @@ fn print_publish(
         }
         Format::Text => {
             eprintln!(
-                "amiforge: published {:?} as {image_id} from snapshot {snapshot_id} ({}, {:?}, ENA {})",
+                "amiforge: published {:?} as {image_id} from snapshot {snapshot_id} ({}, {}, ENA {})",
                 spec.name,
                 spec.architecture.name(),
-                spec.boot_mode,
+                spec.boot_mode.name(),
                 spec.ena
             );
             println!("{image_id}");

@@ -112,7 +112,7 @@ pub struct UploadArgs {
     #[arg(long)]
     pub resume: bool,
     /// Where the resume journal lives (default: beside the image).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "AMIFORGE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]

@@ -62,6 +62,23 @@ impl Drop for Moto {
     }
 }
 
+/// One EC2 call through boto3; its response as JSON.
+pub fn ec2_call(endpoint: &str, region: &str, op: &str, args: Value) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/ec2_call.py");
+    let o = Command::new(venv().join("bin/python"))
+        .arg(script)
+        .args([endpoint, region, op])
+        .arg(args.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "boto3 {op} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 fn readback_with_boto3(endpoint: &str, snapshot: &str, out: &std::path::Path) {
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/ebs_readback.py");
@@ -162,16 +179,12 @@ fn publish_registers_an_ami_on_moto_that_boto3_can_describe_and_whose_snapshot_h
     let r: Value = serde_json::from_str(&stdout).unwrap();
     let ami = r["image_id"].as_str().unwrap();
     let snap = r["snapshot_id"].as_str().unwrap();
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/describe_image.py");
-    let o = Command::new(venv().join("bin/python"))
-        .arg(script)
-        .arg(&moto.endpoint)
-        .arg(ami)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let described: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let described = &ec2_call(
+        &moto.endpoint,
+        "us-east-1",
+        "describe_images",
+        serde_json::json!({ "ImageIds": [ami] }),
+    )["Images"][0];
     assert_eq!(described["Name"], "amiforge-moto-publish");
     assert_eq!(described["State"], "available");
     readback_with_boto3(&moto.endpoint, snap, &dir.path("root.img"));
@@ -182,4 +195,160 @@ fn publish_registers_an_ami_on_moto_that_boto3_can_describe_and_whose_snapshot_h
     let again: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(again["image_id"], ami);
     assert_eq!(again["existing"], true);
+}
+
+fn ami_cmd(moto: &Moto, args: &[&str]) -> Value {
+    let (code, stdout, stderr) = outcome(
+        amiforge_at(&moto.endpoint)
+            .arg("ami")
+            .args(args)
+            .args(["--format", "json"]),
+    );
+    assert_eq!(code, Some(0), "ami {args:?}: {stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// Uploads the bare ext4 fixture once and registers it under `names`, in a family.
+fn registered_family(moto: &Moto, family: &str, names: &[&str]) -> (String, Vec<String>) {
+    let (code, snap, stderr) = outcome(
+        amiforge_at(&moto.endpoint)
+            .arg("upload")
+            .arg(fixture("bare-ext4.img"))
+            .arg("--no-progress"),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let snap = snap.trim().to_string();
+    let mut ids = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (code, id, stderr) = outcome(amiforge_at(&moto.endpoint).args([
+            "register",
+            "--name",
+            name,
+            "--snapshot",
+            &snap,
+            "--architecture",
+            "x86_64",
+            "--boot-mode",
+            "uefi",
+            "--tag",
+            &format!("amiforge:family={family}"),
+            "--tag",
+            &format!("amiforge:image-version={i}"),
+        ]));
+        assert_eq!(code, Some(0), "{stderr}");
+        ids.push(id.trim().to_string());
+    }
+    (snap, ids)
+}
+
+#[test]
+fn share_sets_launch_permissions_that_boto3_sees() {
+    let moto = Moto::start();
+    let (_, ids) = registered_family(&moto, "share-fam", &["amiforge-share"]);
+    ami_cmd(&moto, &["share", &ids[0], "--account", "123456789012"]);
+    let perms = ec2_call(
+        &moto.endpoint,
+        "us-east-1",
+        "describe_image_attribute",
+        serde_json::json!({ "ImageId": ids[0], "Attribute": "launchPermission" }),
+    );
+    assert_eq!(
+        perms["LaunchPermissions"],
+        serde_json::json!([{ "UserId": "123456789012" }]),
+        "{perms}"
+    );
+    // moto drops RegisterImage's block device mappings and invents a snapshot for the
+    // image, so the snapshot's createVolumePermission is checked on the strict server
+    // (tests/ami_lifecycle_strict.rs) instead.
+    ami_cmd(&moto, &["unshare", &ids[0], "--account", "123456789012"]);
+    let perms = ec2_call(
+        &moto.endpoint,
+        "us-east-1",
+        "describe_image_attribute",
+        serde_json::json!({ "ImageId": ids[0], "Attribute": "launchPermission" }),
+    );
+    assert_eq!(perms["LaunchPermissions"], serde_json::json!([]), "{perms}");
+}
+
+#[test]
+fn copy_makes_an_available_image_in_each_region() {
+    let moto = Moto::start();
+    let (_, ids) = registered_family(&moto, "copy-fam", &["amiforge-copy"]);
+    let copies = ami_cmd(
+        &moto,
+        &[
+            "copy",
+            &ids[0],
+            "--to-region",
+            "us-west-2",
+            "--to-region",
+            "eu-west-1",
+        ],
+    );
+    let copies = copies.as_array().unwrap();
+    assert_eq!(copies.len(), 2);
+    for c in copies {
+        let region = c["region"].as_str().unwrap();
+        let id = c["image_id"].as_str().unwrap();
+        let d = ec2_call(
+            &moto.endpoint,
+            region,
+            "describe_images",
+            serde_json::json!({ "ImageIds": [id] }),
+        );
+        assert_eq!(d["Images"][0]["State"], "available", "{region}: {d}");
+        assert_eq!(d["Images"][0]["Name"], "amiforge-copy");
+    }
+}
+
+#[test]
+fn list_and_prune_keep_the_newest_of_a_family_and_dry_run_changes_nothing() {
+    let moto = Moto::start();
+    let (snap, ids) = registered_family(
+        &moto,
+        "prune-fam",
+        &["amiforge-prune-1", "amiforge-prune-2", "amiforge-prune-3"],
+    );
+    let listed = ami_cmd(&moto, &["list", "--family", "prune-fam"]);
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    let dry = ami_cmd(
+        &moto,
+        &["prune", "--family", "prune-fam", "--keep", "1", "--dry-run"],
+    );
+    assert_eq!(dry["removed"].as_array().unwrap().len(), 2, "{dry}");
+    let still = ec2_call(
+        &moto.endpoint,
+        "us-east-1",
+        "describe_images",
+        serde_json::json!({ "ImageIds": ids }),
+    );
+    assert_eq!(
+        still["Images"].as_array().unwrap().len(),
+        3,
+        "dry run removed nothing"
+    );
+    let done = ami_cmd(&moto, &["prune", "--family", "prune-fam", "--keep", "1"]);
+    let kept = done["kept"].as_array().unwrap();
+    assert_eq!(kept.len(), 1);
+    let left = ec2_call(
+        &moto.endpoint,
+        "us-east-1",
+        "describe_images",
+        serde_json::json!({ "Owners": ["self"] }),
+    );
+    let left: Vec<&str> = left["Images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ImageId"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, vec![kept[0].as_str().unwrap()]);
+    // The snapshot is shared with the kept image, so it stays.
+    let snaps = ec2_call(
+        &moto.endpoint,
+        "us-east-1",
+        "describe_snapshots",
+        serde_json::json!({ "SnapshotIds": [snap] }),
+    );
+    assert_eq!(snaps["Snapshots"].as_array().unwrap().len(), 1);
 }

@@ -238,10 +238,12 @@ fn resume_refuses_an_image_that_changed() {
     let dir = Scratch::new("strict-changed");
     let image = dir.path("changed.img");
     make_image(&image, 16 << 20, 15);
+    let state = dir.path("state");
     let mut child = amiforge_at(&server.endpoint())
         .arg("upload")
         .arg(&image)
-        .args(["--workers", "2", "--no-progress"])
+        .args(["--workers", "2", "--no-progress", "--state-dir"])
+        .arg(&state)
         .spawn()
         .unwrap();
     wait_for(|| server.stats().blocks_stored >= 4);
@@ -252,7 +254,8 @@ fn resume_refuses_an_image_that_changed() {
         amiforge_at(&server.endpoint())
             .arg("upload")
             .arg(&image)
-            .args(["--resume", "--no-progress"]),
+            .args(["--resume", "--no-progress", "--state-dir"])
+            .arg(&state),
     );
     assert_eq!(code, Some(2));
     assert!(
@@ -387,6 +390,41 @@ fn verify_compares_every_block_and_names_the_ones_that_differ() {
     assert_eq!(code, Some(1));
     let v: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["mismatches"], serde_json::json!([5]));
+}
+
+#[test]
+fn two_uploads_of_one_image_never_share_a_journal() {
+    let faults = Faults {
+        put_delay_ms: 40,
+        ..Default::default()
+    };
+    let server = start_background(Config { faults, ..quiet() }).unwrap();
+    let dir = Scratch::new("strict-lock");
+    let image = dir.path("locked.img");
+    make_image(&image, 16 << 20, 20);
+    let state = dir.path("state");
+    let mut first = amiforge_at(&server.endpoint())
+        .arg("upload")
+        .arg(&image)
+        .args(["--workers", "1", "--no-progress", "--state-dir"])
+        .arg(&state)
+        .spawn()
+        .unwrap();
+    wait_for(|| server.stats().blocks_stored >= 1);
+    let (code, _, stderr) = outcome(
+        amiforge_at(&server.endpoint())
+            .arg("upload")
+            .arg(&image)
+            .args(["--no-progress", "--state-dir"])
+            .arg(&state),
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("another amiforge upload of this image is running"),
+        "{stderr}"
+    );
 }
 
 #[test]

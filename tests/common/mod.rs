@@ -152,6 +152,14 @@ pub fn amiforge_at(endpoint: &str) -> Command {
         .env_remove("AWS_SESSION_TOKEN")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    // Tests upload the same fixtures in parallel: each command journals in its own
+    // directory (tests of resume pass --state-dir themselves).
+    let state = std::env::temp_dir().join(format!(
+        "amiforge-state-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    cmd.env("AMIFORGE_STATE_DIR", state);
     cmd
 }
 

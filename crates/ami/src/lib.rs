@@ -8,6 +8,8 @@
 //! it calls RegisterImage, tags the image and its snapshots, and waits until the
 //! image is available.
 
+pub mod lifecycle;
+
 use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter,
     ImdsSupportValues, ResourceType, Tag, TagSpecification, TpmSupportValues, VolumeType,
@@ -115,6 +117,14 @@ impl BootMode {
             "legacy-bios" => Some(Self::LegacyBios),
             "uefi-preferred" => Some(Self::UefiPreferred),
             _ => None,
+        }
+    }
+    /// EC2's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Uefi => "uefi",
+            Self::LegacyBios => "legacy-bios",
+            Self::UefiPreferred => "uefi-preferred",
         }
     }
     fn sdk(self) -> BootModeValues {
@@ -254,7 +264,7 @@ pub struct Registered {
     pub snapshots: Vec<String>,
 }
 
-fn sdk_message<E>(
+pub(crate) fn sdk_message<E>(
     e: &aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
 ) -> String
 where

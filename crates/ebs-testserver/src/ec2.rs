@@ -91,6 +91,35 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
             }
             ok_response("CreateTags")
         }
+        "ModifyImageAttribute" | "EnableImageDeprecation" | "DisableImageDeprecation" => {
+            let id = get("ImageId").unwrap_or_default();
+            if !st.images.contains_key(&id) {
+                return ec2_error(
+                    "InvalidAMIID.NotFound",
+                    &format!("The image id '[{id}]' does not exist"),
+                );
+            }
+            ok_response(&action)
+        }
+        "ModifySnapshotAttribute" => {
+            let id = get("SnapshotId").unwrap_or_default();
+            if !st.snapshots.contains_key(&id) {
+                return ec2_error(
+                    "InvalidSnapshot.NotFound",
+                    &format!("The snapshot '{id}' does not exist."),
+                );
+            }
+            ok_response(&action)
+        }
+        "GetImageBlockPublicAccessState" => {
+            let state = if st.config.block_public_access {
+                "block-new-sharing"
+            } else {
+                "unblocked"
+            };
+            let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<GetImageBlockPublicAccessStateResponse xmlns=\"{XMLNS}\"><requestId>req-1</requestId><imageBlockPublicAccessState>{state}</imageBlockPublicAccessState></GetImageBlockPublicAccessStateResponse>");
+            (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
+        }
         "DeregisterImage" => {
             let id = get("ImageId").unwrap_or_default();
             if st.images.remove(&id).is_none() {

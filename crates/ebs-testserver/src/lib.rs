@@ -66,6 +66,8 @@ pub struct Config {
     pub faults: Faults,
     /// Seed for the fault dice.
     pub seed: u64,
+    /// The account blocks public sharing of AMIs (GetImageBlockPublicAccessState).
+    pub block_public_access: bool,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
             minute_ms: 60_000,
             faults: Faults::default(),
             seed: 1,
+            block_public_access: false,
         }
     }
 }

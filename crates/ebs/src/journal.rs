@@ -120,7 +120,14 @@ impl Journal {
             path: path.into(),
             reason: format!("cannot write the journal: {e}"),
         };
-        let mut file = File::create(path).map_err(bad)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(bad)?;
+        lock(&file, path)?;
+        file.set_len(0).map_err(bad)?;
         let line = serde_json::to_string(&header).map_err(|e| Error::State {
             path: path.into(),
             reason: e.to_string(),
@@ -171,6 +178,7 @@ impl Journal {
             .append(true)
             .open(path)
             .map_err(|e| bad(e.to_string()))?;
+        lock(&file, path)?;
         Ok(Self {
             path: path.into(),
             header,
@@ -209,6 +217,21 @@ impl Journal {
             reason: e.to_string(),
         })
     }
+}
+
+/// Takes an exclusive advisory lock on the journal for as long as the file is open,
+/// so that two uploads of one image never share (and corrupt) a journal.
+fn lock(file: &File, path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; it touches no memory of ours.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(Error::State {
+            path: path.into(),
+            reason: "another amiforge upload of this image is running; give this one its own --state-dir".into(),
+        });
+    }
+    Ok(())
 }
 
 fn decode_digest(s: &str) -> Option<[u8; 32]> {

@@ -105,6 +105,9 @@ struct Counters {
     zero_written: AtomicU64,
 }
 
+/// The first wait before asking again whether the snapshot is completed.
+const FIRST_POLL: Duration = Duration::from_millis(100);
+
 /// SHA-256 of an all-zero block.
 fn zero_digest() -> [u8; 32] {
     sha2::Sha256::digest(vec![0u8; BLOCK_SIZE as usize]).into()
@@ -445,6 +448,7 @@ async fn check_confirmed_blocks(
 async fn wait_completed<A: EbsApi>(api: &A, snapshot_id: &str, opts: &UploadOptions) -> Result<()> {
     let deadline = Instant::now() + opts.completion_timeout;
     let sealed_at = Instant::now();
+    let mut wait = FIRST_POLL;
     loop {
         let (r, attempts) = opts
             .retry
@@ -478,7 +482,9 @@ async fn wait_completed<A: EbsApi>(api: &A, snapshot_id: &str, opts: &UploadOpti
                 state: format!("was not completed within {:?}", opts.completion_timeout),
             });
         }
-        tokio::time::sleep(opts.poll_interval).await;
+        // Small snapshots seal in moments: ask soon, then back off to the interval.
+        tokio::time::sleep(wait.min(opts.poll_interval)).await;
+        wait = wait.saturating_mul(2);
     }
 }
 
