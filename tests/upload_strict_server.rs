@@ -395,7 +395,7 @@ fn verify_compares_every_block_and_names_the_ones_that_differ() {
 #[test]
 fn two_uploads_of_one_image_never_share_a_journal() {
     let faults = Faults {
-        put_delay_ms: 40,
+        put_delay_ms: 100,
         ..Default::default()
     };
     let server = start_background(Config { faults, ..quiet() }).unwrap();

@@ -313,12 +313,14 @@ pub async fn upload<A: EbsApi>(
 
     let mut tasks = JoinSet::new();
     for index in to_visit {
-        if stopped() {
-            break;
-        }
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
+        // Checked after the wait: a block that just failed for good frees its permit
+        // only after raising the abort flag, so no new block starts after a fatal error.
+        if stopped() {
+            break;
+        }
         let ctx = BlockContext {
             api: api.clone(),
             image: image.clone(),
@@ -562,6 +564,11 @@ impl<A: EbsApi> BlockContext<A> {
             return Ok(());
         }
 
+        if stopped() {
+            // Ctrl-C or another block's fatal error: leave this block unconfirmed.
+            self.give_back(buf);
+            return Ok(());
+        }
         let body = Bytes::from(buf);
         let (r, attempts) = self
             .retry
