@@ -282,7 +282,7 @@ impl EbsApi for SdkEbs {
                 })
             }
             Err(e) => {
-                let e = classify_ec2(e);
+                let e = classify(e);
                 if e.kind == ErrorKind::NotFound {
                     Ok(SnapshotState::NotFound)
                 } else {
@@ -352,45 +352,6 @@ impl EbsApi for SdkEbs {
             })?
             .into_bytes();
         Ok(FetchedBlock { data, checksum })
-    }
-}
-
-fn classify_ec2<
-    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
->(
-    err: aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
-) -> ApiError {
-    use aws_sdk_ec2::error::SdkError as E2;
-    match &err {
-        E2::ServiceError(se) => {
-            let status = se.raw().status().as_u16();
-            let code = se.err().code();
-            let message = se
-                .err()
-                .message()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("HTTP {status}"));
-            ApiError::new(classify_code(code, Some(status)), code, message)
-        }
-        E2::TimeoutError(_) => ApiError::new(ErrorKind::Timeout, None, err.to_string()),
-        E2::DispatchFailure(d) if d.is_timeout() => {
-            ApiError::new(ErrorKind::Timeout, None, err.to_string())
-        }
-        E2::DispatchFailure(_) | E2::ResponseError(_) => {
-            let msg = format!(
-                "{err}: {}",
-                std::error::Error::source(&err)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            );
-            let kind = if msg.contains("credential") {
-                ErrorKind::AccessDenied
-            } else {
-                ErrorKind::Network
-            };
-            ApiError::new(kind, None, msg)
-        }
-        _ => ApiError::new(ErrorKind::Other, None, err.to_string()),
     }
 }
 

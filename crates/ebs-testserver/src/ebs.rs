@@ -347,7 +347,9 @@ pub(crate) async fn put_block(
         let msg = format!("block {index}: checksum {sent} does not match the data ({checksum})");
         return validation(&mut st, "INVALID_CHECKSUM", &msg);
     }
-    let snap = st.snapshots.get_mut(&id).expect("checked above");
+    let Some(snap) = st.snapshots.get_mut(&id) else {
+        return not_found(&id);
+    };
     snap.blocks.insert(index, (body, digest));
     snap.last_activity = Instant::now();
     st.stats.blocks_stored += 1;
@@ -416,7 +418,9 @@ pub(crate) async fn complete_snapshot(
             return validation(&mut st, "INVALID_CHECKSUM", &msg);
         }
     }
-    let snap = st.snapshots.get_mut(&id).expect("checked above");
+    let Some(snap) = st.snapshots.get_mut(&id) else {
+        return not_found(&id);
+    };
     snap.status = Status::Sealing(Instant::now());
     (
         StatusCode::ACCEPTED,
