@@ -24,6 +24,8 @@ export E2FSPROGS_FAKE_TIME=1700000000 SOURCE_DATE_EPOCH=1700000000 TZ=UTC
 MiB=$((1024 * 1024))
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# bytes N SEED: N pseudo-random bytes, the same for the same seed on every run.
+bytes() { python3 -c "import random, sys; random.seed($2); sys.stdout.buffer.write(random.randbytes($1))"; }
 
 # --- The content of every root filesystem -------------------------------------------
 root="$work/root"
@@ -36,10 +38,10 @@ for b in ls true env; do cp "/usr/bin/$b" "$root/usr/bin/$b"; done   # real ELF 
 echo "fixture-host" > "$root/etc/hostname"
 printf 'root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/sh\n' > "$root/etc/passwd"
 kver=6.1.0-13-amd64
-head -c 300000 /dev/urandom > "$root/boot/vmlinuz-$kver"
+bytes 300000 101 > "$root/boot/vmlinuz-$kver"
 mods="$root/usr/lib/modules/$kver"
 mkdir -p "$mods/kernel/drivers/net/ethernet/amazon/ena"
-head -c 4096 /dev/urandom > "$mods/kernel/drivers/net/ethernet/amazon/ena/ena.ko"
+bytes 4096 102 > "$mods/kernel/drivers/net/ethernet/amazon/ena/ena.ko"
 printf 'kernel/drivers/nvme/host/nvme-core.ko\nkernel/drivers/nvme/host/nvme.ko\n' > "$mods/modules.builtin"
 printf 'kernel/drivers/net/ethernet/amazon/ena/ena.ko:\n' > "$mods/modules.dep"
 mkdir -p "$root/a/b/c/d/e/f/g/h"
@@ -55,7 +57,7 @@ printf 'utf-8 name\n' > "$root/data/naïve-文字.txt"
 : > "$root/data/empty"
 truncate -s 1G "$root/data/sparse-1g"
 printf 'tail' | dd of="$root/data/sparse-1g" bs=1 seek=$((1024 * MiB - 4)) conv=notrunc status=none
-head -c $((3 * MiB + 17)) /dev/urandom > "$root/data/random.bin"
+bytes $((3 * MiB + 17)) 109 > "$root/data/random.bin"
 echo "hello from the image" > "$root/home/user/notes.txt"
 chmod 600 "$root/home/user/notes.txt"
 find "$root" -exec touch -h -d @1700000000 {} +
@@ -63,8 +65,8 @@ find "$root" -exec touch -h -d @1700000000 {} +
 # The content of every ESP.
 esp="$work/esp"
 mkdir -p "$esp/EFI/BOOT" "$esp/EFI/debian"
-head -c 65536 /dev/urandom > "$esp/EFI/BOOT/BOOTX64.EFI"
-head -c 32768 /dev/urandom > "$esp/EFI/debian/grubx64.efi"
+bytes 65536 103 > "$esp/EFI/BOOT/BOOTX64.EFI"
+bytes 32768 104 > "$esp/EFI/debian/grubx64.efi"
 printf 'search --fs-uuid --set=root 1234\nconfigfile ($root)/boot/grub/grub.cfg\n' > "$esp/EFI/debian/grub.cfg"
 echo "a long file name" > "$esp/A Long File Name.txt"
 
@@ -103,8 +105,8 @@ truncate -s 160M "$img"
 sgdisk -U 22222222-2222-3333-4444-555555555555 \
   -n 1:1M:+1M -t 1:EF02 -c 1:"BIOS boot" -n 2:0:0 -t 2:8300 -c 2:root "$img" >/dev/null
 # GRUB's boot.img starts with a short jump; 440 bytes of stand-in boot code.
-{ printf '\xeb\x63\x90'; head -c 437 /dev/urandom; } | dd of="$img" conv=notrunc status=none
-head -c 65536 /dev/urandom | dd of="$img" bs=1M seek=1 conv=notrunc status=none
+{ printf '\xeb\x63\x90'; bytes 437 105; } | dd of="$img" conv=notrunc status=none
+bytes 65536 106 | dd of="$img" bs=1M seek=1 conv=notrunc status=none
 mkext4 "$img" $((2 * MiB)) 150
 mv "$img" "$out/"
 
@@ -115,7 +117,7 @@ sgdisk -U 33333333-2222-3333-4444-555555555555 \
   -n 1:1M:+1M -t 1:EF02 -c 1:"BIOS boot" -n 2:0:+48M -t 2:EF00 -c 2:"EFI System" \
   -n 3:0:0 -t 3:8304 -c 3:root "$img" >/dev/null
 sgdisk -h 2 "$img" >/dev/null
-{ printf '\xeb\x63\x90'; head -c 437 /dev/urandom; } | dd of="$img" conv=notrunc status=none
+{ printf '\xeb\x63\x90'; bytes 437 107; } | dd of="$img" conv=notrunc status=none
 mkesp "$img" "$(offset_of "$img" 2)" 48
 mkext4 "$img" "$(offset_of "$img" 3)" 150
 mv "$img" "$out/"
@@ -140,7 +142,7 @@ mkdir -p "$work/small" && echo "logical" > "$work/small/in-logical.txt"
 mkfs.ext2 -q -F -L logical -E "offset=$(offset_of "$img" 5)" -d "$work/small" "$img" 20M
 truncate -s 16M "$work/swap" && mkswap -q -U 6b1d0b4e-7e0e-4d8a-9c7e-000000000006 "$work/swap" >/dev/null
 dd if="$work/swap" of="$img" bs=1M seek=$(( $(offset_of "$img" 6) / MiB )) conv=notrunc,sparse status=none
-{ printf '\xfa\x33\xc0'; head -c 437 /dev/urandom; } | dd of="$img" conv=notrunc status=none
+{ printf '\xfa\x33\xc0'; bytes 437 108; } | dd of="$img" conv=notrunc status=none
 mv "$img" "$out/"
 
 # --- bare-ext4: a filesystem with no partition table ------------------------------
