@@ -130,6 +130,14 @@ pub fn parse_key_values(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The value of the last assignment to `key` (later lines win, as in a shell).
+fn last_value(kv: &[(String, String)], key: &str) -> Option<String> {
+    kv.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+}
+
 fn read_text(fs: &dyn Filesystem, path: &[u8]) -> Option<String> {
     fs.read_file(path, TEXT_LIMIT)
         .ok()
@@ -140,12 +148,7 @@ fn os_release(fs: &dyn Filesystem) -> Option<OsRelease> {
     for path in OS_RELEASE_PATHS {
         if let Some(text) = read_text(fs, path) {
             let kv = parse_key_values(&text);
-            let get = |k: &str| {
-                kv.iter()
-                    .rev()
-                    .find(|(key, _)| key == k)
-                    .map(|(_, v)| v.clone())
-            };
+            let get = |k: &str| last_value(&kv, k);
             return Some(OsRelease {
                 id: get("ID"),
                 version_id: get("VERSION_ID"),
@@ -159,12 +162,7 @@ fn os_release(fs: &dyn Filesystem) -> Option<OsRelease> {
     }
     if let Some(text) = read_text(fs, b"/etc/lsb-release") {
         let kv = parse_key_values(&text);
-        let get = |k: &str| {
-            kv.iter()
-                .rev()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
-        };
+        let get = |k: &str| last_value(&kv, k);
         return Some(OsRelease {
             id: get("DISTRIB_ID").map(|s| s.to_lowercase()),
             version_id: get("DISTRIB_RELEASE"),
