@@ -1,10 +1,11 @@
-//! amiforge: inspect disk images offline.
+//! amiforge: inspect, audit and publish disk images.
 //!
 //! The binary is a thin layer over the library crates: it parses arguments, opens the
 //! image read-only, calls into `inspect` and `imagefs`, and renders text or JSON.
 //! Logs go to stderr; results to stdout. Exit codes: 0 success, 1 policy failure,
 //! 2 error.
 
+mod audit;
 mod commands;
 mod lifecycle;
 mod publish;
@@ -15,8 +16,8 @@ use std::process::ExitCode;
 
 /// Exit code for success.
 const EXIT_OK: u8 = 0;
-/// Exit code for a failed check: the publish gate failed, or verify found differing
-/// blocks.
+/// Exit code for a failed check: the audit or publish gate failed, or verify found
+/// differing blocks.
 const EXIT_FAILED_CHECK: u8 = 1;
 /// Exit code for any error: bad input, unreadable image, I/O failure.
 const EXIT_ERROR: u8 = 2;
@@ -83,6 +84,13 @@ enum Command {
         #[arg(long)]
         partition: Option<u32>,
     },
+    /// Audit an image before it ships: packages, secrets (in files, compressed files
+    /// and unallocated space), hygiene, EC2 boot readiness. Exit 1 when a finding is
+    /// at or above --fail-on.
+    Audit(audit::AuditArgs),
+    /// Write a software bill of materials (CycloneDX 1.6 or SPDX 2.3 JSON) of the
+    /// image's installed packages.
+    Sbom(audit::SbomArgs),
     /// Stream an image into a new EBS snapshot through the EBS direct APIs: holes and
     /// zero blocks are skipped, blocks are verified with SHA-256, failures retried,
     /// and an interrupted upload can be resumed.
@@ -124,6 +132,12 @@ fn main() -> ExitCode {
             path,
             partition,
         } => commands::cat(&image, &path, partition),
+        Command::Audit(args) => match audit::audit_command(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
+            Err(e) => Err(e),
+        },
+        Command::Sbom(args) => audit::sbom_command(args),
         Command::Upload(args) => transfer::upload(args),
         Command::Download(args) => transfer::download(args),
         Command::Verify(args) => match transfer::verify(args) {

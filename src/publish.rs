@@ -1,5 +1,6 @@
 //! register (snapshot → AMI) and publish (image → inspect → gate → upload → AMI).
 
+use crate::audit::FailOn;
 use crate::transfer::{parse_tags, run_upload, runtime, AwsArgs, UploadArgs};
 use crate::Format;
 use ami::{Architecture, BootMode, RegisterSpec};
@@ -90,7 +91,6 @@ struct Detected {
     architecture: Option<String>,
     boot_mode: Option<String>,
     ena: Option<bool>,
-    report: inspect::Report,
 }
 
 fn detect(image: &Path) -> Result<Detected> {
@@ -105,7 +105,6 @@ fn detect(image: &Path) -> Result<Detected> {
         architecture: report.architecture.clone(),
         boot_mode: boot,
         ena: (!report.kernels.is_empty()).then_some(report.drivers.ena),
-        report,
     })
 }
 
@@ -226,21 +225,6 @@ fn print_registered(
     Ok(())
 }
 
-/// Severities for the gate, lowest first.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    /// Fail on nothing.
-    None,
-    /// Low and above.
-    Low,
-    /// Medium and above.
-    Medium,
-    /// High and above.
-    High,
-    /// Critical only.
-    Critical,
-}
-
 /// `amiforge publish` arguments.
 #[derive(clap::Args, Debug)]
 pub struct PublishArgs {
@@ -251,11 +235,13 @@ pub struct PublishArgs {
     pub name: String,
     #[command(flatten)]
     pub params: AmiParams,
-    /// The gate: stop before uploading when a finding is at least this severe. Until
-    /// the audit exists the gate is inspect only: an image whose root filesystem could
-    /// not be examined is a high finding.
-    #[arg(long, value_enum, default_value_t = Severity::High)]
-    pub fail_on: Severity,
+    /// The gate: audit the image first and stop before uploading when a finding is at
+    /// least this severe (see `amiforge audit`).
+    #[arg(long, value_enum, default_value_t = FailOn::High)]
+    pub fail_on: FailOn,
+    /// Audit configuration (TOML): allow-lists, skipped paths, severities.
+    #[arg(long)]
+    pub audit_config: Option<std::path::PathBuf>,
     /// Keep the snapshot when registration fails (default: delete it).
     #[arg(long)]
     pub keep_on_failure: bool,
@@ -293,34 +279,31 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
     let image = args.upload.image.clone();
     // 1. Inspect and gate, before anything is sent.
     let detected = detect(&image)?;
-    let mut findings: Vec<(Severity, String)> = Vec::new();
-    if detected.report.root_partition.is_none() {
-        findings.push((
-            Severity::High,
-            "no readable root filesystem: the image cannot be examined".into(),
-        ));
-    }
-    let failing: Vec<&(Severity, String)> = findings
-        .iter()
-        .filter(|(s, _)| args.fail_on != Severity::None && *s >= args.fail_on)
-        .collect();
+    let config = crate::audit::load_config(args.audit_config.as_deref())?;
+    let report = crate::audit::run(&image, &config)?;
+    let failing = report.failing(args.fail_on.threshold());
     if !failing.is_empty() {
-        for (s, f) in &failing {
-            eprintln!("amiforge: gate: {s:?}: {f}");
+        for f in &failing {
+            eprintln!(
+                "amiforge: gate: {} {} {}",
+                f.severity.name(),
+                f.rule,
+                f.path.as_deref().unwrap_or("")
+            );
         }
         eprintln!(
-            "amiforge: gate failed (--fail-on {:?}); nothing was uploaded",
-            args.fail_on
+            "amiforge: gate failed (--fail-on {}): {} finding(s); nothing was uploaded",
+            args.fail_on.name(),
+            failing.len()
         );
         return Ok(false);
     }
-    let os = detected
-        .report
-        .os
-        .as_ref()
-        .and_then(|o| o.pretty_name.clone())
-        .unwrap_or_else(|| "unknown OS".into());
-    let audit = format!("inspect-only; {os}; {} finding(s)", findings.len());
+    let audit = format!(
+        "amiforge audit: {}; allowed: {}; gate --fail-on {} passed",
+        crate::audit::counts(&report.summary.findings),
+        crate::audit::counts(&report.summary.allowed),
+        args.fail_on.name()
+    );
     // 2. Validate the registration before uploading.
     let user_tags = parse_tags(&args.upload.tags)?;
     let image_sha256 = sha256_of(&image)?;

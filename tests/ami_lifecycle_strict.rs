@@ -19,6 +19,8 @@ fn published(server: &ebs_testserver::Server) -> (String, String) {
                 "amiforge-lifecycle",
                 "--boot-mode",
                 "uefi",
+                "--fail-on",
+                "critical",
                 "--family",
                 "web",
                 "--image-version",

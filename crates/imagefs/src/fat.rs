@@ -111,7 +111,7 @@ fn metadata(e: &FatEntry<'_>) -> Metadata {
 /// Checks the BIOS parameter block with checked arithmetic before `fatfs` sees it:
 /// fatfs 0.3.6 computes the layout in `u32` and overflows (a panic with overflow
 /// checks on) on hostile values.
-fn check_bpb(b: &[u8]) -> std::result::Result<(), String> {
+pub(crate) fn check_bpb(b: &[u8]) -> std::result::Result<(), String> {
     let le16 = |at: usize| u32::from(u16::from_le_bytes([b[at], b[at + 1]]));
     let le32 = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     let bytes_per_sector = le16(11);

@@ -6,6 +6,8 @@
 //! - [`open`] gives a [`Filesystem`] for the readable kinds: ext2/3/4 through
 //!   `ext4-view` and FAT12/16/32 through `fatfs`. Neither can write to the image: the
 //!   sources are read-only and the FAT adapter refuses every write.
+//! - [`unallocated`] lists the bytes of an ext or FAT volume that no file owns, where
+//!   deleted files' data survives.
 //! - [`walk`] visits every entry of a filesystem, bounded in depth and count, and
 //!   records every entry it could not read instead of skipping it.
 //!
@@ -16,6 +18,7 @@
 mod ext4;
 mod fat;
 mod probe;
+mod unallocated;
 mod walk;
 
 use serde::Serialize;
@@ -23,6 +26,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 pub use probe::{probe, FsKind};
+pub use unallocated::unallocated;
 pub use walk::{walk, WalkEntry, WalkLimits, WalkOutcome, WalkProblem};
 
 /// What went wrong inside a filesystem.

@@ -1,0 +1,524 @@
+//! Audits a disk image before it ships, offline and read-only.
+//!
+//! [`audit`] inspects the image, walks every readable filesystem once into a file
+//! index, then runs the registered [`Auditor`]s in parallel, one thread each:
+//!
+//! | id | finds |
+//! |---|---|
+//! | `packages` | installed dpkg, rpm and apk packages (the SBOM's input) |
+//! | `secrets` | secrets in every file, compressed files included |
+//! | `deleted-data` | secrets in the unallocated blocks of ext and FAT volumes |
+//! | `hygiene` | the shared-AMI checklist: keys, histories, hashes, leftovers |
+//! | `boot` | EC2 boot readiness: boot mode, ENA, NVMe, cloud-init |
+//! | `coverage` | everything that could not be examined |
+//!
+//! An auditor that fails or panics does not take the others down: its failure
+//! becomes a `coverage.auditor-failed` finding of high severity, so a broken audit
+//! never reads as a clean one. [`Report::gate`] applies the `--fail-on` threshold.
+
+mod boot;
+pub mod config;
+mod deleted;
+mod files;
+mod hygiene;
+pub mod sarif;
+mod scan;
+
+pub use config::Config;
+pub use files::{FileIndex, IndexedFile};
+pub use secrets::Severity;
+
+use inspect::Image;
+use serde::Serialize;
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// What a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    /// A secret, in a file or in unallocated space.
+    Secret,
+    /// Something that should not ship in a shared image.
+    Hygiene,
+    /// About the installed packages.
+    Package,
+    /// EC2 boot readiness.
+    Boot,
+    /// Something that could not be examined.
+    Coverage,
+}
+
+impl Category {
+    /// The lowercase name, also the prefix of rule ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::Secret => "secret",
+            Category::Hygiene => "hygiene",
+            Category::Package => "package",
+            Category::Boot => "boot",
+            Category::Coverage => "coverage",
+        }
+    }
+}
+
+/// One thing the audit found.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Finding {
+    /// Rule id, `<category>.<name>` ("secret.aws-access-key-id").
+    pub rule: String,
+    /// The rule's title.
+    pub title: String,
+    /// Category.
+    pub category: Category,
+    /// Severity (after the configuration's overrides).
+    pub severity: Severity,
+    /// Partition number (0 for a bare filesystem).
+    pub partition: Option<u32>,
+    /// Path inside the filesystem; `<unallocated>` for deleted data.
+    pub path: Option<String>,
+    /// 1-based line, where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    /// Byte offset in the image, for deleted data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// What was found, redacted: never a whole secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excerpt: Option<String>,
+    /// Stable id of this finding, for allow-lists.
+    pub fingerprint: String,
+    /// Why it was accepted, for findings in [`Report::allowed`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_by: Option<String>,
+}
+
+impl Finding {
+    /// A finding about `path` with a fingerprint made of the rule and location.
+    pub fn new(
+        category: Category,
+        name: &str,
+        title: impl Into<String>,
+        severity: Severity,
+        partition: Option<u32>,
+        path: Option<String>,
+    ) -> Self {
+        let rule = format!("{}.{name}", category.name());
+        let fingerprint = fingerprint(&[
+            rule.as_bytes(),
+            partition.map(|p| p.to_string()).unwrap_or_default().as_bytes(),
+            path.as_deref().unwrap_or("").as_bytes(),
+        ]);
+        Self {
+            rule,
+            title: title.into(),
+            category,
+            severity,
+            partition,
+            path,
+            line: None,
+            offset: None,
+            excerpt: None,
+            fingerprint,
+            allowed_by: None,
+        }
+    }
+
+    /// Adds an excerpt.
+    pub fn with_excerpt(mut self, excerpt: impl Into<String>) -> Self {
+        self.excerpt = Some(excerpt.into());
+        self
+    }
+}
+
+/// SHA-256 of the parts, NUL-separated, as 32 hex digits.
+fn fingerprint(parts: &[&[u8]]) -> String {
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update(p);
+        h.update([0]);
+    }
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Something that could not be examined.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NotExamined {
+    /// The partition, when it is about one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
+    /// What.
+    pub what: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A path left out of the secret scan by the configuration.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Skipped {
+    /// Partition.
+    pub partition: u32,
+    /// Path.
+    pub path: String,
+    /// The `[skip]` pattern that matched.
+    pub pattern: String,
+}
+
+/// How one auditor's run went.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditorRun {
+    /// Registry id.
+    pub id: &'static str,
+    /// Its version: bumps when what it finds changes.
+    pub version: &'static str,
+    /// "ok" or "failed".
+    pub status: &'static str,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Counts for the summary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Findings at each severity (accepted ones not included).
+    pub findings: BTreeMap<Severity, u64>,
+    /// Accepted findings at each severity.
+    pub allowed: BTreeMap<Severity, u64>,
+    /// Files read by the secret scan.
+    pub files_scanned: u64,
+    /// Bytes the secret scan looked at, decompressed bytes included.
+    pub bytes_scanned: u64,
+    /// Unallocated bytes looked at (holes in the image file are known zeros and
+    /// are not read).
+    pub unallocated_bytes_scanned: u64,
+    /// Installed packages.
+    pub packages: u64,
+}
+
+/// The whole audit.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The image, as given.
+    pub image: String,
+    /// amiforge's version.
+    pub amiforge_version: &'static str,
+    /// The OS, from os-release.
+    pub os: Option<inspect::OsRelease>,
+    /// Userland architecture.
+    pub architecture: Option<String>,
+    /// Boot mode.
+    pub boot_mode: inspect::BootMode,
+    /// The root filesystem's partition.
+    pub root_partition: Option<u32>,
+    /// Counts.
+    pub summary: Summary,
+    /// Findings, worst first.
+    pub findings: Vec<Finding>,
+    /// Findings the configuration accepts, with the reason.
+    pub allowed: Vec<Finding>,
+    /// Installed packages.
+    pub packages: Vec<packages::Package>,
+    /// Everything not examined, each with the reason.
+    pub not_examined: Vec<NotExamined>,
+    /// Paths the configuration kept out of the secret scan.
+    pub skipped: Vec<Skipped>,
+    /// The auditors that ran.
+    pub auditors: Vec<AuditorRun>,
+}
+
+impl Report {
+    /// The findings at or above `threshold` (`None`: nothing fails).
+    pub fn failing(&self, threshold: Option<Severity>) -> Vec<&Finding> {
+        match threshold {
+            None => Vec::new(),
+            Some(t) => self.findings.iter().filter(|f| f.severity >= t).collect(),
+        }
+    }
+
+    /// Whether the image passes the gate at `threshold`.
+    pub fn gate(&self, threshold: Option<Severity>) -> bool {
+        self.failing(threshold).is_empty()
+    }
+}
+
+/// Everything an auditor may look at.
+pub struct Context<'a> {
+    /// The image.
+    pub image: &'a Image,
+    /// What inspect found.
+    pub inspection: &'a inspect::Report,
+    /// Every file of every readable filesystem.
+    pub files: &'a FileIndex,
+    /// The configuration.
+    pub config: &'a Config,
+    /// The compiled secret rules.
+    pub scanner: &'a secrets::Scanner,
+}
+
+/// What an auditor produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Findings (before allow-lists and severity overrides).
+    pub findings: Vec<Finding>,
+    /// Packages.
+    pub packages: Vec<packages::Package>,
+    /// Things it could not examine.
+    pub not_examined: Vec<NotExamined>,
+    /// Files and bytes scanned.
+    pub files_scanned: u64,
+    /// Bytes scanned.
+    pub bytes_scanned: u64,
+    /// Unallocated bytes scanned.
+    pub unallocated_bytes_scanned: u64,
+}
+
+/// One kind of check.
+pub trait Auditor: Sync {
+    /// Registry id.
+    fn id(&self) -> &'static str;
+    /// Version of what it checks.
+    fn version(&self) -> &'static str;
+    /// Runs over the context. An `Err` is reported, never taken for a clean result.
+    fn run(&self, ctx: &Context<'_>) -> Result<Output, String>;
+}
+
+/// The registry: every auditor, in report order.
+pub fn registry() -> Vec<Box<dyn Auditor>> {
+    vec![
+        Box::new(PackagesAuditor),
+        Box::new(scan::SecretsAuditor),
+        Box::new(deleted::DeletedDataAuditor),
+        Box::new(hygiene::HygieneAuditor),
+        Box::new(boot::BootAuditor),
+        Box::new(boot::CoverageAuditor),
+    ]
+}
+
+struct PackagesAuditor;
+
+impl Auditor for PackagesAuditor {
+    fn id(&self) -> &'static str {
+        "packages"
+    }
+    fn version(&self) -> &'static str {
+        "1"
+    }
+    fn run(&self, ctx: &Context<'_>) -> Result<Output, String> {
+        let mut out = Output::default();
+        let Some(root) = ctx.inspection.root_partition else {
+            return Ok(out);
+        };
+        let fs = ctx.image.filesystem(root).map_err(|e| e.to_string())?;
+        let distro = packages::Distro {
+            id: ctx.inspection.os.as_ref().and_then(|o| o.id.clone()),
+            version_id: ctx.inspection.os.as_ref().and_then(|o| o.version_id.clone()),
+        };
+        let inv = packages::inventory(&*fs, &distro);
+        for u in inv.unread {
+            out.findings.push(Finding::new(
+                Category::Coverage,
+                "package-database-not-read",
+                "A package database could not be read",
+                Severity::Medium,
+                Some(root),
+                Some(u.path.clone()),
+            ).with_excerpt(u.reason.clone()));
+            out.not_examined.push(NotExamined {
+                partition: Some(root),
+                what: u.path,
+                reason: u.reason,
+            });
+        }
+        if inv.databases.is_empty() && inv.packages.is_empty() {
+            out.findings.push(
+                Finding::new(
+                    Category::Package,
+                    "no-package-database",
+                    "No dpkg, rpm or apk database: the SBOM lists no OS packages",
+                    Severity::Info,
+                    Some(root),
+                    None,
+                ),
+            );
+        }
+        out.packages = inv.packages;
+        Ok(out)
+    }
+}
+
+/// Progress of a long audit.
+pub trait Progress: Sync {
+    /// An auditor started.
+    fn started(&self, id: &str);
+    /// An auditor finished.
+    fn finished(&self, id: &str, seconds: f64);
+}
+
+/// A progress sink that says nothing.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn started(&self, _: &str) {}
+    fn finished(&self, _: &str, _: f64) {}
+}
+
+/// Audits `image`. `name` is how the report names it.
+pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress) -> Report {
+    let inspection = image.report();
+    let scanner = secrets::Scanner::new();
+    let files = FileIndex::build(image, config);
+    let ctx = Context {
+        image,
+        inspection: &inspection,
+        files: &files,
+        config,
+        scanner: &scanner,
+    };
+    let auditors = registry();
+    let results: Vec<(AuditorRun, Output)> = std::thread::scope(|s| {
+        let handles: Vec<_> = auditors
+            .iter()
+            .map(|a| {
+                let ctx = &ctx;
+                s.spawn(move || {
+                    progress.started(a.id());
+                    let t = Instant::now();
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| a.run(ctx)));
+                    let seconds = t.elapsed().as_secs_f64();
+                    progress.finished(a.id(), seconds);
+                    let (status, error, out) = match r {
+                        Ok(Ok(out)) => ("ok", None, out),
+                        Ok(Err(e)) => ("failed", Some(e), Output::default()),
+                        Err(p) => {
+                            let msg = p
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_else(|| "panicked".into());
+                            ("failed", Some(format!("panicked: {msg}")), Output::default())
+                        }
+                    };
+                    let run = AuditorRun {
+                        id: a.id(),
+                        version: a.version(),
+                        status,
+                        error,
+                        seconds,
+                    };
+                    (run, out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(&auditors)
+            .map(|(h, a)| {
+                h.join().unwrap_or_else(|_| {
+                    (
+                        AuditorRun {
+                            id: a.id(),
+                            version: a.version(),
+                            status: "failed",
+                            error: Some("its thread could not be joined".into()),
+                            seconds: 0.0,
+                        },
+                        Output::default(),
+                    )
+                })
+            })
+            .collect()
+    });
+
+    let mut report = Report {
+        image: name.to_string(),
+        amiforge_version: env!("CARGO_PKG_VERSION"),
+        os: inspection.os.clone(),
+        architecture: inspection.architecture.clone(),
+        boot_mode: inspection.boot_mode,
+        root_partition: inspection.root_partition,
+        summary: Summary::default(),
+        findings: Vec::new(),
+        allowed: Vec::new(),
+        packages: Vec::new(),
+        not_examined: files.not_examined.clone(),
+        skipped: files.skipped.clone(),
+        auditors: Vec::new(),
+    };
+    for (run, out) in results {
+        if let Some(e) = &run.error {
+            report.findings.push(
+                Finding::new(
+                    Category::Coverage,
+                    "auditor-failed",
+                    format!("The {} auditor failed: its checks did not run", run.id),
+                    Severity::High,
+                    None,
+                    None,
+                )
+                .with_excerpt(e.clone()),
+            );
+            report.not_examined.push(NotExamined {
+                partition: None,
+                what: format!("auditor {}", run.id),
+                reason: e.clone(),
+            });
+        }
+        report.findings.extend(out.findings);
+        report.packages.extend(out.packages);
+        report.not_examined.extend(out.not_examined);
+        report.summary.files_scanned += out.files_scanned;
+        report.summary.bytes_scanned += out.bytes_scanned;
+        report.summary.unallocated_bytes_scanned += out.unallocated_bytes_scanned;
+        report.auditors.push(run);
+    }
+    finish(&mut report, config);
+    report
+}
+
+/// Applies severities and allow-lists, sorts, and counts.
+fn finish(report: &mut Report, config: &Config) {
+    let mut kept = Vec::new();
+    for mut f in std::mem::take(&mut report.findings) {
+        f.severity = config.severity(&f.rule, f.severity);
+        match config.allowed_by(&f.rule, f.path.as_deref(), &f.fingerprint) {
+            Some(why) => {
+                f.allowed_by = Some(why);
+                *report.summary.allowed.entry(f.severity).or_default() += 1;
+                report.allowed.push(f);
+            }
+            None => {
+                *report.summary.findings.entry(f.severity).or_default() += 1;
+                kept.push(f);
+            }
+        }
+    }
+    let order = |f: &Finding| {
+        (
+            std::cmp::Reverse(f.severity),
+            f.category,
+            f.rule.clone(),
+            f.partition,
+            f.path.clone(),
+            f.line,
+            f.offset,
+        )
+    };
+    kept.sort_by_key(order);
+    report.allowed.sort_by_key(order);
+    report.findings = kept;
+    report.packages.sort_by(|a, b| {
+        (a.kind, &a.name, &a.version, &a.arch).cmp(&(b.kind, &b.name, &b.version, &b.arch))
+    });
+    report.summary.packages = report.packages.len() as u64;
+    report.not_examined.sort_by(|a, b| {
+        (a.partition, &a.what, &a.reason).cmp(&(b.partition, &b.what, &b.reason))
+    });
+    report.not_examined.dedup();
+}

@@ -1,0 +1,219 @@
+//! Where a filesystem's unallocated space is: the bytes no file owns, which still
+//! hold whatever deleted files left there and ship with every snapshot.
+//!
+//! ext2/3/4: the block bitmaps named by the group descriptors. A group whose bitmap
+//! was never initialised (BLOCK_UNINIT) counts as wholly unallocated.
+//! FAT12/16/32: the clusters whose FAT entry is zero.
+
+use crate::{Error, FsKind, Result};
+use blockio::BlockSource;
+use std::ops::Range;
+
+/// ext superblock offset and magic.
+const EXT_SUPERBLOCK: u64 = 1024;
+const EXT_MAGIC: u16 = 0xef53;
+/// Incompatible feature: 64-bit block numbers and descriptors.
+const EXT_INCOMPAT_64BIT: u32 = 0x80;
+/// Group descriptor flag: the block bitmap was never initialised.
+const EXT_BG_BLOCK_UNINIT: u16 = 0x2;
+/// Largest FAT read at once: a FAT32 volume of 2 TiB with 4 KiB clusters.
+const FAT_TABLE_LIMIT: u64 = 512 << 20;
+
+/// The unallocated byte ranges of the filesystem on `source`, relative to its start,
+/// merged and in order. Only ext2/3/4 and FAT are understood.
+pub fn unallocated(source: &dyn BlockSource, kind: FsKind) -> Result<Vec<Range<u64>>> {
+    let ranges = match kind {
+        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => ext(source, kind)?,
+        FsKind::Vfat => fat(source)?,
+        other => {
+            return Err(Error::Unsupported {
+                kind: other.name(),
+                reason: "unallocated space is read for ext2/3/4 and FAT only".into(),
+            })
+        }
+    };
+    let len = source.len();
+    let mut merged: Vec<Range<u64>> = Vec::new();
+    for r in ranges {
+        let r = r.start.min(len)..r.end.min(len);
+        if r.is_empty() {
+            continue;
+        }
+        push_merged(&mut merged, r);
+    }
+    Ok(merged)
+}
+
+/// Appends `r`, extending the last range when they touch, so a volume of free
+/// clusters costs one range, not millions.
+fn push_merged(out: &mut Vec<Range<u64>>, r: Range<u64>) {
+    match out.last_mut() {
+        Some(last) if last.end == r.start => last.end = r.end,
+        _ => out.push(r),
+    }
+}
+
+fn read(source: &dyn BlockSource, kind: FsKind, offset: u64, len: usize) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    source
+        .read_exact_at(&mut buf, offset)
+        .map_err(|e| Error::Read {
+            path: format!("({} metadata at byte {offset})", kind.name()),
+            source: Box::new(e),
+        })?;
+    Ok(buf)
+}
+
+fn corrupt(kind: FsKind, reason: String) -> Error {
+    Error::Corrupt {
+        kind: kind.name(),
+        path: None,
+        reason,
+    }
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn ext(source: &dyn BlockSource, kind: FsKind) -> Result<Vec<Range<u64>>> {
+    let sb = read(source, kind, EXT_SUPERBLOCK, 1024)?;
+    if le16(&sb, 0x38) != EXT_MAGIC {
+        return Err(corrupt(kind, "no ext superblock magic".into()));
+    }
+    let log = le32(&sb, 0x18);
+    if log > 6 {
+        return Err(corrupt(kind, format!("block size 2^(10+{log}) is impossible")));
+    }
+    let bs = 1024u64 << log;
+    let first_data_block = u64::from(le32(&sb, 0x14));
+    let per_group = u64::from(le32(&sb, 0x20));
+    let is_64 = le32(&sb, 0x60) & EXT_INCOMPAT_64BIT != 0;
+    let mut blocks = u64::from(le32(&sb, 0x04));
+    let desc_size = if is_64 {
+        blocks |= u64::from(le32(&sb, 0x150)) << 32;
+        u64::from(le16(&sb, 0xfe))
+    } else {
+        32
+    };
+    if per_group == 0 || per_group > bs * 8 {
+        return Err(corrupt(kind, format!("{per_group} blocks per group")));
+    }
+    if !(32..=1024).contains(&desc_size) || !desc_size.is_power_of_two() {
+        return Err(corrupt(kind, format!("group descriptor size {desc_size}")));
+    }
+    // Never trust the block count beyond what the source can hold.
+    let blocks = blocks.min(source.len() / bs);
+    let groups = blocks.saturating_sub(first_data_block).div_ceil(per_group);
+    let gdt_offset = (first_data_block + 1) * bs;
+    let gdt_len = groups
+        .checked_mul(desc_size)
+        .filter(|&l| gdt_offset + l <= source.len())
+        .ok_or_else(|| corrupt(kind, format!("{groups} group descriptors overrun the volume")))?;
+    let gdt = read(source, kind, gdt_offset, gdt_len as usize)?;
+    let mut out = Vec::new();
+    let mut bitmap = vec![0u8; bs as usize];
+    for g in 0..groups {
+        let d = &gdt[(g * desc_size) as usize..((g + 1) * desc_size) as usize];
+        let first = first_data_block + g * per_group;
+        let count = per_group.min(blocks - first);
+        let flags = le16(d, 0x12);
+        if flags & EXT_BG_BLOCK_UNINIT != 0 {
+            push_merged(&mut out, first * bs..(first + count) * bs);
+            continue;
+        }
+        let mut at = u64::from(le32(d, 0));
+        if desc_size >= 64 {
+            at |= u64::from(le32(d, 0x20)) << 32;
+        }
+        if at == 0 || at >= blocks {
+            return Err(corrupt(
+                kind,
+                format!("group {g}'s block bitmap is at block {at}, outside the volume"),
+            ));
+        }
+        source
+            .read_exact_at(&mut bitmap, at * bs)
+            .map_err(|e| Error::Read {
+                path: format!("(block bitmap of group {g})"),
+                source: Box::new(e),
+            })?;
+        let mut run: Option<u64> = None;
+        for i in 0..count {
+            let used = bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0;
+            match (used, run) {
+                (false, None) => run = Some(i),
+                (true, Some(s)) => {
+                    push_merged(&mut out, (first + s) * bs..(first + i) * bs);
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = run {
+            push_merged(&mut out, (first + s) * bs..(first + count) * bs);
+        }
+    }
+    Ok(out)
+}
+
+fn fat(source: &dyn BlockSource) -> Result<Vec<Range<u64>>> {
+    let kind = FsKind::Vfat;
+    let b = read(source, kind, 0, 512)?;
+    crate::fat::check_bpb(&b).map_err(|r| corrupt(kind, format!("boot sector: {r}")))?;
+    let bps = u64::from(le16(&b, 11));
+    let spc = u64::from(b[13]);
+    let reserved = u64::from(le16(&b, 14));
+    let fats = u64::from(b[16]);
+    let root_entries = u64::from(le16(&b, 17));
+    let total = match le16(&b, 19) {
+        0 => u64::from(le32(&b, 32)),
+        n => u64::from(n),
+    };
+    let per_fat = match le16(&b, 22) {
+        0 => u64::from(le32(&b, 36)),
+        n => u64::from(n),
+    };
+    let root_sectors = (root_entries * 32).div_ceil(bps);
+    let first_data = reserved + fats * per_fat + root_sectors;
+    let clusters = (total - first_data) / spc;
+    // The FAT type follows from the cluster count alone (Microsoft's FAT spec).
+    let bits: u64 = if clusters < 4085 {
+        12
+    } else if clusters < 65525 {
+        16
+    } else {
+        32
+    };
+    let table_len = (per_fat * bps).min((clusters + 2) * bits / 8 + 2);
+    if table_len > FAT_TABLE_LIMIT {
+        return Err(corrupt(kind, format!("a FAT of {table_len} bytes")));
+    }
+    let table = read(source, kind, reserved * bps, table_len as usize)?;
+    let entry = |c: u64| -> Option<u32> {
+        match bits {
+            12 => {
+                let at = (c * 3 / 2) as usize;
+                let v = u32::from(le16(table.get(at..at + 2)?, 0));
+                Some(if c % 2 == 0 { v & 0xfff } else { v >> 4 })
+            }
+            16 => Some(u32::from(le16(table.get((c * 2) as usize..)?, 0))),
+            _ => Some(le32(table.get((c * 4) as usize..)?, 0) & 0x0fff_ffff),
+        }
+    };
+    let cluster_bytes = spc * bps;
+    let data_start = first_data * bps;
+    let mut out = Vec::new();
+    for c in 2..clusters + 2 {
+        // Entries past a short FAT cannot be told apart: count them as allocated.
+        if entry(c) == Some(0) {
+            let start = data_start + (c - 2) * cluster_bytes;
+            push_merged(&mut out, start..start + cluster_bytes);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,271 @@
+//! `amiforge audit` and `amiforge sbom`.
+
+use anyhow::{Context as _, Result};
+use audit::{Config, Report, Severity};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The gate threshold: fail when a finding is at least this severe.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOn {
+    /// Critical findings only.
+    Critical,
+    /// High and above.
+    High,
+    /// Medium and above.
+    Medium,
+    /// Low and above.
+    Low,
+    /// Never fail.
+    None,
+}
+
+impl FailOn {
+    /// The lowest failing severity, or `None` when nothing fails.
+    pub fn threshold(self) -> Option<Severity> {
+        match self {
+            FailOn::Critical => Some(Severity::Critical),
+            FailOn::High => Some(Severity::High),
+            FailOn::Medium => Some(Severity::Medium),
+            FailOn::Low => Some(Severity::Low),
+            FailOn::None => None,
+        }
+    }
+
+    /// The flag's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailOn::Critical => "critical",
+            FailOn::High => "high",
+            FailOn::Medium => "medium",
+            FailOn::Low => "low",
+            FailOn::None => "none",
+        }
+    }
+}
+
+/// Output format of `amiforge audit`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditFormat {
+    /// A summary and one line per finding.
+    Text,
+    /// The whole report as one JSON document.
+    Json,
+    /// SARIF 2.1.0, for code-scanning dashboards.
+    Sarif,
+}
+
+/// `amiforge audit` arguments.
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    /// The raw disk image.
+    pub image: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
+    pub format: AuditFormat,
+    /// Exit 1 when a finding is at least this severe.
+    #[arg(long, value_enum, default_value_t = FailOn::High)]
+    pub fail_on: FailOn,
+    /// Configuration (TOML): allow-lists, skipped paths, severities, limits.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Write the report here instead of stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+/// SBOM formats.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SbomFormat {
+    /// CycloneDX 1.6 JSON.
+    CyclonedxJson,
+    /// SPDX 2.3 JSON.
+    SpdxJson,
+}
+
+/// `amiforge sbom` arguments.
+#[derive(clap::Args, Debug)]
+pub struct SbomArgs {
+    /// The raw disk image.
+    pub image: PathBuf,
+    /// Document format.
+    #[arg(long, value_enum, default_value_t = SbomFormat::CyclonedxJson)]
+    pub format: SbomFormat,
+    /// Write the document here instead of stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+/// Logs each auditor's start and end on stderr.
+struct LogProgress;
+
+impl audit::Progress for LogProgress {
+    fn started(&self, id: &str) {
+        tracing::info!(auditor = id, "started");
+    }
+    fn finished(&self, id: &str, seconds: f64) {
+        tracing::info!(auditor = id, seconds = format!("{seconds:.2}"), "finished");
+    }
+}
+
+/// Loads the configuration, or the defaults.
+pub fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Audits the image at `path`.
+pub fn run(path: &Path, config: &Config) -> Result<Report> {
+    let image = inspect::Image::open(path)?;
+    eprintln!("amiforge: auditing {}...", path.display());
+    Ok(audit::audit(
+        &image,
+        &path.display().to_string(),
+        config,
+        &LogProgress,
+    ))
+}
+
+fn writer(output: Option<&Path>) -> Result<Box<dyn Write>> {
+    Ok(match output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    })
+}
+
+/// Returns false when the gate failed (exit 1).
+pub fn audit_command(args: AuditArgs) -> Result<bool> {
+    let config = load_config(args.config.as_deref())?;
+    let report = run(&args.image, &config)?;
+    let mut out = writer(args.output.as_deref())?;
+    match args.format {
+        AuditFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            writeln!(out)?;
+        }
+        AuditFormat::Sarif => {
+            serde_json::to_writer_pretty(&mut out, &audit::sarif::to_sarif(&report))?;
+            writeln!(out)?;
+        }
+        AuditFormat::Text => print_text(&mut out, &report, args.fail_on)?,
+    }
+    out.flush()?;
+    let failing = report.failing(args.fail_on.threshold()).len();
+    if failing > 0 {
+        eprintln!(
+            "amiforge: gate failed: {failing} finding(s) at or above {}",
+            args.fail_on.name()
+        );
+    }
+    Ok(failing == 0)
+}
+
+/// "2 critical, 1 high" for the summary's counts.
+pub fn counts(map: &std::collections::BTreeMap<Severity, u64>) -> String {
+    if map.is_empty() {
+        return "none".into();
+    }
+    map.iter()
+        .rev()
+        .map(|(s, n)| format!("{n} {}", s.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_text(out: &mut dyn Write, r: &Report, fail_on: FailOn) -> Result<()> {
+    let os = r
+        .os
+        .as_ref()
+        .and_then(|o| o.pretty_name.clone())
+        .unwrap_or_else(|| "unknown OS".into());
+    writeln!(
+        out,
+        "{}: {os}, {}, boot {:?}",
+        r.image,
+        r.architecture.as_deref().unwrap_or("unknown architecture"),
+        r.boot_mode
+    )?;
+    writeln!(
+        out,
+        "scanned {} files ({} MiB) and {} MiB of unallocated space; {} packages",
+        r.summary.files_scanned,
+        r.summary.bytes_scanned >> 20,
+        r.summary.unallocated_bytes_scanned >> 20,
+        r.summary.packages
+    )?;
+    writeln!(
+        out,
+        "findings: {}; allowed by configuration: {}",
+        counts(&r.summary.findings),
+        counts(&r.summary.allowed)
+    )?;
+    for f in &r.findings {
+        let mut place = match (f.partition, &f.path) {
+            (Some(p), Some(path)) => format!("p{p}:{path}"),
+            (Some(p), None) => format!("p{p}"),
+            (None, Some(path)) => path.clone(),
+            (None, None) => "-".into(),
+        };
+        if let Some(l) = f.line {
+            place.push_str(&format!(":{l}"));
+        }
+        if let Some(o) = f.offset {
+            place.push_str(&format!(" @ byte {o}"));
+        }
+        writeln!(
+            out,
+            "{:<8} {:<40} {place}",
+            f.severity.name().to_uppercase(),
+            f.rule
+        )?;
+        let mut detail = f.title.clone();
+        if let Some(e) = &f.excerpt {
+            detail.push_str(": ");
+            detail.push_str(e);
+        }
+        writeln!(out, "         {detail}")?;
+    }
+    if !r.not_examined.is_empty() {
+        writeln!(out, "not examined:")?;
+        for n in &r.not_examined {
+            writeln!(out, "  {}: {}", n.what, n.reason)?;
+        }
+    }
+    if !r.skipped.is_empty() {
+        writeln!(out, "skipped by configuration: {} file(s)", r.skipped.len())?;
+    }
+    let failing = r.failing(fail_on.threshold()).len();
+    writeln!(
+        out,
+        "gate (--fail-on {}): {}",
+        fail_on.name(),
+        if failing == 0 {
+            "passed".to_string()
+        } else {
+            format!("FAILED, {failing} finding(s)")
+        }
+    )?;
+    Ok(())
+}
+
+/// `amiforge sbom`.
+pub fn sbom_command(args: SbomArgs) -> Result<()> {
+    let image = inspect::Image::open(&args.image)?;
+    let input = sbom::Input::from_image(&image, &args.image.display().to_string())?;
+    for u in &input.unread {
+        eprintln!("amiforge: not examined: {}: {}", u.path, u.reason);
+    }
+    let doc = match args.format {
+        SbomFormat::CyclonedxJson => sbom::cyclonedx(&input),
+        SbomFormat::SpdxJson => sbom::spdx(&input),
+    };
+    let mut out = writer(args.output.as_deref())?;
+    serde_json::to_writer_pretty(&mut out, &doc)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
