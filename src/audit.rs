@@ -177,11 +177,10 @@ pub fn counts(map: &std::collections::BTreeMap<Severity, u64>) -> String {
 }
 
 fn print_text(out: &mut dyn Write, r: &Report, fail_on: FailOn) -> Result<()> {
-    let os = r
-        .os
-        .as_ref()
-        .and_then(|o| o.pretty_name.clone())
-        .unwrap_or_else(|| "unknown OS".into());
+    let os =
+        r.os.as_ref()
+            .and_then(|o| o.pretty_name.clone())
+            .unwrap_or_else(|| "unknown OS".into());
     writeln!(
         out,
         "{}: {os}, {}, boot {:?}",

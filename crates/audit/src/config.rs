@@ -205,7 +205,9 @@ mod tests {
         assert!(c
             .allowed_by("secret.github-pat", Some("/opt/fixtures/a/b"), "x")
             .is_some());
-        assert!(c.allowed_by("secret.github-pat", Some("/etc/x"), "x").is_none());
+        assert!(c
+            .allowed_by("secret.github-pat", Some("/etc/x"), "x")
+            .is_none());
         assert_eq!(
             c.severity("hygiene.shell-history", Severity::Medium),
             Severity::High

@@ -54,8 +54,18 @@ const INSTANCE_STATE: &[(&str, &str, &str, Severity)] = &[
         "A Kerberos keytab: the build machine's host credentials",
         High,
     ),
-    ("/etc/passwd-", "account-file-backup", "A backup of /etc/passwd", Low),
-    ("/etc/group-", "account-file-backup", "A backup of /etc/group", Low),
+    (
+        "/etc/passwd-",
+        "account-file-backup",
+        "A backup of /etc/passwd",
+        Low,
+    ),
+    (
+        "/etc/group-",
+        "account-file-backup",
+        "A backup of /etc/group",
+        Low,
+    ),
     (
         "/etc/shadow-",
         "account-file-backup",
@@ -90,8 +100,18 @@ const LEFTOVER_DIRS: &[(&str, &str, &str, Severity)] = &[
         "A user crontab from the build",
         Low,
     ),
-    ("/var/lib/dhcp/", "dhcp-lease", "A DHCP lease from the build", Low),
-    ("/var/lib/dhclient/", "dhcp-lease", "A DHCP lease from the build", Low),
+    (
+        "/var/lib/dhcp/",
+        "dhcp-lease",
+        "A DHCP lease from the build",
+        Low,
+    ),
+    (
+        "/var/lib/dhclient/",
+        "dhcp-lease",
+        "A DHCP lease from the build",
+        Low,
+    ),
 ];
 
 /// Package caches, reported once each with their size.
@@ -232,7 +252,10 @@ impl Checker<'_> {
             found => {
                 let (path, shown) = match found {
                     Some((p, v)) => (p, format!("PasswordAuthentication {v}")),
-                    None => (main.to_string(), "PasswordAuthentication not set (default yes)".into()),
+                    None => (
+                        main.to_string(),
+                        "PasswordAuthentication not set (default yes)".into(),
+                    ),
                 };
                 self.add(
                     "ssh-password-authentication",
@@ -336,7 +359,8 @@ impl Checker<'_> {
             let Some(rel) = home_relative(p) else {
                 continue;
             };
-            if f.metadata.size > 0 && (rel == ".ssh/authorized_keys" || rel == ".ssh/authorized_keys2")
+            if f.metadata.size > 0
+                && (rel == ".ssh/authorized_keys" || rel == ".ssh/authorized_keys2")
             {
                 self.add(
                     "authorized-keys",
@@ -344,7 +368,11 @@ impl Checker<'_> {
                     High,
                     p,
                 );
-            } else if !rel.contains('/') && rel.starts_with('.') && rel.ends_with("history") && f.metadata.size > 0 {
+            } else if !rel.contains('/')
+                && rel.starts_with('.')
+                && rel.ends_with("history")
+                && f.metadata.size > 0
+            {
                 self.add(
                     "shell-history",
                     "A shell history: commands typed on the build machine (often with keys)",
@@ -428,12 +456,7 @@ impl Checker<'_> {
             }
             let name = p.rsplit('/').next().unwrap_or(p);
             if name.ends_with(".bak") || name.ends_with('~') || name.ends_with(".swp") {
-                self.add(
-                    "backup-file",
-                    "A backup or editor swap file",
-                    Low,
-                    p,
-                );
+                self.add("backup-file", "A backup or editor swap file", Low, p);
             }
         }
         for (i, (count, bytes)) in caches.into_iter().enumerate() {
@@ -459,7 +482,10 @@ impl Checker<'_> {
             if rest == "instance" || rest.starts_with("instances/") {
                 state = true;
             }
-            if rest.starts_with("instance") && rest.ends_with("/user-data.txt") && f.metadata.size > 0 {
+            if rest.starts_with("instance")
+                && rest.ends_with("/user-data.txt")
+                && f.metadata.size > 0
+            {
                 self.add(
                     "cloud-init-user-data",
                     "cloud-init user data from the build instance (it often holds secrets)",
@@ -486,14 +512,18 @@ impl Checker<'_> {
             }
         }
         for path in files {
-            let Some(text) = self.text(&path) else { continue };
+            let Some(text) = self.text(&path) else {
+                continue;
+            };
             for (i, line) in text.lines().enumerate() {
                 let l = line.trim();
                 if l.starts_with('#') {
                     continue;
                 }
                 let forwards = l.contains("type=\"omfwd\"")
-                    || l.split_whitespace().nth(1).is_some_and(|a| a.starts_with('@'));
+                    || l.split_whitespace()
+                        .nth(1)
+                        .is_some_and(|a| a.starts_with('@'));
                 if forwards {
                     let f = self.add(
                         "remote-syslog",
@@ -526,7 +556,10 @@ mod tests {
     #[test]
     fn home_paths_are_relative_to_their_home() {
         assert_eq!(home_relative("/root/.bash_history"), Some(".bash_history"));
-        assert_eq!(home_relative("/home/ann/.ssh/authorized_keys"), Some(".ssh/authorized_keys"));
+        assert_eq!(
+            home_relative("/home/ann/.ssh/authorized_keys"),
+            Some(".ssh/authorized_keys")
+        );
         assert_eq!(home_relative("/home/ann"), None);
         assert_eq!(home_relative("/etc/passwd"), None);
     }

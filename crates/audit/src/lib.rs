@@ -107,7 +107,10 @@ impl Finding {
         let rule = format!("{}.{name}", category.name());
         let fingerprint = fingerprint(&[
             rule.as_bytes(),
-            partition.map(|p| p.to_string()).unwrap_or_default().as_bytes(),
+            partition
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+                .as_bytes(),
             path.as_deref().unwrap_or("").as_bytes(),
         ]);
         Self {
@@ -318,18 +321,25 @@ impl Auditor for PackagesAuditor {
         let fs = ctx.image.filesystem(root).map_err(|e| e.to_string())?;
         let distro = packages::Distro {
             id: ctx.inspection.os.as_ref().and_then(|o| o.id.clone()),
-            version_id: ctx.inspection.os.as_ref().and_then(|o| o.version_id.clone()),
+            version_id: ctx
+                .inspection
+                .os
+                .as_ref()
+                .and_then(|o| o.version_id.clone()),
         };
         let inv = packages::inventory(&*fs, &distro);
         for u in inv.unread {
-            out.findings.push(Finding::new(
-                Category::Coverage,
-                "package-database-not-read",
-                "A package database could not be read",
-                Severity::Medium,
-                Some(root),
-                Some(u.path.clone()),
-            ).with_excerpt(u.reason.clone()));
+            out.findings.push(
+                Finding::new(
+                    Category::Coverage,
+                    "package-database-not-read",
+                    "A package database could not be read",
+                    Severity::Medium,
+                    Some(root),
+                    Some(u.path.clone()),
+                )
+                .with_excerpt(u.reason.clone()),
+            );
             out.not_examined.push(NotExamined {
                 partition: Some(root),
                 what: u.path,
@@ -337,16 +347,14 @@ impl Auditor for PackagesAuditor {
             });
         }
         if inv.databases.is_empty() && inv.packages.is_empty() {
-            out.findings.push(
-                Finding::new(
-                    Category::Package,
-                    "no-package-database",
-                    "No dpkg, rpm or apk database: the SBOM lists no OS packages",
-                    Severity::Info,
-                    Some(root),
-                    None,
-                ),
-            );
+            out.findings.push(Finding::new(
+                Category::Package,
+                "no-package-database",
+                "No dpkg, rpm or apk database: the SBOM lists no OS packages",
+                Severity::Info,
+                Some(root),
+                None,
+            ));
         }
         out.packages = inv.packages;
         Ok(out)
@@ -402,7 +410,11 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
                                 .cloned()
                                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                                 .unwrap_or_else(|| "panicked".into());
-                            ("failed", Some(format!("panicked: {msg}")), Output::default())
+                            (
+                                "failed",
+                                Some(format!("panicked: {msg}")),
+                                Output::default(),
+                            )
                         }
                     };
                     let run = AuditorRun {
@@ -517,8 +529,8 @@ fn finish(report: &mut Report, config: &Config) {
         (a.kind, &a.name, &a.version, &a.arch).cmp(&(b.kind, &b.name, &b.version, &b.arch))
     });
     report.summary.packages = report.packages.len() as u64;
-    report.not_examined.sort_by(|a, b| {
-        (a.partition, &a.what, &a.reason).cmp(&(b.partition, &b.what, &b.reason))
-    });
+    report
+        .not_examined
+        .sort_by(|a, b| (a.partition, &a.what, &a.reason).cmp(&(b.partition, &b.what, &b.reason)));
     report.not_examined.dedup();
 }

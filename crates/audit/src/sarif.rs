@@ -18,7 +18,14 @@ fn level(s: Severity) -> &'static str {
 
 fn location(f: &Finding) -> Value {
     let uri = match (f.partition, &f.path) {
-        (Some(p), Some(path)) => format!("partition-{p}{}", if path.starts_with('/') { path.clone() } else { format!("/{path}") }),
+        (Some(p), Some(path)) => format!(
+            "partition-{p}{}",
+            if path.starts_with('/') {
+                path.clone()
+            } else {
+                format!("/{path}")
+            }
+        ),
         (Some(p), None) => format!("partition-{p}"),
         (None, Some(path)) => path.trim_start_matches('/').to_string(),
         (None, None) => "image".into(),

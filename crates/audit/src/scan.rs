@@ -106,7 +106,8 @@ fn scan_file(
         let report_below = if eof { buf.len() } else { buf.len() - OVERLAP };
         for m in ctx.scanner.scan(&buf) {
             if (m.offset as usize) < report_below {
-                out.findings.push(secret_finding(&m, partition, path, lines_before));
+                out.findings
+                    .push(secret_finding(&m, partition, path, lines_before));
             }
         }
         out.bytes_scanned += (report_below) as u64;
@@ -135,7 +136,9 @@ fn scan_compressed(
             reason,
         })
     };
-    let room = limits.max_compressed_bytes.saturating_sub(head.len() as u64);
+    let room = limits
+        .max_compressed_bytes
+        .saturating_sub(head.len() as u64);
     if let Err(e) = (&mut rest).take(room + 1).read_to_end(&mut head) {
         return not_read(out, format!("read failed: {e}"));
     }

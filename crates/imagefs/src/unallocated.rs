@@ -87,7 +87,10 @@ fn ext(source: &dyn BlockSource, kind: FsKind) -> Result<Vec<Range<u64>>> {
     }
     let log = le32(&sb, 0x18);
     if log > 6 {
-        return Err(corrupt(kind, format!("block size 2^(10+{log}) is impossible")));
+        return Err(corrupt(
+            kind,
+            format!("block size 2^(10+{log}) is impossible"),
+        ));
     }
     let bs = 1024u64 << log;
     let first_data_block = u64::from(le32(&sb, 0x14));
@@ -113,7 +116,12 @@ fn ext(source: &dyn BlockSource, kind: FsKind) -> Result<Vec<Range<u64>>> {
     let gdt_len = groups
         .checked_mul(desc_size)
         .filter(|&l| gdt_offset + l <= source.len())
-        .ok_or_else(|| corrupt(kind, format!("{groups} group descriptors overrun the volume")))?;
+        .ok_or_else(|| {
+            corrupt(
+                kind,
+                format!("{groups} group descriptors overrun the volume"),
+            )
+        })?;
     let gdt = read(source, kind, gdt_offset, gdt_len as usize)?;
     let mut out = Vec::new();
     let mut bitmap = vec![0u8; bs as usize];

@@ -68,13 +68,18 @@ mod tests {
 
     #[test]
     fn stanzas_become_packages_with_their_origin() {
-        let text = "C:Q1abc=\nP:musl\nV:1.2.4-r2\nA:x86_64\no:musl\nF:lib\nR:libc.musl-x86_64.so.1\n\n\
+        let text =
+            "C:Q1abc=\nP:musl\nV:1.2.4-r2\nA:x86_64\no:musl\nF:lib\nR:libc.musl-x86_64.so.1\n\n\
                     P:busybox\nV:1.36.1-r5\nA:x86_64\no:busybox\n";
         let (p, bad) = parse(text, &Distro::default());
         assert_eq!(bad, 0);
         assert_eq!(p.len(), 2);
         assert_eq!(
-            (p[0].name.as_str(), p[0].version.as_str(), p[0].arch.as_str()),
+            (
+                p[0].name.as_str(),
+                p[0].version.as_str(),
+                p[0].arch.as_str()
+            ),
             ("musl", "1.2.4-r2", "x86_64")
         );
         assert_eq!(p[1].source.as_deref(), Some("busybox"));

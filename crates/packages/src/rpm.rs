@@ -268,7 +268,10 @@ mod tests {
 
     #[test]
     fn hostile_headers_are_errors_not_panics() {
-        let good = blob(&[(TAG_NAME, TYPE_STRING, s("x")), (TAG_VERSION, TYPE_STRING, s("1"))]);
+        let good = blob(&[
+            (TAG_NAME, TYPE_STRING, s("x")),
+            (TAG_VERSION, TYPE_STRING, s("1")),
+        ]);
         for cut in 0..good.len() {
             let _ = Header::parse(&good[..cut]);
         }

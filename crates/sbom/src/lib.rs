@@ -136,7 +136,13 @@ pub fn cyclonedx(input: &Input) -> Value {
 /// SPDX ids allow letters, digits, '.' and '-'.
 fn spdx_id(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 

@@ -182,6 +182,16 @@ impl Scanner {
                 found.push((r, m.start(), m.end()));
             }
         }
+        // A generic assignment that overlaps a specific rule's match is the same
+        // secret found twice: keep the specific finding.
+        let specific: Vec<(usize, usize)> = found
+            .iter()
+            .filter(|(r, ..)| RULES[*r].kind != Kind::Generic)
+            .map(|&(_, s, e)| (s, e))
+            .collect();
+        found.retain(|&(r, s, e)| {
+            RULES[r].kind != Kind::Generic || !specific.iter().any(|&(a, b)| s < b && a < e)
+        });
         found.sort_by_key(|&(r, start, _)| (start, r));
         let mut out = Vec::with_capacity(found.len());
         let mut line = 1u64;
@@ -245,6 +255,12 @@ fn fingerprint(rule: &str, secret: &[u8]) -> String {
 
 /// The line around `start..end`, the secret redacted, clipped to [`EXCERPT_MAX`].
 fn excerpt(data: &[u8], start: usize, end: usize) -> String {
+    // A pattern may stop short of the token it matched in (a bounded repetition):
+    // redact to the end of the token, so no tail of a secret shows.
+    let mut end = end;
+    while end < data.len() && is_token_byte(data[end]) {
+        end += 1;
+    }
     let line_start = memchr::memrchr(b'\n', &data[..start]).map_or(0, |i| i + 1);
     // A multi-line secret (a PEM body) ends the excerpt at the secret.
     let line_end = if data[start..end].contains(&b'\n') {
@@ -263,6 +279,12 @@ fn excerpt(data: &[u8], start: usize, end: usize) -> String {
     };
     let after: String = after.chars().take(room).collect();
     format!("{}{redacted}{}", before.trim_start(), after.trim_end())
+}
+
+/// Bytes that continue a token: letters, digits and the punctuation of base64,
+/// URL-safe base64, percent-encoding and token formats.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"+/=_-.~%".contains(&b)
 }
 
 fn printable(bytes: &[u8]) -> String {
@@ -301,8 +323,23 @@ mod tests {
         assert_eq!(m[0].rule.id, "github-pat");
         assert_eq!(m[0].line, 2);
         assert_eq!(m[0].offset, 31);
-        assert!(m[0].excerpt.starts_with("export GITHUB_TOKEN=ghp_…[40 chars"));
+        assert!(m[0]
+            .excerpt
+            .starts_with("export GITHUB_TOKEN=ghp_…[40 chars"));
         assert!(!m[0].excerpt.contains("aB3dE5"));
+    }
+
+    #[test]
+    fn a_secret_longer_than_its_pattern_is_redacted_to_its_end() {
+        let token = format!("pypi-AgEIcHlwaS5vcmc{}", "Zx9_Qw7-Lm3Np5Rt".repeat(6));
+        let m = Scanner::new().scan(format!("password = {token}\n").as_bytes());
+        assert_eq!(
+            m.len(),
+            1,
+            "the generic finding of the same secret is dropped"
+        );
+        assert_eq!(m[0].rule.id, "pypi-token");
+        assert!(!m[0].excerpt.contains("Lm3Np5"), "{}", m[0].excerpt);
     }
 
     #[test]

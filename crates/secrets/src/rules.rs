@@ -54,7 +54,7 @@ macro_rules! pem {
         concat!(
             "-----BEGIN ",
             $label,
-            "-----[\\r\\n]+((?:[A-Za-z0-9+/=:,\\- ]*[\\r\\n]+){2,}?[A-Za-z0-9+/=]{16,}[\\s\\S]{0,200}?)-----END ",
+            "-----[\\r\\n]+((?:[A-Za-z0-9+/=:,\\- ]*[\\r\\n]+)*?[A-Za-z0-9+/=]{16,}[\\s\\S]{0,200}?)-----END ",
             $label,
             "-----"
         )
@@ -532,10 +532,16 @@ pub const RULES: &[Rule] = &[
         kind: Generic,
         severity: Medium,
         keywords: &[
-            "password", "passwd", "secret", "api_key", "apikey", "api-key", "auth_token",
+            "password",
+            "passwd",
+            "secret",
+            "api_key",
+            "apikey",
+            "api-key",
+            "auth_token",
             "access_token",
         ],
-        regex: r#"(?i)\b(?:[a-z0-9_.\-]*password|passwd|[a-z0-9_.\-]*secret|api[_\-]?key|auth_?token|access_?token)["']?\s*[:=]\s*["']?([^\s"'`#;,<>{}()$%\\]{8,64})"#,
+        regex: r#"(?i)\b(?:[a-z0-9_.\-]*password|passwd|[a-z0-9_.\-]*secret|api[_\-]?key|auth_?token|access_?token)["']?\s*[:=]\s*["']?([^\s"'`#;,<>{}()\[\]$%\\]{8,64})"#,
         min_entropy: Some(3.0),
     },
 ];

@@ -1,0 +1,271 @@
+//! `amiforge audit` finds a secret of every rule, made fresh at test time with
+//! ssh-keygen, openssl and random tokens in the real formats, in plain files, shell
+//! histories, gzip/xz/zstd logs and deleted files on ext4 and FAT; it reports none
+//! in a corpus of look-alikes; excerpts never carry a secret; the gate's exit codes.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+struct Planted {
+    _dir: Scratch,
+    tree: std::path::PathBuf,
+    clean: std::path::PathBuf,
+    expected: Value,
+}
+
+fn plant() -> Planted {
+    let dir = Scratch::new("planted");
+    let (tree, clean, expected) = (
+        dir.path("tree"),
+        dir.path("clean"),
+        dir.path("expected.json"),
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/plant_secrets.py");
+    tool_output(
+        Command::new("python3")
+            .arg(script)
+            .args([&tree, &clean, &expected]),
+    );
+    let expected = serde_json::from_slice(&std::fs::read(&expected).unwrap()).unwrap();
+    Planted {
+        _dir: dir,
+        tree,
+        clean,
+        expected,
+    }
+}
+
+/// An ext4 image of `tree`, made by mkfs.ext4 -d.
+fn ext4_of(tree: &Path, image: &Path) {
+    std::fs::File::create(image)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    tool_output(
+        tool("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-d"])
+            .arg(tree)
+            .arg(image),
+    );
+}
+
+fn audit_json(image: &Path, extra: &[&str]) -> (Option<i32>, Value) {
+    let (code, stdout, stderr) = outcome(
+        amiforge()
+            .arg("audit")
+            .arg(image)
+            .args(["--format", "json"])
+            .args(extra),
+    );
+    let v = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    (code, v)
+}
+
+fn findings<'a>(report: &'a Value, rule: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == rule)
+        .collect()
+}
+
+/// The bytes of `image` at `offset` start with `prefix`.
+fn bytes_at(image: &Path, offset: u64, len: usize) -> String {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    std::fs::File::open(image)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[test]
+fn every_rule_finds_its_planted_secret_and_deleted_keys_are_found_by_offset() {
+    let p = plant();
+    let scratch = Scratch::new("audit-ext4");
+    let image = scratch.path("planted.img");
+    ext4_of(&p.tree, &image);
+    let deleted = &p.expected["deleted"]["ext4"];
+    tool_output(
+        tool("debugfs")
+            .args(["-w", "-R"])
+            .arg(format!("rm {}", deleted["path"].as_str().unwrap()))
+            .arg(&image),
+    );
+    let before = sha256_file(&image);
+    let (code, report) = audit_json(&image, &[]);
+    assert_eq!(
+        code,
+        Some(1),
+        "critical secrets fail the default gate (high)"
+    );
+    assert_eq!(sha256_file(&image), before, "the image is never written");
+
+    let rules = p.expected.as_object().unwrap();
+    let mut missed = Vec::new();
+    for (rule, path) in rules.iter().filter(|(k, _)| *k != "deleted") {
+        let found = findings(&report, &format!("secret.{rule}"));
+        if !found
+            .iter()
+            .any(|f| f["path"] == *path && f["line"].as_u64().is_some())
+        {
+            missed.push(format!("{rule} in {path}"));
+        }
+    }
+    assert!(missed.is_empty(), "missed: {missed:?}");
+    assert!(
+        rules.len() > 40,
+        "a secret is planted for each of the {} rules",
+        rules.len() - 1
+    );
+
+    // The deleted key: in unallocated space, at the offset reported.
+    let rule = format!("secret.{}", deleted["rule"].as_str().unwrap());
+    let hit = findings(&report, &rule)
+        .into_iter()
+        .find(|f| f["path"] == "<unallocated>")
+        .unwrap_or_else(|| panic!("the deleted key was not found: {report:#}"));
+    let start = deleted["body_start"].as_str().unwrap();
+    assert_eq!(
+        bytes_at(&image, hit["offset"].as_u64().unwrap(), start.len()),
+        start
+    );
+
+    // Excerpts are redacted: no planted token's random part appears in the report.
+    let text = report.to_string();
+    for (rule, path) in rules.iter().filter(|(k, _)| *k != "deleted") {
+        let path = path.as_str().unwrap();
+        if path.ends_with(".gz") || path.ends_with(".xz") || path.ends_with(".zst") {
+            continue;
+        }
+        let content = std::fs::read_to_string(p.tree.join(&path[1..])).unwrap();
+        let longest = content
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .max_by_key(|s| s.len())
+            .unwrap();
+        if longest.len() >= 24 {
+            assert!(
+                !text.contains(longest),
+                "{rule}: a secret leaked into the report"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_key_deleted_from_a_fat_volume_is_found_in_its_free_clusters() {
+    let p = plant();
+    let scratch = Scratch::new("audit-fat");
+    let image = scratch.path("fat.img");
+    let key = scratch.path("key.pem");
+    let deleted = &p.expected["deleted"]["fat"];
+    std::fs::write(&key, deleted["content"].as_str().unwrap()).unwrap();
+    tool_output(tool("mkfs.vfat").arg("-C").arg(&image).arg("8192"));
+    tool_output(
+        tool("mcopy")
+            .arg("-i")
+            .arg(&image)
+            .arg(&key)
+            .arg("::key.pem"),
+    );
+    tool_output(tool("mdel").arg("-i").arg(&image).arg("::key.pem"));
+    let (_, report) = audit_json(&image, &["--fail-on", "none"]);
+    let hit = findings(&report, "secret.private-key-rsa")
+        .into_iter()
+        .find(|f| f["path"] == "<unallocated>")
+        .unwrap_or_else(|| panic!("not found: {report:#}"));
+    let start = deleted["body_start"].as_str().unwrap();
+    assert_eq!(
+        bytes_at(&image, hit["offset"].as_u64().unwrap(), start.len()),
+        start
+    );
+}
+
+#[test]
+fn look_alikes_are_not_secrets() {
+    let p = plant();
+    let scratch = Scratch::new("audit-clean");
+    let image = scratch.path("clean.img");
+    ext4_of(&p.clean, &image);
+    let (_, report) = audit_json(&image, &["--fail-on", "none"]);
+    let secrets: Vec<_> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["category"] == "secret")
+        .collect();
+    assert!(secrets.is_empty(), "false positives: {secrets:#?}");
+    assert!(report["summary"]["files_scanned"].as_u64().unwrap() >= 8);
+}
+
+#[test]
+fn the_configuration_accepts_findings_but_still_counts_them() {
+    let p = plant();
+    let scratch = Scratch::new("audit-config");
+    let image = scratch.path("planted.img");
+    ext4_of(&p.tree, &image);
+    let config = scratch.path("audit.toml");
+    std::fs::write(
+        &config,
+        "[allow]\npaths = [\"/srv/planted/**\", \"/var/log/**\", \"/root/**\", \"/home/**\"]\n\
+         rules = [\"boot.boot-mode-unknown\", \"boot.no-kernel\"]\n\
+         [skip]\npaths = [\"/var/log/app/app.log.3.zst\"]\n",
+    )
+    .unwrap();
+    let (code, report) = audit_json(&image, &["--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "everything high is allowed: {report:#}");
+    let allowed = report["allowed"].as_array().unwrap();
+    assert!(allowed.len() > 40);
+    assert!(allowed.iter().all(|f| f["allowed_by"].is_string()));
+    let counted: u64 = report["summary"]["allowed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, allowed.len() as u64);
+    assert_eq!(
+        report["skipped"][0]["path"], "/var/log/app/app.log.3.zst",
+        "every skip is reported"
+    );
+    assert!(findings(&report, "secret.sendgrid-api-key").is_empty());
+}
+
+#[test]
+fn sarif_output_has_rules_results_and_locations() {
+    let p = plant();
+    let scratch = Scratch::new("audit-sarif");
+    let image = scratch.path("planted.img");
+    ext4_of(&p.tree, &image);
+    let (code, stdout, _) = outcome(amiforge().arg("audit").arg(&image).args([
+        "--format",
+        "sarif",
+        "--fail-on",
+        "critical",
+    ]));
+    assert_eq!(code, Some(1));
+    let s: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(s["version"], "2.1.0");
+    let run = &s["runs"][0];
+    let rules = run["tool"]["driver"]["rules"].as_array().unwrap();
+    let results = run["results"].as_array().unwrap();
+    assert!(results.len() > 40);
+    for r in results {
+        let i = r["ruleIndex"].as_u64().unwrap() as usize;
+        assert_eq!(rules[i]["id"], r["ruleId"]);
+        let location = &r["locations"][0]["physicalLocation"];
+        if r["properties"]["category"] == "secret" {
+            let uri = location["artifactLocation"]["uri"].as_str().unwrap();
+            assert!(uri.starts_with("partition-0/"), "{uri}");
+            assert!(
+                location["region"]["startLine"].is_u64()
+                    || location["region"]["byteOffset"].is_u64()
+            );
+        }
+    }
+}
