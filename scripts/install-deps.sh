@@ -12,6 +12,9 @@ packages=(
   sleuthkit        # mmls (reference reader)
   cryptsetup-bin   # LUKS1/2 headers
   xfsprogs btrfs-progs squashfs-tools erofs-utils genisoimage ntfs-3g
+  debootstrap      # a real Debian root for the package and audit tests
+  rpm              # rpmbuild and rpm: a real rpm database, and rpm -qa as reference
+  openssh-client openssl zstd xz-utils   # planted keys, compressed logs
   python3 python3-venv
 )
 missing=()
@@ -29,8 +32,11 @@ fi
 # moto (an independent implementation of the EBS, EC2 and S3 APIs) and boto3 (an
 # independent client) for the upload tests, in a venv that survives between runs.
 venv=${AMIFORGE_VENV:-$HOME/.cache/amiforge/venv}
-if ! "$venv/bin/python" -c 'import moto, boto3, flask' 2>/dev/null; then
-  echo "installing moto and boto3 into $venv" >&2
+# cyclonedx-python-lib and spdx-tools are the official libraries of the two SBOM
+# formats: their validators check what `amiforge sbom` writes.
+if ! "$venv/bin/python" -c 'import moto, boto3, flask, jsonschema, cyclonedx, spdx_tools' 2>/dev/null; then
+  echo "installing moto, boto3 and the SBOM validators into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "moto[server]>=5.2,<6" "boto3>=1.34,<2"
+  "$venv/bin/pip" install -q "moto[server]>=5.2,<6" "boto3>=1.34,<2" \
+    "jsonschema>=4.18,<5" "cyclonedx-python-lib[json-validation]>=8,<12" "spdx-tools>=0.8,<0.9"
 fi

@@ -216,5 +216,20 @@ genisoimage -quiet -o "$work/iso" "$work/small"; put 10 "$work/iso"
 mkfs.ext4 -q -F -O inline_data -E "offset=$(offset_of "$img" 12)" -d "$work/small" "$img" 16M
 mv "$img" "$out/"
 
+# --- debian-bookworm: a real Debian root made by debootstrap (minbase + sshd) -------
+# The package archive is whatever this host's apt uses (AMIFORGE_DEBIAN_MIRROR
+# overrides it), so no mirror is written here.
+mirror=${AMIFORGE_DEBIAN_MIRROR:-$(
+  { cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true; } |
+    awk '/^URIs:/ {print $2} $1 == "deb" {print $2}' | grep -v security | head -1 || true)}
+[ -n "$mirror" ] || { echo "no Debian mirror in this host's apt sources; set AMIFORGE_DEBIAN_MIRROR" >&2; exit 2; }
+debootstrap --variant=minbase --include=openssh-server bookworm "$work/debian" "$mirror" \
+  > "$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; exit 2; }
+img="$work/debian-bookworm.img"
+truncate -s 1G "$img"
+sgdisk -n 1:1M:0 -t 1:8304 -c 1:root "$img" >/dev/null
+mkfs.ext4 -q -F -L root -E "offset=$MiB" -d "$work/debian" "$img" 1000M
+mv "$img" "$out/"
+
 echo "$want" > "$stamp"
 ls -ls "$out" >&2

@@ -135,7 +135,7 @@ def planted():
         "vault-service-token": "VAULT_TOKEN=hvs." + rand(90, ALNUM + "_-") + "\n",
         "vault-batch-token": "VAULT_TOKEN=hvb." + rand(100, ALNUM + "_-") + "\n",
         "terraform-cloud-token": 'credentials "app.terraform.io" {\n  token = "' + rand(14) + ".atlasv1." + rand(67, ALNUM + "_-") + '"\n}\n',
-        "generic-password-assignment": "[database]\ndb_password = " + rand(20) + "\n",
+        "generic-password-assignment": "[database]\ndb_password = " + rand(19) + "7\n",
     }
 
 

@@ -25,6 +25,11 @@ pub use rules::{rule, Kind, Rule, RULES};
 use aho_corasick::AhoCorasick;
 use regex::bytes::Regex;
 use sha2::Digest;
+use std::ops::Range;
+
+/// How far before a keyword hit a match may start (an assignment's name, a URL's
+/// scheme): the window starts at the hit's line, at most this far back.
+const LOOK_BEHIND: usize = 1 << 10;
 
 /// How bad a finding is. Ordered: `Info < Low < ... < Critical`.
 #[derive(
@@ -145,41 +150,66 @@ impl Scanner {
 
     /// The rules whose keywords occur in `data`, as indexes into [`RULES`].
     pub fn triggered(&self, data: &[u8]) -> Vec<usize> {
-        let mut hit = vec![false; RULES.len()];
-        let mut remaining = RULES.len();
+        self.windows(data)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| (!w.is_empty()).then_some(i))
+            .collect()
+    }
+
+    /// For each rule, the merged byte ranges around its keywords' hits where a match
+    /// can lie: from the start of the hit's line (at most [`LOOK_BEHIND`] back) to
+    /// the rule's span past the hit, extended to the end of that line.
+    fn windows(&self, data: &[u8]) -> Vec<Vec<Range<usize>>> {
+        let mut windows: Vec<Vec<Range<usize>>> = vec![Vec::new(); RULES.len()];
         for m in self.keywords.find_overlapping_iter(data) {
             for &r in &self.keyword_rules[m.pattern().as_usize()] {
-                if !hit[r] {
-                    hit[r] = true;
-                    remaining -= 1;
+                let back = m.start().saturating_sub(LOOK_BEHIND);
+                let start = memchr::memrchr(b'\n', &data[back..m.start()]).map_or(back, |i| back + i + 1);
+                let reach = (m.end() + RULES[r].span()).min(data.len());
+                let limit = (reach + LOOK_BEHIND).min(data.len());
+                let end = memchr::memchr(b'\n', &data[reach..limit]).map_or(limit, |i| reach + i);
+                let w = &mut windows[r];
+                match w.last_mut() {
+                    Some(last) if start <= last.end => {
+                        last.start = last.start.min(start);
+                        last.end = last.end.max(end);
+                    }
+                    _ => w.push(start..end),
                 }
             }
-            if remaining == 0 {
-                break;
-            }
         }
-        hit.iter()
-            .enumerate()
-            .filter_map(|(i, h)| h.then_some(i))
-            .collect()
+        windows
     }
 
     /// Every secret in `data`, in offset order.
     pub fn scan(&self, data: &[u8]) -> Vec<Match> {
         let mut found: Vec<(usize, usize, usize)> = Vec::new(); // (rule, start, end)
-        for r in self.triggered(data) {
+        // Binaries and message catalogs are full of "Password: " prompts: the generic
+        // rule reads text only.
+        let binary = memchr::memchr(0, &data[..data.len().min(BINARY_SNIFF)]).is_some();
+        for (r, windows) in self.windows(data).into_iter().enumerate() {
             let rule = &RULES[r];
-            for caps in self.regexes[r].captures_iter(data) {
-                let Some(m) = caps.get(1).or_else(|| caps.get(0)) else {
-                    continue;
-                };
-                let secret = m.as_bytes();
-                if let Some(min) = rule.min_entropy {
-                    if entropy(secret) < min {
+            if rule.kind == Kind::Generic && binary {
+                continue;
+            }
+            for w in windows {
+                for caps in self.regexes[r].captures_iter(&data[w.clone()]) {
+                    let Some(m) = caps.get(1).or_else(|| caps.get(0)) else {
+                        continue;
+                    };
+                    if let Some(min) = rule.min_entropy {
+                        if entropy(m.as_bytes()) < min {
+                            continue;
+                        }
+                    }
+                    // A generic value must look machine-made: letters and digits. Words
+                    // ("elevated-privileges", "getpwnam") are prose or code.
+                    if rule.kind == Kind::Generic && !letters_and_digits(m.as_bytes()) {
                         continue;
                     }
+                    found.push((r, w.start + m.start(), w.start + m.end()));
                 }
-                found.push((r, m.start(), m.end()));
             }
         }
         // A generic assignment that overlaps a specific rule's match is the same
@@ -210,6 +240,13 @@ impl Scanner {
         }
         out
     }
+}
+
+/// Bytes looked at to tell text from binary (a NUL byte means binary), as git does.
+const BINARY_SNIFF: usize = 8 << 10;
+
+fn letters_and_digits(b: &[u8]) -> bool {
+    b.iter().any(u8::is_ascii_alphabetic) && b.iter().any(u8::is_ascii_digit)
 }
 
 /// Shannon entropy of `bytes`, in bits per byte.

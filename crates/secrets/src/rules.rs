@@ -46,6 +46,18 @@ pub struct Rule {
     pub min_entropy: Option<f32>,
 }
 
+impl Rule {
+    /// How far past a keyword a match of this rule can end: the regex runs only on
+    /// windows this wide around keyword hits, never on a whole file.
+    pub fn span(&self) -> usize {
+        match self.kind {
+            // An RSA-8192 PEM body is about 6.3 KB; PuTTY keys and kubeconfigs less.
+            Kind::PrivateKey => 16 << 10,
+            _ => 1 << 10,
+        }
+    }
+}
+
 /// Body of a PEM block: base64 lines, plus the Proc-Type/DEK-Info headers of
 /// encrypted traditional keys. At least 64 characters, so a lone header (in
 /// documentation or source code) does not count.
@@ -345,7 +357,7 @@ pub const RULES: &[Rule] = &[
         title: "Docker registry credentials (config.json auths)",
         kind: Registry,
         severity: High,
-        keywords: &["\"auths\""],
+        keywords: &["\"auth\""],
         regex: r#""auth"\s*:\s*"([A-Za-z0-9+/]{8,}={0,2})""#,
         min_entropy: None,
     },
@@ -468,7 +480,7 @@ pub const RULES: &[Rule] = &[
         severity: Medium,
         keywords: &["http://", "https://", "ftp://"],
         regex: r"\b(?:https?|ftp)://[A-Za-z0-9._%+\-]+:([^\s:/@]{6,})@[A-Za-z0-9.\-]+",
-        min_entropy: Some(2.5),
+        min_entropy: Some(3.0),
     },
     Rule {
         id: "netrc-password",
@@ -477,7 +489,7 @@ pub const RULES: &[Rule] = &[
         severity: High,
         keywords: &["machine"],
         regex: r"(?m)^\s*machine\s+\S+\s+login\s+\S+\s+password\s+(\S{4,})",
-        min_entropy: None,
+        min_entropy: Some(3.0),
     },
     // --- Infrastructure ---
     Rule {
@@ -541,7 +553,7 @@ pub const RULES: &[Rule] = &[
             "auth_token",
             "access_token",
         ],
-        regex: r#"(?i)\b(?:[a-z0-9_.\-]*password|passwd|[a-z0-9_.\-]*secret|api[_\-]?key|auth_?token|access_?token)["']?\s*[:=]\s*["']?([^\s"'`#;,<>{}()\[\]$%\\]{8,64})"#,
+        regex: r#"(?i)\b(?:[a-z0-9_.\-]*password|passwd|[a-z0-9_.\-]*secret|api[_\-]?key|auth_?token|access_?token)["']?\s*[:=]\s*["']?([^\s"'`#;,:<>{}()\[\]$%\\]{8,64})"#,
         min_entropy: Some(3.0),
     },
 ];
