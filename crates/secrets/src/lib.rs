@@ -165,7 +165,8 @@ impl Scanner {
         for m in self.keywords.find_overlapping_iter(data) {
             for &r in &self.keyword_rules[m.pattern().as_usize()] {
                 let back = m.start().saturating_sub(LOOK_BEHIND);
-                let start = memchr::memrchr(b'\n', &data[back..m.start()]).map_or(back, |i| back + i + 1);
+                let start =
+                    memchr::memrchr(b'\n', &data[back..m.start()]).map_or(back, |i| back + i + 1);
                 let reach = (m.end() + RULES[r].span()).min(data.len());
                 let limit = (reach + LOOK_BEHIND).min(data.len());
                 let end = memchr::memchr(b'\n', &data[reach..limit]).map_or(limit, |i| reach + i);
@@ -185,8 +186,8 @@ impl Scanner {
     /// Every secret in `data`, in offset order.
     pub fn scan(&self, data: &[u8]) -> Vec<Match> {
         let mut found: Vec<(usize, usize, usize)> = Vec::new(); // (rule, start, end)
-        // Binaries and message catalogs are full of "Password: " prompts: the generic
-        // rule reads text only.
+                                                                // Binaries and message catalogs are full of "Password: " prompts: the generic
+                                                                // rule reads text only.
         let binary = memchr::memchr(0, &data[..data.len().min(BINARY_SNIFF)]).is_some();
         for (r, windows) in self.windows(data).into_iter().enumerate() {
             let rule = &RULES[r];
