@@ -9,12 +9,13 @@ use serde_json::Value;
 use std::path::Path;
 
 fn normalized(image: &Path) -> Value {
-    let (code, stdout, stderr) = outcome(
-        amiforge()
-            .arg("audit")
-            .arg(image)
-            .args(["--format", "json", "--fail-on", "none"]),
-    );
+    let (code, stdout, stderr) =
+        outcome(
+            amiforge()
+                .arg("audit")
+                .arg(image)
+                .args(["--format", "json", "--fail-on", "none"]),
+        );
     assert_eq!(code, Some(0), "{stderr}");
     let mut v: Value = serde_json::from_str(&stdout).unwrap();
     let o = v.as_object_mut().unwrap();
@@ -30,7 +31,10 @@ fn check(fixture_name: &str) {
     let got = normalized(&fixture(fixture_name));
     let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
-        .join(format!("audit-{}.json", fixture_name.trim_end_matches(".img")));
+        .join(format!(
+            "audit-{}.json",
+            fixture_name.trim_end_matches(".img")
+        ));
     if std::env::var_os("AMIFORGE_BLESS").is_some() {
         std::fs::write(&golden, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
     }
