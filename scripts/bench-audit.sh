@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Benchmark: secret-scanning throughput and recall, amiforge beside Kingfisher and
+# detect-secrets (both from PyPI), on the same tree of mixed text and binary files
+# with a freshly planted secret for each amiforge rule; then a whole audit of a 4 GiB
+# image holding that tree.
+#
+#   scripts/bench-audit.sh [TREE_MIB]     (default 2048)
+#
+# Kingfisher and detect-secrets scan the extracted directory. amiforge scans an ext4
+# image of the same directory (made by mkfs.ext4 -d), so its time includes reading the
+# filesystem and running every other auditor (packages, hygiene, deleted data).
+# Recall counts, for each planted secret's file, whether the tool reported it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tree_mib=${1:-2048}
+scripts/install-deps.sh
+command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+venv=$HOME/.cache/amiforge/bench-venv
+if ! [ -x "$venv/bin/kingfisher" ] || ! [ -x "$venv/bin/detect-secrets" ]; then
+  echo "installing kingfisher-bin and detect-secrets into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q kingfisher-bin detect-secrets
+fi
+profile=${BENCH_PROFILE:-release}
+# The same package set as bench-upload.sh, so both reuse one build.
+cargo build --profile "$profile" --locked --quiet -p amiforge -p ebs-testserver
+target=${CARGO_TARGET_DIR:-$PWD/target}/$([ "$profile" = dev ] && echo debug || echo "$profile")
+dir=${BENCH_DIR:-$PWD/target/bench}/audit
+mkdir -p "$dir"
+tree=$dir/tree-${tree_mib}m
+if [ ! -f "$tree.done" ]; then
+  rm -rf "$tree" "$dir/clean" && mkdir -p "$tree"
+  echo "writing $tree: ${tree_mib} MiB of text and binary files, and the planted secrets..." >&2
+  python3 tests/support/plant_secrets.py "$tree" "$dir/clean" "$dir/expected.json"
+  python3 - "$tree" "$tree_mib" <<'PY'
+import os, random, sys
+root, mib = sys.argv[1], int(sys.argv[2])
+random.seed(11)
+words = ("the server request client config value error warning info debug user session "
+         "connect timeout retry cache index build deploy release version module kernel "
+         "network address port service daemon process thread memory disk volume").split()
+binaries = []
+for d in ("/usr/lib/x86_64-linux-gnu", "/usr/bin"):
+    for n in sorted(os.listdir(d)):
+        p = os.path.join(d, n)
+        if os.path.isfile(p) and not os.path.islink(p) and 50_000 < os.path.getsize(p) < 8_000_000:
+            binaries.append(p)
+total, i = 0, 0
+while total < mib << 20:
+    sub = os.path.join(root, "data", f"d{i % 97:02d}")
+    os.makedirs(sub, exist_ok=True)
+    if i % 2 == 0:  # text: log-like lines
+        n = random.randint(16 << 10, 2 << 20)
+        lines, size = [], 0
+        while size < n:
+            l = (f"2026-11-{random.randint(1, 28):02d}T{random.randint(0, 23):02d}:00:00Z "
+                 f"host{random.randint(1, 99)} {' '.join(random.choices(words, k=random.randint(4, 14)))} "
+                 f"id={random.getrandbits(64):016x} n={random.randint(0, 10**6)}\n")
+            lines.append(l)
+            size += len(l)
+        data = "".join(lines).encode()
+        name = f"f{i}.log"
+    else:  # binary: a real ELF file or library
+        data = open(binaries[i // 2 % len(binaries)], "rb").read()
+        name = f"f{i}.bin"
+    with open(os.path.join(sub, name), "wb") as f:
+        f.write(data)
+    total += len(data)
+    i += 1
+PY
+  touch "$tree.done"
+fi
+tree_bytes=$(du -sb "$tree" | cut -f1)
+image=$dir/image-4g.img
+if [ ! -f "$image" ] || [ "$tree.done" -nt "$image" ]; then
+  echo "making $image (4 GiB ext4 holding the tree)..." >&2
+  rm -f "$image" && truncate -s 4G "$image"
+  mkfs.ext4 -q -F -d "$tree" "$image"
+fi
+
+# measure NAME COMMAND...: "NAME wall cpu rss"; the command's exit code is ignored
+# (secret scanners exit non-zero when they find something).
+measure() {
+  local name=$1; shift
+  /usr/bin/time -f "%e %U %S %M" -o "$dir/time.out" "$@" > "$dir/$name.out" 2> "$dir/$name.err" || true
+  read -r wall user sys rss < "$dir/time.out"
+  echo "$name $wall $(python3 -c "print(round($user + $sys, 2))") $rss"
+}
+sync
+cat "$image" > /dev/null; find "$tree" -type f -exec cat {} + > /dev/null   # warm the page cache for all
+results=()
+results+=("$(measure amiforge "$target/amiforge" audit "$image" --format json --fail-on none)")
+# Kingfisher compiles its rules on first use: one untimed run on the planted files fills its cache.
+"$venv/bin/kingfisher" scan "$tree/srv" -n --format json > /dev/null 2>&1 || true
+results+=("$(measure kingfisher "$venv/bin/kingfisher" scan "$tree" -n --format json --no-update-check)")
+results+=("$(measure detect-secrets "$venv/bin/detect-secrets" scan --all-files "$tree")")
+
+python3 - "$dir" "$tree" "$tree_bytes" "${results[@]}" <<'PY'
+import json, os, sys
+d, tree, tree_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rows = [r.split() for r in sys.argv[4:]]
+expected = json.load(open(os.path.join(d, "expected.json")))
+planted = {}
+for rule, path in expected.items():
+    if rule != "deleted":
+        planted.setdefault(path, []).append(rule)
+
+def found_paths(name):
+    text = open(os.path.join(d, f"{name}.out")).read()
+    counts = {}
+    if name == "amiforge":
+        for f in json.loads(text)["findings"]:
+            if f["category"] == "secret" and f.get("path"):
+                counts[f["path"]] = counts.get(f["path"], 0) + 1
+    elif name == "kingfisher":
+        doc = json.loads(text) if text.strip().startswith("{") else {"findings": [json.loads(l) for l in text.splitlines() if l.strip()]}
+        for f in doc.get("findings", []):
+            p = "/" + os.path.relpath(os.path.abspath(f["finding"]["path"]), tree)
+            counts[p] = counts.get(p, 0) + 1
+    else:
+        for p, fs in json.loads(text).get("results", {}).items():
+            counts["/" + os.path.relpath(os.path.abspath(p), tree)] = len(fs)
+    return counts
+
+mib = tree_bytes / 2**20
+print(f"\ntree: {mib:.0f} MiB; planted secrets: {sum(len(v) for v in planted.values())} in {len(planted)} files\n")
+print("| tool | wall s | cpu s | MiB/s | peak RSS MiB | recall |")
+print("|---|---|---|---|---|---|")
+rate = {}
+for name, wall, cpu, rss in rows:
+    counts = found_paths(name)
+    hit = sum(min(counts.get(p, 0), len(rules)) for p, rules in planted.items())
+    total = sum(len(r) for r in planted.values())
+    rate[name] = mib / float(wall)
+    print(f"| {name} | {float(wall):.2f} | {float(cpu):.2f} | {rate[name]:.1f} | {int(rss)/1024:.0f} | {hit}/{total} |")
+print()
+for peer in ("kingfisher", "detect-secrets"):
+    print(f"amiforge throughput / {peer}: {rate['amiforge'] / rate[peer]:.2f}x")
+wall = float(rows[0][1])
+print(f"whole audit of the 4 GiB image: {wall:.2f} s (target: under 10 s)")
+PY
