@@ -298,8 +298,13 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
         );
         return Ok(false);
     }
+    let os = report
+        .os
+        .as_ref()
+        .and_then(|o| o.pretty_name.clone())
+        .unwrap_or_else(|| "unknown OS".into());
     let audit = format!(
-        "amiforge audit: {}; allowed: {}; gate --fail-on {} passed",
+        "{os}; findings: {}; allowed: {}; gate --fail-on {} passed",
         crate::audit::counts(&report.summary.findings),
         crate::audit::counts(&report.summary.allowed),
         args.fail_on.name()
