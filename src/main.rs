@@ -6,6 +6,7 @@
 //! 2 error.
 
 mod audit;
+mod bundle;
 mod commands;
 mod lifecycle;
 mod publish;
@@ -91,6 +92,11 @@ enum Command {
     /// Write a software bill of materials (CycloneDX 1.6 or SPDX 2.3 JSON) of the
     /// image's installed packages.
     Sbom(audit::SbomArgs),
+    /// Carry an image across an air gap: `bundle IMAGE --out DIR` audits it and writes
+    /// its data blocks (zstd), a self-verifying manifest, the audit, the SBOM and the
+    /// AMI spec; `bundle verify` and `bundle extract` check and unpack it. `upload`
+    /// and `publish` accept a bundle in place of an image.
+    Bundle(bundle::BundleArgs),
     /// Stream an image into a new EBS snapshot through the EBS direct APIs: holes and
     /// zero blocks are skipped, blocks are verified with SHA-256, failures retried,
     /// and an interrupted upload can be resumed.
@@ -138,6 +144,11 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Sbom(args) => audit::sbom_command(args),
+        Command::Bundle(args) => match bundle::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
+            Err(e) => Err(e),
+        },
         Command::Upload(args) => transfer::upload(args),
         Command::Download(args) => transfer::download(args),
         Command::Verify(args) => match transfer::verify(args) {

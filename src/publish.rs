@@ -13,6 +13,10 @@ use std::time::Duration;
 const TAG_IMAGE_SHA256: &str = "amiforge:image-sha256";
 const TAG_VERSION: &str = "amiforge:version";
 const TAG_AUDIT: &str = "amiforge:audit";
+/// Tag naming the bundle an AMI was published from: its manifest's SHA-256.
+const TAG_BUNDLE_SHA256: &str = "amiforge:bundle-sha256";
+/// The root snapshot of a spec drafted before the upload.
+pub const PLACEHOLDER_SNAPSHOT: &str = "snap-00000000";
 
 /// AMI parameters shared by register and publish.
 #[derive(clap::Args, Debug, Clone)]
@@ -87,13 +91,13 @@ pub struct RegisterArgs {
 }
 
 /// What the image says about how to register it.
-struct Detected {
+pub struct Detected {
     architecture: Option<String>,
     boot_mode: Option<String>,
     ena: Option<bool>,
 }
 
-fn detect(image: &Path) -> Result<Detected> {
+pub fn detect(image: &Path) -> Result<Detected> {
     let report = inspect::Image::open(image)
         .with_context(|| format!("cannot inspect {}", image.display()))?
         .report();
@@ -108,7 +112,7 @@ fn detect(image: &Path) -> Result<Detected> {
     })
 }
 
-fn spec_from(
+pub fn spec_from(
     name: &str,
     snapshot: &str,
     data: &[String],
@@ -230,12 +234,13 @@ fn print_registered(
 pub struct PublishArgs {
     #[command(flatten)]
     pub upload: UploadArgs,
-    /// AMI name (3-128 characters; unique per account and region).
+    /// AMI name (3-128 characters; unique per account and region). A bundle carries
+    /// its own; this overrides it.
     #[arg(long)]
-    pub name: String,
+    pub name: Option<String>,
     #[command(flatten)]
     pub params: AmiParams,
-    /// The gate: audit the image first and stop before uploading when a finding is at
+    /// The gate: audit the image first (a bundle's bundled audit) and stop before uploading when a finding is at
     /// least this severe (see `amiforge audit`).
     #[arg(long, value_enum, default_value_t = FailOn::High)]
     pub fail_on: FailOn,
@@ -276,75 +281,114 @@ fn sha256_of(path: &Path) -> Result<String> {
 
 /// Returns false when the gate failed (exit 1).
 pub fn publish(args: PublishArgs) -> Result<bool> {
-    let image = args.upload.image.clone();
-    // 1. Inspect and gate, before anything is sent.
-    let detected = detect(&image)?;
-    let config = crate::audit::load_config(args.audit_config.as_deref())?;
-    let report = crate::audit::run(&image, &config)?;
-    let failing = report.failing(args.fail_on.threshold());
-    if !failing.is_empty() {
-        for f in &failing {
-            eprintln!(
-                "amiforge: gate: {} {} {}",
-                f.severity.name(),
-                f.rule,
-                f.path.as_deref().unwrap_or("")
-            );
-        }
-        eprintln!(
-            "amiforge: gate failed (--fail-on {}): {} finding(s); nothing was uploaded",
-            args.fail_on.name(),
-            failing.len()
-        );
-        return Ok(false);
-    }
-    let os = report
-        .os
-        .as_ref()
-        .and_then(|o| o.pretty_name.clone())
-        .unwrap_or_else(|| "unknown OS".into());
-    let audit = format!(
-        "{os}; findings: {}; allowed: {}; gate --fail-on {} passed",
-        crate::audit::counts(&report.summary.findings),
-        crate::audit::counts(&report.summary.allowed),
-        args.fail_on.name()
-    );
-    // 2. Validate the registration before uploading.
+    let input = args.upload.image.clone();
     let user_tags = parse_tags(&args.upload.tags)?;
-    let image_sha256 = sha256_of(&image)?;
-    let mut tags = user_tags.clone();
-    tags.push((TAG_IMAGE_SHA256.into(), image_sha256.clone()));
-    tags.push((TAG_VERSION.into(), env!("CARGO_PKG_VERSION").into()));
-    tags.push((TAG_AUDIT.into(), audit));
+    let mut common_tags = user_tags.clone();
+    common_tags.push((TAG_VERSION.into(), env!("CARGO_PKG_VERSION").into()));
     if let Some(f) = &args.family {
-        tags.push((ami::lifecycle::TAG_FAMILY.into(), f.clone()));
+        common_tags.push((ami::lifecycle::TAG_FAMILY.into(), f.clone()));
     }
     if let Some(v) = &args.image_version {
-        tags.push((ami::lifecycle::TAG_IMAGE_VERSION.into(), v.clone()));
+        common_tags.push((ami::lifecycle::TAG_IMAGE_VERSION.into(), v.clone()));
     }
-    let draft = spec_from(
-        &args.name,
-        "snap-00000000",
-        &[],
-        &args.params,
-        Some(&detected),
-        args.upload.description.clone(),
-        tags.clone(),
-    )?;
+    // 1. Audit and gate, before anything is sent; 2. the registration, validated.
+    let (draft, identity) = if crate::bundle::is_bundle(&input) {
+        let b = crate::bundle::open_verified(&input, args.upload.public_key.as_deref())?;
+        let (failing, os) = crate::bundle::bundled_gate(&b, args.fail_on)?;
+        if !failing.is_empty() {
+            for f in &failing {
+                eprintln!("amiforge: gate: {f}");
+            }
+            eprintln!(
+                "amiforge: gate failed (--fail-on {}) on the bundled audit: {} finding(s); nothing was uploaded",
+                args.fail_on.name(),
+                failing.len()
+            );
+            return Ok(false);
+        }
+        let mut spec = crate::bundle::bundled_spec(&b)?;
+        if let Some(n) = &args.name {
+            spec.name = n.clone();
+        }
+        if args.upload.description.is_some() {
+            spec.description = args.upload.description.clone();
+        }
+        let identity = (TAG_BUNDLE_SHA256.to_string(), b.manifest_sha256());
+        spec.tags.extend(common_tags);
+        spec.tags.push(identity.clone());
+        spec.tags.push((
+            TAG_AUDIT.into(),
+            format!(
+                "{os}; bundled audit; gate --fail-on {} passed",
+                args.fail_on.name()
+            ),
+        ));
+        (spec, identity)
+    } else {
+        let name = args
+            .name
+            .clone()
+            .context("--name is required when publishing an image (a bundle carries its own)")?;
+        let detected = detect(&input)?;
+        let config = crate::audit::load_config(args.audit_config.as_deref())?;
+        let report = crate::audit::run(&input, &config)?;
+        let failing = report.failing(args.fail_on.threshold());
+        if !failing.is_empty() {
+            for f in &failing {
+                eprintln!(
+                    "amiforge: gate: {} {} {}",
+                    f.severity.name(),
+                    f.rule,
+                    f.path.as_deref().unwrap_or("")
+                );
+            }
+            eprintln!(
+                "amiforge: gate failed (--fail-on {}): {} finding(s); nothing was uploaded",
+                args.fail_on.name(),
+                failing.len()
+            );
+            return Ok(false);
+        }
+        let os = report
+            .os
+            .as_ref()
+            .and_then(|o| o.pretty_name.clone())
+            .unwrap_or_else(|| "unknown OS".into());
+        let audit = format!(
+            "{os}; findings: {}; allowed: {}; gate --fail-on {} passed",
+            crate::audit::counts(&report.summary.findings),
+            crate::audit::counts(&report.summary.allowed),
+            args.fail_on.name()
+        );
+        let identity = (TAG_IMAGE_SHA256.to_string(), sha256_of(&input)?);
+        let mut tags = common_tags;
+        tags.push(identity.clone());
+        tags.push((TAG_AUDIT.into(), audit));
+        let spec = spec_from(
+            &name,
+            PLACEHOLDER_SNAPSHOT,
+            &[],
+            &args.params,
+            Some(&detected),
+            args.upload.description.clone(),
+            tags,
+        )?;
+        (spec, identity)
+    };
     draft.validate()?;
+    let image_sha256 = identity.1.clone();
     let timeout = Duration::from_secs(args.params.register_timeout_minutes * 60);
     let rt = runtime()?;
     let client = rt.block_on(ami::client(&args.upload.aws.options()))?;
 
     // 3. Idempotent re-runs: the same name and the same image bytes return the AMI.
-    if let Some(existing) = rt.block_on(ami::find_by_name(&client, &args.name))? {
+    if let Some(existing) = rt.block_on(ami::find_by_name(&client, &draft.name))? {
         let id = existing.image_id().unwrap_or("?").to_string();
-        let same = existing
-            .tags()
-            .iter()
-            .any(|t| t.key() == Some(TAG_IMAGE_SHA256) && t.value() == Some(image_sha256.as_str()));
+        let same = existing.tags().iter().any(|t| {
+            t.key() == Some(identity.0.as_str()) && t.value() == Some(image_sha256.as_str())
+        });
         if !same {
-            bail!("an AMI named {:?} already exists ({id}) but was not published from this image (tag {TAG_IMAGE_SHA256} differs); choose another name", args.name);
+            bail!("an AMI named {:?} already exists ({id}) but was not published from this input (tag {} differs); choose another name", draft.name, identity.0);
         }
         let snapshot = existing
             .block_device_mappings()
@@ -359,11 +403,7 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
     }
 
     // 4. Upload, then register; clean up the snapshot if registration fails.
-    let outcome = run_upload(
-        &args.upload,
-        &[(TAG_IMAGE_SHA256.to_string(), image_sha256.clone())],
-        &rt,
-    )?;
+    let outcome = run_upload(&args.upload, std::slice::from_ref(&identity), &rt)?;
     let spec = RegisterSpec {
         root_snapshot: outcome.snapshot_id.clone(),
         ..draft.clone()

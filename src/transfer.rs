@@ -73,8 +73,11 @@ impl AwsArgs {
 /// `amiforge upload` arguments.
 #[derive(clap::Args, Debug)]
 pub struct UploadArgs {
-    /// The raw disk image.
+    /// The raw disk image, or a bundle directory made by `amiforge bundle`.
     pub image: PathBuf,
+    /// For a bundle: the ed25519 public key (PEM) its manifest must be signed with.
+    #[arg(long)]
+    pub public_key: Option<PathBuf>,
     /// Blocks in flight at once (each holds one 512 KiB buffer).
     #[arg(long, default_value_t = 64)]
     pub workers: usize,
@@ -297,9 +300,17 @@ pub fn run_upload(
             Some((m, path))
         }
     };
-    let source = FileSource::open(&args.image)
-        .with_context(|| format!("cannot upload {}", args.image.display()))?;
-    let image: Arc<dyn BlockSource> = Arc::new(source);
+    // A bundle is verified whole before anything is sent; its blocks are then checked
+    // again against the manifest as they are read.
+    let image: Arc<dyn BlockSource> = if crate::bundle::is_bundle(&args.image) {
+        let b = crate::bundle::open_verified(&args.image, args.public_key.as_deref())?;
+        Arc::new(bundle::BundleSource::new(b))
+    } else {
+        Arc::new(
+            FileSource::open(&args.image)
+                .with_context(|| format!("cannot upload {}", args.image.display()))?,
+        )
+    };
     let journal_path = ebs::Journal::path_for(&args.image, args.state_dir.as_deref());
     if let Some(d) = &args.state_dir {
         std::fs::create_dir_all(d)

@@ -14,7 +14,7 @@ use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter,
     ImdsSupportValues, ResourceType, Tag, TagSpecification, TpmSupportValues, VolumeType,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 /// What can go wrong registering an image.
@@ -59,7 +59,7 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// CPU architecture of an AMI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Architecture {
     /// x86_64.
@@ -98,7 +98,7 @@ impl Architecture {
 }
 
 /// Boot mode of an AMI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootMode {
     /// UEFI only.
@@ -137,7 +137,7 @@ impl BootMode {
 }
 
 /// Everything RegisterImage is asked for.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RegisterSpec {
     /// Unique per account and region; 3-128 characters.
     pub name: String,

@@ -1,0 +1,297 @@
+//! `amiforge bundle`: carry an image across an air gap.
+
+use crate::audit::FailOn;
+use crate::publish::{detect, spec_from, AmiParams, PLACEHOLDER_SNAPSHOT};
+use crate::transfer::parse_tags;
+use crate::Format;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// File names of the bundled documents.
+pub const AUDIT_FILE: &str = "audit.json";
+/// The SBOM (CycloneDX 1.6).
+pub const SBOM_FILE: &str = "sbom.cdx.json";
+/// The RegisterImage spec.
+pub const REGISTER_FILE: &str = "register.json";
+
+/// `amiforge bundle` arguments.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BundleArgs {
+    #[command(subcommand)]
+    pub command: Option<BundleCommand>,
+    #[command(flatten)]
+    pub create: CreateArgs,
+}
+
+/// `amiforge bundle verify|extract`.
+#[derive(clap::Subcommand, Debug)]
+pub enum BundleCommand {
+    /// Check every block's hash, the aggregate, the bundled files and (with
+    /// --public-key) the signature. Exit 2 on any mismatch, naming it.
+    Verify {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// ed25519 public key (PEM) to check the signature with.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// The manifest SHA-256 printed when the bundle was made, to compare.
+        #[arg(long, value_name = "SHA256")]
+        expect_manifest_sha256: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Write the raw image back, as a sparse file.
+    Extract {
+        /// The bundle directory.
+        bundle: PathBuf,
+        /// The image file to write.
+        out: PathBuf,
+    },
+}
+
+/// `amiforge bundle IMAGE --out DIR`.
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    /// The raw disk image.
+    #[arg(required = true)]
+    pub image: Option<PathBuf>,
+    /// The bundle directory to create.
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
+    /// Bundle name; also the AMI name when it is published (default: the image's file
+    /// name without extension).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The audit gate: refuse to bundle when a finding is at least this severe.
+    #[arg(long, value_enum, default_value_t = FailOn::High)]
+    pub fail_on: FailOn,
+    /// Audit configuration (TOML).
+    #[arg(long)]
+    pub audit_config: Option<PathBuf>,
+    /// Sign the manifest with this ed25519 private key (PKCS#8 PEM, as
+    /// `openssl genpkey -algorithm ed25519` writes).
+    #[arg(long)]
+    pub sign_key: Option<PathBuf>,
+    /// AMI description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// AMI tag (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    #[command(flatten)]
+    pub params: AmiParams,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// Returns false when the audit gate failed (exit 1).
+pub fn run(args: BundleArgs) -> Result<bool> {
+    match args.command {
+        Some(BundleCommand::Verify {
+            bundle,
+            public_key,
+            expect_manifest_sha256,
+            format,
+        }) => verify(
+            &bundle,
+            public_key.as_deref(),
+            expect_manifest_sha256.as_deref(),
+            format,
+        )
+        .map(|_| true),
+        Some(BundleCommand::Extract { bundle, out }) => {
+            let b = bundle::Bundle::open(&bundle)?;
+            let size = b.extract(&out)?;
+            eprintln!("amiforge: wrote {} ({size} bytes)", out.display());
+            Ok(true)
+        }
+        None => create(args.create),
+    }
+}
+
+fn create(args: CreateArgs) -> Result<bool> {
+    let (Some(image), Some(out)) = (args.image, args.out) else {
+        bail!("bundle needs an IMAGE and --out DIR");
+    };
+    if out.exists() {
+        bail!(
+            "{} exists: bundles are written to a new directory",
+            out.display()
+        );
+    }
+    let name = match args.name {
+        Some(n) => n,
+        None => image
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .context("give --name: the image path has no file name")?,
+    };
+    let key = args
+        .sign_key
+        .as_deref()
+        .map(bundle::load_signing_key)
+        .transpose()?;
+    // 1. The audit gate, before anything is written.
+    let config = crate::audit::load_config(args.audit_config.as_deref())?;
+    let report = crate::audit::run(&image, &config)?;
+    let failing = report.failing(args.fail_on.threshold());
+    if !failing.is_empty() {
+        for f in &failing {
+            eprintln!(
+                "amiforge: gate: {} {} {}",
+                f.severity.name(),
+                f.rule,
+                f.path.as_deref().unwrap_or("")
+            );
+        }
+        eprintln!(
+            "amiforge: gate failed (--fail-on {}): {} finding(s); no bundle was written",
+            args.fail_on.name(),
+            failing.len()
+        );
+        return Ok(false);
+    }
+    // 2. The documents: audit, SBOM, registration spec.
+    let opened = inspect::Image::open(&image)?;
+    let sbom_input = sbom::Input::from_image(&opened, &image.display().to_string())?;
+    let detected = detect(&image)?;
+    let spec = spec_from(
+        &name,
+        PLACEHOLDER_SNAPSHOT,
+        &[],
+        &args.params,
+        Some(&detected),
+        args.description.clone(),
+        parse_tags(&args.tags)?,
+    )?;
+    spec.validate()?;
+    let files = vec![
+        (AUDIT_FILE, serde_json::to_vec_pretty(&report)?),
+        (
+            SBOM_FILE,
+            serde_json::to_vec_pretty(&sbom::cyclonedx(&sbom_input))?,
+        ),
+        (REGISTER_FILE, serde_json::to_vec_pretty(&spec)?),
+    ];
+    // 3. The blocks.
+    let source = blockio::FileSource::open(&image)?;
+    let created = bundle::create(&source, &out, &name, &files, key.as_ref())?;
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&created)?),
+        Format::Text => {
+            println!(
+                "bundle {}: {} of {} blocks, {} MiB of data in {} MiB{}",
+                created.path.display(),
+                created.blocks,
+                created.image_blocks,
+                created.data_bytes >> 20,
+                created.compressed_bytes >> 20,
+                if created.signed { ", signed" } else { "" }
+            );
+            println!("manifest sha256: {}", created.manifest_sha256);
+        }
+    }
+    eprintln!(
+        "amiforge: compare the manifest SHA-256 out of band: {}",
+        created.manifest_sha256
+    );
+    Ok(true)
+}
+
+/// Opens and fully verifies a bundle; the upload and publish paths call this before
+/// sending anything.
+pub fn open_verified(path: &Path, public_key: Option<&Path>) -> Result<bundle::Bundle> {
+    let b = bundle::Bundle::open(path).with_context(|| {
+        format!(
+            "bundle {} cannot be read; nothing was uploaded",
+            path.display()
+        )
+    })?;
+    let key = public_key.map(bundle::load_verifying_key).transpose()?;
+    let v = b.verify(key.as_ref()).with_context(|| {
+        format!(
+            "bundle {} does not verify; nothing was uploaded",
+            path.display()
+        )
+    })?;
+    eprintln!(
+        "amiforge: bundle verified: {} blocks, manifest sha256 {}, signature {}",
+        v.blocks, v.manifest_sha256, v.signature
+    );
+    Ok(b)
+}
+
+/// Whether `path` is a bundle directory.
+pub fn is_bundle(path: &Path) -> bool {
+    path.is_dir() && path.join(bundle::MANIFEST).is_file()
+}
+
+fn verify(
+    path: &Path,
+    public_key: Option<&Path>,
+    expect: Option<&str>,
+    format: Format,
+) -> Result<()> {
+    let b = bundle::Bundle::open(path)?;
+    let key = public_key.map(bundle::load_verifying_key).transpose()?;
+    let v = b.verify(key.as_ref())?;
+    if let Some(want) = expect {
+        if !v.manifest_sha256.eq_ignore_ascii_case(want.trim()) {
+            bail!(
+                "manifest SHA-256 is {}, not the expected {}: the manifest was changed",
+                v.manifest_sha256,
+                want.trim()
+            );
+        }
+    }
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        Format::Text => println!(
+            "bundle {} verified: {} blocks, aggregate {}, files {}, signature {}\nmanifest sha256: {}",
+            path.display(),
+            v.blocks,
+            v.aggregate,
+            v.files.join(", "),
+            v.signature,
+            v.manifest_sha256
+        ),
+    }
+    Ok(())
+}
+
+/// The bundled audit's findings at or above `fail_on`: (severity, rule, path).
+pub fn bundled_gate(b: &bundle::Bundle, fail_on: FailOn) -> Result<(Vec<String>, String)> {
+    let report: serde_json::Value = serde_json::from_slice(&b.file(AUDIT_FILE)?)?;
+    let os = report["os"]["pretty_name"]
+        .as_str()
+        .unwrap_or("unknown OS")
+        .to_string();
+    let Some(threshold) = fail_on.threshold() else {
+        return Ok((Vec::new(), os));
+    };
+    let mut failing = Vec::new();
+    for f in report["findings"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        let sev = f["severity"].as_str().and_then(audit::Severity::parse);
+        if sev.is_some_and(|s| s >= threshold) {
+            failing.push(format!(
+                "{} {} {}",
+                f["severity"].as_str().unwrap_or(""),
+                f["rule"].as_str().unwrap_or(""),
+                f["path"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    Ok((failing, os))
+}
+
+/// The bundled registration spec.
+pub fn bundled_spec(b: &bundle::Bundle) -> Result<ami::RegisterSpec> {
+    Ok(serde_json::from_slice(&b.file(REGISTER_FILE)?)?)
+}
