@@ -266,3 +266,52 @@ fn a_bundle_is_not_made_when_the_audit_gate_fails() {
     assert!(stderr.contains("no bundle was written"), "{stderr}");
     assert!(!out.exists());
 }
+
+#[test]
+fn publishing_a_bundle_registers_the_bundled_spec() {
+    let dir = Scratch::new("bundle-publish");
+    let bundle = dir.path("b");
+    let (code, _, stderr) = outcome(
+        amiforge()
+            .arg("bundle")
+            .arg(fixture("gpt-uefi.img"))
+            .arg("--out")
+            .arg(&bundle)
+            .args(["--name", "bundled-ami", "--imds-v2", "--tag", "team=infra"]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let server = start_background(Config {
+        completion_delay_ms: 100,
+        ..Default::default()
+    })
+    .unwrap();
+    let (code, stdout, stderr) = outcome(
+        amiforge_at(&server.endpoint())
+            .arg("publish")
+            .arg(&bundle)
+            .args(["--no-progress", "--format", "json"]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let reg = server.ec2_requests("RegisterImage");
+    assert_eq!(reg.len(), 1);
+    let field = |k: &str| {
+        reg[0]
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(field("Name").as_deref(), Some("bundled-ami"));
+    assert_eq!(field("BootMode").as_deref(), Some("uefi"));
+    assert_eq!(field("ImdsSupport").as_deref(), Some("v2.0"));
+    assert_eq!(field("Architecture").as_deref(), Some("x86_64"));
+    let tags = server.tags_of(r["image_id"].as_str().unwrap());
+    assert!(
+        tags.iter().any(|(k, v)| k == "team" && v == "infra"),
+        "{tags:?}"
+    );
+    assert!(
+        tags.iter().any(|(k, _)| k == "amiforge:bundle-sha256"),
+        "{tags:?}"
+    );
+}

@@ -352,3 +352,43 @@ fn list_and_prune_keep_the_newest_of_a_family_and_dry_run_changes_nothing() {
     );
     assert_eq!(snaps["Snapshots"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_bundle_publishes_on_moto_with_its_bundled_spec_and_reads_back_identical() {
+    let moto = Moto::start();
+    let dir = Scratch::new("moto-bundle");
+    let image = fixture("gpt-uefi.img");
+    let bundle = dir.path("bundle");
+    let (code, _, stderr) = outcome(
+        amiforge()
+            .arg("bundle")
+            .arg(&image)
+            .arg("--out")
+            .arg(&bundle)
+            .args(["--name", "amiforge-from-bundle", "--imds-v2"]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    // The other side of the gap: no image, only the bundle.
+    let (code, stdout, stderr) = outcome(
+        amiforge_at(&moto.endpoint)
+            .arg("publish")
+            .arg(&bundle)
+            .args(["--format", "json", "--no-progress"]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("bundle verified"), "{stderr}");
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let (ami, snap) = (
+        r["image_id"].as_str().unwrap(),
+        r["snapshot_id"].as_str().unwrap(),
+    );
+    let described = &ec2_call(
+        &moto.endpoint,
+        "us-east-1",
+        "describe_images",
+        serde_json::json!({ "ImageIds": [ami] }),
+    )["Images"][0];
+    assert_eq!(described["Name"], "amiforge-from-bundle");
+    readback_with_boto3(&moto.endpoint, snap, &dir.path("root.img"));
+    assert_same_padded(&image, &dir.path("root.img"));
+}
