@@ -315,3 +315,85 @@ fn publishing_a_bundle_registers_the_bundled_spec() {
         "{tags:?}"
     );
 }
+
+#[test]
+fn a_killed_bundle_upload_resumes_and_completes_with_the_right_aggregate() {
+    let dir = Scratch::new("bundle-resume");
+    let image = dir.path("resume.img");
+    make_image(&image, 24 << 20, 21);
+    let bundle = dir.path("b");
+    let (code, _, stderr) = outcome(
+        amiforge()
+            .arg("bundle")
+            .arg(&image)
+            .arg("--out")
+            .arg(&bundle)
+            .args([
+                "--fail-on",
+                "none",
+                "--architecture",
+                "x86_64",
+                "--boot-mode",
+                "uefi",
+            ]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let server = start_background(Config {
+        faults: ebs_testserver::Faults {
+            put_delay_ms: 40,
+            ..Default::default()
+        },
+        completion_delay_ms: 100,
+        ..Default::default()
+    })
+    .unwrap();
+    let state = dir.path("state");
+    let mut child = amiforge_at(&server.endpoint())
+        .arg("upload")
+        .arg(&bundle)
+        .args(["--workers", "2", "--no-progress", "--state-dir"])
+        .arg(&state)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while server.stats().blocks_stored < 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    server.set_faults(ebs_testserver::Faults::default());
+    let (code, stdout, stderr) = outcome(
+        amiforge_at(&server.endpoint())
+            .arg("upload")
+            .arg(&bundle)
+            .args([
+                "--resume",
+                "--format",
+                "json",
+                "--no-progress",
+                "--state-dir",
+            ])
+            .arg(&state),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(r["blocks_resumed"].as_u64().unwrap() >= 4, "{r}");
+    // CompleteSnapshot was accepted: the strict server checked the count and the
+    // LINEAR aggregate, which is the bundle's own.
+    let id = r["snapshot_id"].as_str().unwrap();
+    assert_eq!(server.describe(id).unwrap().0, "completed");
+    assert_eq!(r["checksum"], manifest(&bundle)["aggregate"]);
+    let back = dir.path("back.img");
+    let (code, _, stderr) = outcome(
+        amiforge_at(&server.endpoint())
+            .arg("download")
+            .arg(id)
+            .arg(&back),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_same_padded(&image, &back);
+}
