@@ -83,7 +83,7 @@ fi
 measure() {
   local name=$1; shift
   /usr/bin/time -f "%e %U %S %M" -o "$dir/time.out" "$@" > "$dir/$name.out" 2> "$dir/$name.err" || true
-  read -r wall user sys rss < "$dir/time.out"
+  read -r wall user sys rss < <(tail -1 "$dir/time.out")
   echo "$name $wall $(python3 -c "print(round($user + $sys, 2))") $rss"
 }
 sync

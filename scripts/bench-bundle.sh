@@ -61,7 +61,7 @@ measure() {  # measure NAME COMMAND... -> "NAME wall cpu"
   local name=$1; shift
   /usr/bin/time -f "%e %U %S" -o "$dir/time.out" "$@" > /dev/null 2> "$dir/$name.err" || {
     echo "$name failed:" >&2; tail -5 "$dir/$name.err" >&2; exit 2; }
-  read -r wall user sys < "$dir/time.out"
+  read -r wall user sys < <(tail -1 "$dir/time.out")
   echo "$name $wall $(python3 -c "print(round($user + $sys, 2))")"
 }
 rm -rf "$dir/b1" "$dir/b2" "$dir/raw.zst"

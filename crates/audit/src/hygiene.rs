@@ -295,7 +295,7 @@ impl Checker<'_> {
                         "/etc/shadow",
                     );
                     f.line = line_no;
-                    f.excerpt = Some(format!("root:{}…", &hash[..hash.len().min(3)]));
+                    f.excerpt = Some(format!("root:{}…", hash.chars().take(3).collect::<String>()));
                 } else if !locked {
                     let f = self.add(
                         "password-hash",
@@ -304,7 +304,7 @@ impl Checker<'_> {
                         "/etc/shadow",
                     );
                     f.line = line_no;
-                    f.excerpt = Some(format!("{user}:{}…", &hash[..hash.len().min(3)]));
+                    f.excerpt = Some(format!("{user}:{}…", hash.chars().take(3).collect::<String>()));
                 }
             }
         }

@@ -216,8 +216,10 @@ fn fat(source: &dyn BlockSource) -> Result<Vec<Range<u64>>> {
     let cluster_bytes = spc * bps;
     let data_start = first_data * bps;
     let mut out = Vec::new();
-    for c in 2..clusters + 2 {
-        // Entries past a short FAT cannot be told apart: count them as allocated.
+    // A hostile cluster count cannot outrun the FAT: clusters past its end have no
+    // entry and cannot be told apart, so they count as allocated and are not visited.
+    let last = (clusters + 2).min(table.len() as u64 * 8 / bits);
+    for c in 2..last {
         if entry(c) == Some(0) {
             let start = data_start + (c - 2) * cluster_bytes;
             push_merged(&mut out, start..start + cluster_bytes);
