@@ -164,6 +164,29 @@ pub fn audit_command(args: AuditArgs) -> Result<bool> {
     Ok(failing == 0)
 }
 
+/// Applies the gate before a step that must not happen on failure: prints each
+/// failing finding and what was not done. Returns true when the gate failed.
+pub fn gate_refuses(report: &Report, fail_on: FailOn, not_done: &str) -> bool {
+    let failing = report.failing(fail_on.threshold());
+    if failing.is_empty() {
+        return false;
+    }
+    for f in &failing {
+        eprintln!(
+            "amiforge: gate: {} {} {}",
+            f.severity.name(),
+            f.rule,
+            f.path.as_deref().unwrap_or("")
+        );
+    }
+    eprintln!(
+        "amiforge: gate failed (--fail-on {}): {} finding(s); {not_done}",
+        fail_on.name(),
+        failing.len()
+    );
+    true
+}
+
 /// "2 critical, 1 high" for the summary's counts.
 pub fn counts(map: &std::collections::BTreeMap<Severity, u64>) -> String {
     if map.is_empty() {

@@ -137,21 +137,7 @@ fn create(args: CreateArgs) -> Result<bool> {
     // 1. The audit gate, before anything is written.
     let config = crate::audit::load_config(args.audit_config.as_deref())?;
     let report = crate::audit::run(&image, &config)?;
-    let failing = report.failing(args.fail_on.threshold());
-    if !failing.is_empty() {
-        for f in &failing {
-            eprintln!(
-                "amiforge: gate: {} {} {}",
-                f.severity.name(),
-                f.rule,
-                f.path.as_deref().unwrap_or("")
-            );
-        }
-        eprintln!(
-            "amiforge: gate failed (--fail-on {}): {} finding(s); no bundle was written",
-            args.fail_on.name(),
-            failing.len()
-        );
+    if crate::audit::gate_refuses(&report, args.fail_on, "no bundle was written") {
         return Ok(false);
     }
     // 2. The documents: audit, SBOM, registration spec.

@@ -332,21 +332,7 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
         let detected = detect(&input)?;
         let config = crate::audit::load_config(args.audit_config.as_deref())?;
         let report = crate::audit::run(&input, &config)?;
-        let failing = report.failing(args.fail_on.threshold());
-        if !failing.is_empty() {
-            for f in &failing {
-                eprintln!(
-                    "amiforge: gate: {} {} {}",
-                    f.severity.name(),
-                    f.rule,
-                    f.path.as_deref().unwrap_or("")
-                );
-            }
-            eprintln!(
-                "amiforge: gate failed (--fail-on {}): {} finding(s); nothing was uploaded",
-                args.fail_on.name(),
-                failing.len()
-            );
+        if crate::audit::gate_refuses(&report, args.fail_on, "nothing was uploaded") {
             return Ok(false);
         }
         let os = report

@@ -124,11 +124,7 @@ impl Auditor for CoverageAuditor {
                 )
                 .with_excerpt(n.reason.clone()),
             );
-            out.not_examined.push(crate::NotExamined {
-                partition: n.partition,
-                what: n.what.clone(),
-                reason: n.reason.clone(),
-            });
+            out.not_examined.push(n.clone());
         }
         Ok(out)
     }

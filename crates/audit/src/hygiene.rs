@@ -295,7 +295,10 @@ impl Checker<'_> {
                         "/etc/shadow",
                     );
                     f.line = line_no;
-                    f.excerpt = Some(format!("root:{}…", hash.chars().take(3).collect::<String>()));
+                    f.excerpt = Some(format!(
+                        "root:{}…",
+                        hash.chars().take(3).collect::<String>()
+                    ));
                 } else if !locked {
                     let f = self.add(
                         "password-hash",
@@ -304,7 +307,10 @@ impl Checker<'_> {
                         "/etc/shadow",
                     );
                     f.line = line_no;
-                    f.excerpt = Some(format!("{user}:{}…", hash.chars().take(3).collect::<String>()));
+                    f.excerpt = Some(format!(
+                        "{user}:{}…",
+                        hash.chars().take(3).collect::<String>()
+                    ));
                 }
             }
         }

@@ -26,6 +26,7 @@ mod scan;
 
 pub use config::Config;
 pub use files::{FileIndex, IndexedFile};
+pub use inspect::NotExamined;
 pub use secrets::Severity;
 
 use inspect::Image;
@@ -146,18 +147,6 @@ fn fingerprint(parts: &[&[u8]]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Something that could not be examined.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct NotExamined {
-    /// The partition, when it is about one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub partition: Option<u32>,
-    /// What.
-    pub what: String,
-    /// Why.
-    pub reason: String,
 }
 
 /// A path left out of the secret scan by the configuration.
