@@ -93,12 +93,17 @@ results+=("$(measure amiforge "$target/amiforge" audit "$image" --format json --
 # Kingfisher compiles its rules on first use: one untimed run on the planted files fills its cache.
 "$venv/bin/kingfisher" scan "$tree/srv" -n --format json > /dev/null 2>&1 || true
 results+=("$(measure kingfisher "$venv/bin/kingfisher" scan "$tree" -n --format json --no-update-check)")
-results+=("$(measure detect-secrets "$venv/bin/detect-secrets" scan --all-files "$tree")")
+# detect-secrets is pure Python: on the whole tree it gets DS_TIMEOUT seconds (then its
+# throughput is reported as an upper bound); its recall is measured on the planted
+# directories alone, where it finishes.
+ds_timeout=${DS_TIMEOUT:-600}
+results+=("$(measure detect-secrets timeout "$ds_timeout" "$venv/bin/detect-secrets" scan --all-files "$tree")")
+(cd "$tree" && "$venv/bin/detect-secrets" scan --all-files srv root home var > "$dir/detect-secrets-planted.out" 2>/dev/null) || true
 
-python3 - "$dir" "$tree" "$tree_bytes" "${results[@]}" <<'PY'
+python3 - "$dir" "$tree" "$tree_bytes" "$ds_timeout" "${results[@]}" <<'PY'
 import json, os, sys
-d, tree, tree_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
-rows = [r.split() for r in sys.argv[4:]]
+d, tree, tree_bytes, ds_timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+rows = [r.split() for r in sys.argv[5:]]
 expected = json.load(open(os.path.join(d, "expected.json")))
 planted = {}
 for rule, path in expected.items():
@@ -118,8 +123,9 @@ def found_paths(name):
             p = "/" + os.path.relpath(os.path.abspath(f["finding"]["path"]), tree)
             counts[p] = counts.get(p, 0) + 1
     else:
+        text = open(os.path.join(d, "detect-secrets-planted.out")).read()
         for p, fs in json.loads(text).get("results", {}).items():
-            counts["/" + os.path.relpath(os.path.abspath(p), tree)] = len(fs)
+            counts["/" + p] = len(fs)
     return counts
 
 mib = tree_bytes / 2**20
@@ -132,10 +138,14 @@ for name, wall, cpu, rss in rows:
     hit = sum(min(counts.get(p, 0), len(rules)) for p, rules in planted.items())
     total = sum(len(r) for r in planted.values())
     rate[name] = mib / float(wall)
-    print(f"| {name} | {float(wall):.2f} | {float(cpu):.2f} | {rate[name]:.1f} | {int(rss)/1024:.0f} | {hit}/{total} |")
+    shown = f"{rate[name]:.1f}"
+    if name == "detect-secrets" and float(wall) >= ds_timeout - 1:
+        shown = f"< {rate[name]:.1f} (stopped after {ds_timeout:.0f} s)"
+    print(f"| {name} | {float(wall):.2f} | {float(cpu):.2f} | {shown} | {int(rss)/1024:.0f} | {hit}/{total} |")
 print()
 for peer in ("kingfisher", "detect-secrets"):
-    print(f"amiforge throughput / {peer}: {rate['amiforge'] / rate[peer]:.2f}x")
+    bound = ">= " if peer == "detect-secrets" and float(rows[2][1]) >= ds_timeout - 1 else ""
+    print(f"amiforge throughput / {peer}: {bound}{rate['amiforge'] / rate[peer]:.2f}x")
 wall = float(rows[0][1])
 print(f"whole audit of the 4 GiB image: {wall:.2f} s (target: under 10 s)")
 PY

@@ -96,10 +96,150 @@ pub const EXCERPT_MAX: usize = 160;
 
 /// The compiled rule set.
 pub struct Scanner {
-    keywords: AhoCorasick,
-    /// For each keyword pattern, the rules it triggers.
-    keyword_rules: Vec<Vec<usize>>,
+    keywords: KeywordSet,
     regexes: Vec<Regex>,
+}
+
+/// Most keywords in one SIMD ("Teddy") searcher. Measured on this project's
+/// benchmark tree: ~100 keywords in one Aho-Corasick automaton scan about 0.3 GB/s
+/// (too many distinct bytes for its prefilters); two Teddy searchers of 64 scan
+/// about 0.9 GB/s.
+const PATTERNS_PER_SEARCHER: usize = 64;
+
+/// One searcher over some of the keywords.
+enum Finder {
+    /// SIMD literal search (x86-64 with SSSE3 or AVX2).
+    Teddy(aho_corasick::packed::Searcher),
+    /// An automaton: for short keywords, and where Teddy is not available.
+    Automaton(AhoCorasick),
+}
+
+impl Finder {
+    fn build(patterns: &[&str], short: bool) -> Self {
+        if !short {
+            let mut b = aho_corasick::packed::Config::new()
+                .match_kind(aho_corasick::packed::MatchKind::LeftmostLongest)
+                .builder();
+            b.extend(patterns);
+            if let Some(s) = b.build() {
+                return Finder::Teddy(s);
+            }
+        }
+        // The rule table is a constant: a pattern that does not compile is a bug
+        // caught by the unit tests, not a runtime condition.
+        #[allow(clippy::expect_used)]
+        let automaton = AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(patterns)
+            .expect("the keyword automaton builds");
+        Finder::Automaton(automaton)
+    }
+
+    /// The leftmost-longest keyword starting at or after `at`: (start, end, index).
+    fn find(&self, data: &[u8], at: usize) -> Option<(usize, usize, usize)> {
+        match self {
+            Finder::Teddy(s) => s
+                .find_in(data, aho_corasick::Span::from(at..data.len()))
+                .map(|m| (m.start(), m.end(), m.pattern().as_usize())),
+            Finder::Automaton(a) => a
+                .find(aho_corasick::Input::new(data).span(at..data.len()))
+                .map(|m| (m.start(), m.end(), m.pattern().as_usize())),
+        }
+    }
+}
+
+/// The keyword searchers and, for each pattern, the rules a hit triggers.
+struct KeywordSet {
+    /// Each searcher with the global ids of its patterns.
+    finders: Vec<(Finder, Vec<usize>)>,
+    rules: Vec<Vec<usize>>,
+}
+
+/// The spellings a case-insensitive keyword is searched in: as written in the rule
+/// (lowercase), UPPERCASE, Capitalized and camelCase (`secret_access_key`,
+/// `SECRET_ACCESS_KEY`, `Secret_access_key`, `secretAccessKey`). The rule's regex
+/// itself ignores case; only the keyword pass is limited to these forms.
+fn spellings(keyword: &str) -> Vec<String> {
+    let lower = keyword.to_ascii_lowercase();
+    let mut capital = lower.clone();
+    if let Some(first) = capital.get_mut(0..1) {
+        first.make_ascii_uppercase();
+    }
+    let mut camel = String::new();
+    let mut up = false;
+    for c in lower.chars() {
+        if c == '_' || c == '-' {
+            up = true;
+        } else if up {
+            camel.push(c.to_ascii_uppercase());
+            up = false;
+        } else {
+            camel.push(c);
+        }
+    }
+    vec![lower.clone(), lower.to_ascii_uppercase(), capital, camel]
+}
+
+impl KeywordSet {
+    /// `keywords`: (keyword, rule index) pairs.
+    fn new(keywords: &[(String, usize)]) -> Self {
+        let mut patterns: Vec<&str> = Vec::new();
+        let mut rules: Vec<Vec<usize>> = Vec::new();
+        for (kw, rule) in keywords {
+            match patterns.iter().position(|p| p == kw) {
+                Some(at) => rules[at].push(*rule),
+                None => {
+                    patterns.push(kw);
+                    rules.push(vec![*rule]);
+                }
+            }
+        }
+        // The search reports the longest keyword at each position. A text holding a
+        // keyword also holds every keyword inside it, so a hit also triggers theirs.
+        let direct = rules.clone();
+        for (k, outer) in patterns.iter().enumerate() {
+            for (j, inner) in patterns.iter().enumerate() {
+                if j != k && outer.contains(inner) {
+                    rules[k].extend(direct[j].iter().copied());
+                }
+            }
+            rules[k].sort_unstable();
+            rules[k].dedup();
+        }
+        // Teddy needs keywords of 4 bytes or more to skip well: the short ones get an
+        // automaton of their own.
+        let (short, long): (Vec<usize>, Vec<usize>) =
+            (0..patterns.len()).partition(|&i| patterns[i].len() < 4);
+        let mut finders: Vec<(Finder, Vec<usize>)> = long
+            .chunks(PATTERNS_PER_SEARCHER)
+            .map(|ids| {
+                let group: Vec<&str> = ids.iter().map(|&i| patterns[i]).collect();
+                (Finder::build(&group, false), ids.to_vec())
+            })
+            .collect();
+        if !short.is_empty() {
+            let group: Vec<&str> = short.iter().map(|&i| patterns[i]).collect();
+            finders.push((Finder::build(&group, true), short));
+        }
+        Self { finders, rules }
+    }
+
+    /// Every keyword occurrence in `data`: (start, end, pattern id), by start. A
+    /// leftmost-longest search restarted one byte after each hit's start sees every
+    /// occurrence (one nested in a longer keyword through `rules`), and between
+    /// hits the prefilter skips ahead, which an overlapping search cannot do.
+    fn hits(&self, data: &[u8]) -> Vec<(usize, usize, usize)> {
+        let mut out = Vec::new();
+        for (finder, ids) in &self.finders {
+            let mut at = 0;
+            while let Some((start, end, i)) = finder.find(data, at) {
+                at = start + 1;
+                out.push((start, end, ids[i]));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
 }
 
 impl Default for Scanner {
@@ -111,26 +251,16 @@ impl Default for Scanner {
 impl Scanner {
     /// Compiles every rule in [`RULES`].
     pub fn new() -> Self {
-        let mut patterns: Vec<&str> = Vec::new();
-        let mut keyword_rules: Vec<Vec<usize>> = Vec::new();
+        let mut keywords: Vec<(String, usize)> = Vec::new();
         for (i, rule) in RULES.iter().enumerate() {
             for kw in rule.keywords {
-                match patterns.iter().position(|p| p.eq_ignore_ascii_case(kw)) {
-                    Some(at) => keyword_rules[at].push(i),
-                    None => {
-                        patterns.push(kw);
-                        keyword_rules.push(vec![i]);
-                    }
+                if rule.regex.starts_with("(?i)") {
+                    keywords.extend(spellings(kw).into_iter().map(|s| (s, i)));
+                } else {
+                    keywords.push((kw.to_string(), i));
                 }
             }
         }
-        // The rule table is a constant: a pattern that does not compile is a bug
-        // caught by the unit tests, not a runtime condition.
-        #[allow(clippy::expect_used)]
-        let keywords = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .build(&patterns)
-            .expect("the keyword automaton builds");
         #[allow(clippy::expect_used)]
         let regexes = RULES
             .iter()
@@ -142,8 +272,7 @@ impl Scanner {
             })
             .collect();
         Self {
-            keywords,
-            keyword_rules,
+            keywords: KeywordSet::new(&keywords),
             regexes,
         }
     }
@@ -162,12 +291,12 @@ impl Scanner {
     /// the rule's span past the hit, extended to the end of that line.
     fn windows(&self, data: &[u8]) -> Vec<Vec<Range<usize>>> {
         let mut windows: Vec<Vec<Range<usize>>> = vec![Vec::new(); RULES.len()];
-        for m in self.keywords.find_overlapping_iter(data) {
-            for &r in &self.keyword_rules[m.pattern().as_usize()] {
-                let back = m.start().saturating_sub(LOOK_BEHIND);
+        for (hit_start, hit_end, pattern) in self.keywords.hits(data) {
+            for &r in &self.keywords.rules[pattern] {
+                let back = hit_start.saturating_sub(LOOK_BEHIND);
                 let start =
-                    memchr::memrchr(b'\n', &data[back..m.start()]).map_or(back, |i| back + i + 1);
-                let reach = (m.end() + RULES[r].span()).min(data.len());
+                    memchr::memrchr(b'\n', &data[back..hit_start]).map_or(back, |i| back + i + 1);
+                let reach = (hit_end + RULES[r].span()).min(data.len());
                 let limit = (reach + LOOK_BEHIND).min(data.len());
                 let end = memchr::memchr(b'\n', &data[reach..limit]).map_or(limit, |i| reach + i);
                 let w = &mut windows[r];
@@ -185,9 +314,9 @@ impl Scanner {
 
     /// Every secret in `data`, in offset order.
     pub fn scan(&self, data: &[u8]) -> Vec<Match> {
-        let mut found: Vec<(usize, usize, usize)> = Vec::new(); // (rule, start, end)
-                                                                // Binaries and message catalogs are full of "Password: " prompts: the generic
-                                                                // rule reads text only.
+        // (rule, start, end). Binaries and message catalogs are full of "Password: "
+        // prompts: the generic rule reads text only.
+        let mut found: Vec<(usize, usize, usize)> = Vec::new();
         let binary = memchr::memchr(0, &data[..data.len().min(BINARY_SNIFF)]).is_some();
         for (r, windows) in self.windows(data).into_iter().enumerate() {
             let rule = &RULES[r];
@@ -378,6 +507,31 @@ mod tests {
         );
         assert_eq!(m[0].rule.id, "pypi-token");
         assert!(!m[0].excerpt.contains("Lm3Np5"), "{}", m[0].excerpt);
+    }
+
+    #[test]
+    fn case_insensitive_keywords_are_searched_in_their_usual_spellings() {
+        assert_eq!(
+            spellings("secret_access_key"),
+            [
+                "secret_access_key",
+                "SECRET_ACCESS_KEY",
+                "Secret_access_key",
+                "secretAccessKey"
+            ]
+        );
+        let s = Scanner::new();
+        let key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        for line in [
+            format!("AWS_SECRET_ACCESS_KEY={key}"),
+            format!("\"secretAccessKey\": \"{key}\""),
+        ] {
+            assert_eq!(
+                s.scan(line.as_bytes())[0].rule.id,
+                "aws-secret-access-key",
+                "{line}"
+            );
+        }
     }
 
     #[test]
