@@ -187,6 +187,9 @@ pub fn load_verifying_key(path: &Path) -> Result<ed25519_dalek::VerifyingKey> {
     })
 }
 
+/// A block ready for the store: index, SHA-256 and zstd frame.
+type Packed = (u64, [u8; 32], Vec<u8>);
+
 /// What [`create`] made.
 #[derive(Debug, Clone, Serialize)]
 pub struct Created {
@@ -224,7 +227,7 @@ pub fn create(
     let mut offset = 0u64;
     let mut data_bytes = 0u64;
     for batch in plan.data_blocks.chunks(BATCH) {
-        let done: Vec<Result<Option<(u64, [u8; 32], Vec<u8>)>>> = batch
+        let done: Vec<Result<Option<Packed>>> = batch
             .par_iter()
             .map(|&index| {
                 let mut buf = vec![0u8; BLOCK_SIZE as usize];
