@@ -118,8 +118,16 @@ def found_paths(name):
             if f["category"] == "secret" and f.get("path"):
                 counts[f["path"]] = counts.get(f["path"], 0) + 1
     elif name == "kingfisher":
-        doc = json.loads(text) if text.strip().startswith("{") else {"findings": [json.loads(l) for l in text.splitlines() if l.strip()]}
-        for f in doc.get("findings", []):
+        # Kingfisher writes two JSON documents: the findings, then a summary.
+        dec, i, docs = json.JSONDecoder(), 0, []
+        while i < len(text):
+            while i < len(text) and text[i].isspace():
+                i += 1
+            if i < len(text):
+                obj, i = dec.raw_decode(text, i)
+                docs.append(obj)
+        findings = docs[0].get("findings", []) if docs else []
+        for f in findings:
             p = "/" + os.path.relpath(os.path.abspath(f["finding"]["path"]), tree)
             counts[p] = counts.get(p, 0) + 1
     else:
