@@ -3,9 +3,10 @@
 #  1. installs the tools and builds the sample images with real tools (sgdisk,
 #     mkfs.vfat, mkfs.ext4 -d);
 #  2. inspects the UEFI sample: partitions, filesystems, OS, architecture, boot mode,
-#     kernels, EC2 drivers;
+#     kernels, EC2 drivers; audits it (packages, secrets, hygiene, boot readiness),
+#     writes its SBOM, and makes and verifies an air-gap bundle of it;
 #  3. starts the strict EBS test server on loopback (EBS direct plus the EC2 calls it
-#     needs) and publishes the image: inspect → gate → upload into a snapshot →
+#     needs) and publishes the image: audit → gate → upload into a snapshot →
 #     RegisterImage with the architecture, boot mode and ENA the image implies;
 #  4. verifies the AMI's snapshot block by block against the image, and shows that a
 #     re-run returns the same AMI without uploading.
@@ -33,6 +34,12 @@ export AWS_EC2_METADATA_DISABLED=true
 set -x
 "$bin/amiforge" inspect "$image"
 "$bin/amiforge" ls "$image" /etc -l
+"$bin/amiforge" audit "$image"
+"$bin/amiforge" sbom "$image" --format spdx-json --output /tmp/amiforge-demo-sbom.$$.json
+rm -rf /tmp/amiforge-demo-bundle.$$
+"$bin/amiforge" bundle "$image" --out /tmp/amiforge-demo-bundle.$$ --name amiforge-demo-bundle
+"$bin/amiforge" bundle verify /tmp/amiforge-demo-bundle.$$
+rm -rf /tmp/amiforge-demo-bundle.$$ /tmp/amiforge-demo-sbom.$$.json
 "$bin/amiforge" publish "$image" --name "amiforge-demo" --tag demo=true --format json > /tmp/amiforge-demo-publish.$$
 cat /tmp/amiforge-demo-publish.$$
 snapshot=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["snapshot_id"])' /tmp/amiforge-demo-publish.$$)
