@@ -164,6 +164,28 @@ pub fn audit_command(args: AuditArgs) -> Result<bool> {
     Ok(failing == 0)
 }
 
+/// The audit gate of a step that ships an image (publish, bundle).
+#[derive(clap::Args, Debug)]
+pub struct GateArgs {
+    /// The gate: audit first, and stop before the step when a finding is at least
+    /// this severe (see `amiforge audit`).
+    #[arg(long, value_enum, default_value_t = FailOn::High)]
+    pub fail_on: FailOn,
+    /// Audit configuration (TOML): allow-lists, skipped paths, severities.
+    #[arg(long)]
+    pub audit_config: Option<PathBuf>,
+}
+
+impl GateArgs {
+    /// Audits `image`; `None` when the gate refuses (after saying why and that
+    /// `not_done` was not done).
+    pub fn audit(&self, image: &Path, not_done: &str) -> Result<Option<Report>> {
+        let config = load_config(self.audit_config.as_deref())?;
+        let report = run(image, &config)?;
+        Ok((!gate_refuses(&report, self.fail_on, not_done)).then_some(report))
+    }
+}
+
 /// Applies the gate before a step that must not happen on failure: prints each
 /// failing finding and what was not done. Returns true when the gate failed.
 pub fn gate_refuses(report: &Report, fail_on: FailOn, not_done: &str) -> bool {

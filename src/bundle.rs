@@ -1,6 +1,6 @@
 //! `amiforge bundle`: carry an image across an air gap.
 
-use crate::audit::FailOn;
+use crate::audit::{FailOn, GateArgs};
 use crate::publish::{detect, spec_from, AmiParams, PLACEHOLDER_SNAPSHOT};
 use crate::transfer::parse_tags;
 use crate::Format;
@@ -64,12 +64,8 @@ pub struct CreateArgs {
     /// name without extension).
     #[arg(long)]
     pub name: Option<String>,
-    /// The audit gate: refuse to bundle when a finding is at least this severe.
-    #[arg(long, value_enum, default_value_t = FailOn::High)]
-    pub fail_on: FailOn,
-    /// Audit configuration (TOML).
-    #[arg(long)]
-    pub audit_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub gate: GateArgs,
     /// Sign the manifest with this ed25519 private key (PKCS#8 PEM, as
     /// `openssl genpkey -algorithm ed25519` writes).
     #[arg(long)]
@@ -135,11 +131,9 @@ fn create(args: CreateArgs) -> Result<bool> {
         .map(bundle::load_signing_key)
         .transpose()?;
     // 1. The audit gate, before anything is written.
-    let config = crate::audit::load_config(args.audit_config.as_deref())?;
-    let report = crate::audit::run(&image, &config)?;
-    if crate::audit::gate_refuses(&report, args.fail_on, "no bundle was written") {
+    let Some(report) = args.gate.audit(&image, "no bundle was written")? else {
         return Ok(false);
-    }
+    };
     // 2. The documents: audit, SBOM, registration spec.
     let opened = inspect::Image::open(&image)?;
     let sbom_input = sbom::Input::from_image(&opened, &image.display().to_string())?;

@@ -1,6 +1,5 @@
 //! register (snapshot → AMI) and publish (image → inspect → gate → upload → AMI).
 
-use crate::audit::FailOn;
 use crate::transfer::{parse_tags, run_upload, runtime, AwsArgs, UploadArgs};
 use crate::Format;
 use ami::{Architecture, BootMode, RegisterSpec};
@@ -240,13 +239,9 @@ pub struct PublishArgs {
     pub name: Option<String>,
     #[command(flatten)]
     pub params: AmiParams,
-    /// The gate: audit the image first (a bundle's bundled audit) and stop before uploading when a finding is at
-    /// least this severe (see `amiforge audit`).
-    #[arg(long, value_enum, default_value_t = FailOn::High)]
-    pub fail_on: FailOn,
-    /// Audit configuration (TOML): allow-lists, skipped paths, severities.
-    #[arg(long)]
-    pub audit_config: Option<std::path::PathBuf>,
+    /// For a bundle, the gate applies to its bundled audit.
+    #[command(flatten)]
+    pub gate: crate::audit::GateArgs,
     /// Keep the snapshot when registration fails (default: delete it).
     #[arg(long)]
     pub keep_on_failure: bool,
@@ -294,14 +289,14 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
     // 1. Audit and gate, before anything is sent; 2. the registration, validated.
     let (draft, identity) = if crate::bundle::is_bundle(&input) {
         let b = crate::bundle::open_verified(&input, args.upload.public_key.as_deref())?;
-        let (failing, os) = crate::bundle::bundled_gate(&b, args.fail_on)?;
+        let (failing, os) = crate::bundle::bundled_gate(&b, args.gate.fail_on)?;
         if !failing.is_empty() {
             for f in &failing {
                 eprintln!("amiforge: gate: {f}");
             }
             eprintln!(
                 "amiforge: gate failed (--fail-on {}) on the bundled audit: {} finding(s); nothing was uploaded",
-                args.fail_on.name(),
+                args.gate.fail_on.name(),
                 failing.len()
             );
             return Ok(false);
@@ -320,7 +315,7 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
             TAG_AUDIT.into(),
             format!(
                 "{os}; bundled audit; gate --fail-on {} passed",
-                args.fail_on.name()
+                args.gate.fail_on.name()
             ),
         ));
         (spec, identity)
@@ -330,11 +325,9 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
             .clone()
             .context("--name is required when publishing an image (a bundle carries its own)")?;
         let detected = detect(&input)?;
-        let config = crate::audit::load_config(args.audit_config.as_deref())?;
-        let report = crate::audit::run(&input, &config)?;
-        if crate::audit::gate_refuses(&report, args.fail_on, "nothing was uploaded") {
+        let Some(report) = args.gate.audit(&input, "nothing was uploaded")? else {
             return Ok(false);
-        }
+        };
         let os = report
             .os
             .as_ref()
@@ -344,7 +337,7 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
             "{os}; findings: {}; allowed: {}; gate --fail-on {} passed",
             crate::audit::counts(&report.summary.findings),
             crate::audit::counts(&report.summary.allowed),
-            args.fail_on.name()
+            args.gate.fail_on.name()
         );
         let identity = (TAG_IMAGE_SHA256.to_string(), sha256_of(&input)?);
         let mut tags = common_tags;
