@@ -134,9 +134,15 @@ fn create(args: CreateArgs) -> Result<bool> {
     let Some(report) = args.gate.audit(&image, "no bundle was written")? else {
         return Ok(false);
     };
-    // 2. The documents: audit, SBOM, registration spec.
-    let opened = inspect::Image::open(&image)?;
-    let sbom_input = sbom::Input::from_image(&opened, &image.display().to_string())?;
+    // 2. The documents: audit, SBOM (of the packages the audit read; the databases
+    // it could not read are in the audit's not_examined), registration spec.
+    let sbom_input = sbom::Input {
+        image: image.display().to_string(),
+        os: report.os.clone(),
+        packages: report.packages.clone(),
+        unread: Vec::new(),
+        created: std::time::SystemTime::now(),
+    };
     let detected = detect(&image)?;
     let spec = spec_from(
         &name,
@@ -181,17 +187,21 @@ fn create(args: CreateArgs) -> Result<bool> {
     Ok(true)
 }
 
+/// Opens a bundle and checks every byte of it (and the signature, given a key).
+fn open_and_verify(
+    path: &Path,
+    public_key: Option<&Path>,
+) -> Result<(bundle::Bundle, bundle::Verified)> {
+    let b = bundle::Bundle::open(path)?;
+    let key = public_key.map(bundle::load_verifying_key).transpose()?;
+    let v = b.verify(key.as_ref())?;
+    Ok((b, v))
+}
+
 /// Opens and fully verifies a bundle; the upload and publish paths call this before
 /// sending anything.
 pub fn open_verified(path: &Path, public_key: Option<&Path>) -> Result<bundle::Bundle> {
-    let b = bundle::Bundle::open(path).with_context(|| {
-        format!(
-            "bundle {} cannot be read; nothing was uploaded",
-            path.display()
-        )
-    })?;
-    let key = public_key.map(bundle::load_verifying_key).transpose()?;
-    let v = b.verify(key.as_ref()).with_context(|| {
+    let (b, v) = open_and_verify(path, public_key).with_context(|| {
         format!(
             "bundle {} does not verify; nothing was uploaded",
             path.display()
@@ -215,9 +225,7 @@ fn verify(
     expect: Option<&str>,
     format: Format,
 ) -> Result<()> {
-    let b = bundle::Bundle::open(path)?;
-    let key = public_key.map(bundle::load_verifying_key).transpose()?;
-    let v = b.verify(key.as_ref())?;
+    let (_, v) = open_and_verify(path, public_key)?;
     if let Some(want) = expect {
         if !v.manifest_sha256.eq_ignore_ascii_case(want.trim()) {
             bail!(
