@@ -4,7 +4,11 @@
 //! profile, `AWS_ENDPOINT_URL` or an explicit endpoint), with the SDK's own retries
 //! turned off: the `ebs` crate retries with its own classified policy, and stacking
 //! the two is how uploads end up hanging for minutes.
-//! [`SdkEbs`] makes exactly one attempt per call and classifies every failure.
+//! [`SdkEbs`] makes exactly one attempt per call and classifies every failure. Its
+//! PutSnapshotBlock skips the SDK's per-call machinery once the SDK has shown it the
+//! way (see [`direct_put`]).
+
+mod direct_put;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -38,7 +42,7 @@ pub enum Error {
 }
 
 /// How long to wait for a TCP connection before calling the attempt failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Loads the SDK configuration with SDK retries disabled.
 pub async fn load(opts: &AwsOptions) -> Result<SdkConfig, Error> {
@@ -71,14 +75,26 @@ pub async fn load(opts: &AwsOptions) -> Result<SdkConfig, Error> {
 pub struct SdkEbs {
     ebs: aws_sdk_ebs::Client,
     ec2: aws_sdk_ec2::Client,
+    transport: direct_put::TransportRecorder,
+    direct: std::sync::Arc<direct_put::DirectPut>,
 }
 
 impl SdkEbs {
     /// Clients from a loaded configuration.
     pub fn new(config: &SdkConfig) -> Self {
+        let transport = direct_put::TransportRecorder::default();
+        let ebs_config = aws_sdk_ebs::config::Builder::from(config)
+            .interceptor(transport.clone())
+            .build();
+        let direct = direct_put::DirectPut::new(
+            config.credentials_provider(),
+            config.region().map(|r| r.to_string()).unwrap_or_default(),
+        );
         Self {
-            ebs: aws_sdk_ebs::Client::new(config),
+            ebs: aws_sdk_ebs::Client::from_conf(ebs_config),
             ec2: aws_sdk_ec2::Client::new(config),
+            transport,
+            direct: std::sync::Arc::new(direct),
         }
     }
 }
@@ -230,6 +246,18 @@ impl EbsApi for SdkEbs {
         progress: Option<u8>,
     ) -> ApiResult<()> {
         let len = i32_of(data.len() as u64, "data length")?;
+        if let Some(transport) = self.transport.get() {
+            if direct_put::DirectPut::path_safe(snapshot_id) {
+                let block = direct_put::BlockPut {
+                    snapshot_id,
+                    index,
+                    data,
+                    checksum_b64,
+                    progress,
+                };
+                return self.direct.put(transport, block).await;
+            }
+        }
         self.ebs
             .put_snapshot_block()
             .snapshot_id(snapshot_id)
