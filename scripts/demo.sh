@@ -28,7 +28,8 @@ server=$!
 trap 'kill $server 2>/dev/null || true; rm -f /tmp/amiforge-demo-server.$$' EXIT
 for _ in $(seq 100); do grep -q listening /tmp/amiforge-demo-server.$$ 2>/dev/null && break; sleep 0.1; done
 endpoint=$(sed -n 's/^listening on //p' /tmp/amiforge-demo-server.$$)
-export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1 AWS_ENDPOINT_URL=$endpoint
+# The test server checks SigV4 signatures against the secret key "testing".
+export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_ENDPOINT_URL=$endpoint
 export AWS_EC2_METADATA_DISABLED=true
 
 set -x

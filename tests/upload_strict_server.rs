@@ -157,6 +157,42 @@ fn access_denied_stops_at_once_without_retries_and_names_snapshot_and_block() {
 }
 
 #[test]
+fn every_request_is_sigv4_signed_and_a_wrong_secret_key_stops_at_once() {
+    let server = start_background(quiet()).unwrap();
+    let dir = Scratch::new("strict-signed");
+    let image = dir.path("signed.img");
+    make_image(&image, 16 << 20, 21);
+
+    let (code, _, stderr) = outcome(
+        amiforge_at(&server.endpoint())
+            .arg("upload")
+            .arg(&image)
+            .args(["--workers", "8", "--no-progress"]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let stats = server.stats();
+    assert!(stats.requests.get("PutSnapshotBlock").copied().unwrap_or(0) > 8);
+    assert_eq!(stats.rejected.get("signature"), None, "{stats:?}");
+
+    let started = Instant::now();
+    let (code, _, stderr) = outcome(
+        amiforge_at(&server.endpoint())
+            .env("AWS_SECRET_ACCESS_KEY", "not-the-key")
+            .arg("upload")
+            .arg(&image)
+            .args(["--no-progress"]),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("InvalidSignatureException"), "{stderr}");
+    assert!(stderr.contains("after 1 attempt(s)"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "no backoff loop"
+    );
+    assert_eq!(server.stats().rejected.get("signature"), Some(&1));
+}
+
+#[test]
 fn an_interrupted_upload_prints_the_resume_command_and_resumes_after_a_kill() {
     let faults = Faults {
         put_delay_ms: 40,

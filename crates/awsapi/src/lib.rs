@@ -119,6 +119,7 @@ pub fn classify_code(code: Option<&str>, status: Option<u16>) -> ErrorKind {
         | "UnrecognizedClientException"
         | "InvalidClientTokenId"
         | "SignatureDoesNotMatch"
+        | "InvalidSignatureException"
         | "ExpiredToken"
         | "ExpiredTokenException" => ErrorKind::AccessDenied,
         "ResourceNotFoundException" | "InvalidSnapshot.NotFound" => ErrorKind::NotFound,

@@ -16,7 +16,12 @@ fn b64(d: &[u8]) -> String {
 }
 
 /// An error in the shape AWS sends: status, x-amzn-ErrorType, {"Message","Reason"}.
-fn error(status: StatusCode, code: &str, reason: Option<&str>, message: &str) -> Response {
+pub(crate) fn error(
+    status: StatusCode,
+    code: &str,
+    reason: Option<&str>,
+    message: &str,
+) -> Response {
     let mut body = serde_json::json!({ "Message": message, "message": message });
     if let Some(r) = reason {
         body["Reason"] = r.into();

@@ -26,16 +26,15 @@ fn xml_escape(s: &str) -> String {
 }
 
 fn ec2_error(code: &str, message: &str) -> Response {
+    ec2_error_with_status(StatusCode::BAD_REQUEST, code, message)
+}
+
+pub(crate) fn ec2_error_with_status(status: StatusCode, code: &str, message: &str) -> Response {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{}</Message></Error></Errors><RequestID>req-1</RequestID></Response>",
         xml_escape(message)
     );
-    (
-        StatusCode::BAD_REQUEST,
-        [("content-type", "text/xml")],
-        body,
-    )
-        .into_response()
+    (status, [("content-type", "text/xml")], body).into_response()
 }
 
 fn parse_form(body: &[u8]) -> Vec<(String, String)> {

@@ -11,6 +11,8 @@
 //! - the encryption flag. Unwritten blocks of an encrypted snapshot read back as
 //!   garbage, as AWS users report, so skipping zero blocks there is caught.
 //!
+//! - SigV4 signatures, against a configured secret key (see [`sigv4`](crate::Config::secret_access_key)).
+//!
 //! Faults: throttling and 500s with the real error shapes, connection resets, slow
 //! answers, "snapshot not found" for the first K puts of each snapshot, and
 //! AccessDenied.
@@ -24,6 +26,7 @@
 
 mod ebs;
 mod ec2;
+mod sigv4;
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -68,7 +71,13 @@ pub struct Config {
     pub seed: u64,
     /// The account blocks public sharing of AMIs (GetImageBlockPublicAccessState).
     pub block_public_access: bool,
+    /// The secret key every request must be SigV4-signed with, whatever its access
+    /// key id; `None` accepts unsigned requests.
+    pub secret_access_key: Option<String>,
 }
+
+/// The secret key the tests and benchmarks sign with.
+pub const TEST_SECRET_ACCESS_KEY: &str = "testing";
 
 impl Default for Config {
     fn default() -> Self {
@@ -78,6 +87,7 @@ impl Default for Config {
             faults: Faults::default(),
             seed: 1,
             block_public_access: false,
+            secret_access_key: Some(TEST_SECRET_ACCESS_KEY.to_string()),
         }
     }
 }
@@ -267,8 +277,59 @@ fn router(state: Shared) -> axum::Router {
         .route("/", post(ec2::query))
         .route("/__stats", get(stats))
         .route("/__faults", post(set_faults))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_signature,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(2 * BLOCK_SIZE))
         .with_state(state)
+}
+
+/// Refuses requests without a valid SigV4 signature, in the protocol's error shape:
+/// `InvalidSignatureException` for EBS, `SignatureDoesNotMatch` for EC2. The test
+/// controls (`/__stats`, `/__faults`) are not signed.
+async fn require_signature(
+    axum::extract::State(s): axum::extract::State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let secret = lock(&s).config.secret_access_key.clone();
+    let Some(secret) = secret.filter(|_| !request.uri().path().starts_with("/__")) else {
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 2 * BLOCK_SIZE).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
+    };
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let checked = sigv4::check(
+        &secret,
+        parts.method.as_str(),
+        path_and_query,
+        &parts.headers,
+        &body,
+    );
+    if let Err(sigv4::Refused(why)) = checked {
+        *lock(&s)
+            .stats
+            .rejected
+            .entry("signature".into())
+            .or_default() += 1;
+        return if parts.uri.path() == "/" {
+            ec2::ec2_error_with_status(StatusCode::FORBIDDEN, "SignatureDoesNotMatch", &why)
+        } else {
+            ebs::error(
+                StatusCode::FORBIDDEN,
+                "InvalidSignatureException",
+                None,
+                &why,
+            )
+        };
+    }
+    next.run(axum::extract::Request::from_parts(parts, body.into()))
+        .await
 }
 
 async fn stats(axum::extract::State(s): axum::extract::State<Shared>) -> axum::Json<Stats> {

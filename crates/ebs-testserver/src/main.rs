@@ -24,6 +24,10 @@ struct Args {
     /// Answer every EBS call with AccessDeniedException.
     #[arg(long)]
     access_denied: bool,
+    /// The secret key every request must be SigV4-signed with (an empty value
+    /// accepts unsigned requests).
+    #[arg(long, default_value = ebs_testserver::TEST_SECRET_ACCESS_KEY)]
+    secret_access_key: String,
 }
 
 #[tokio::main]
@@ -39,6 +43,7 @@ async fn main() -> std::io::Result<()> {
             put_delay_ms: 0,
             fail_register: false,
         },
+        secret_access_key: Some(a.secret_access_key).filter(|k| !k.is_empty()),
         ..Default::default()
     };
     let server = ebs_testserver::start_on(config, a.port).await?;
