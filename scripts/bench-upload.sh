@@ -6,6 +6,10 @@
 #
 #   scripts/bench-upload.sh [SIZE_GIB]     (default 4)
 #
+# RUNS (default 3) rounds each upload once with amiforge and once with coldsnap,
+# alternating, each against a fresh server; the table shows every run and the
+# medians, and the ratios are of the medians. This machine is noisy: read the ratios.
+#
 # coldsnap is installed from crates.io (cargo install coldsnap) into
 # ~/.cache/amiforge/tools the first time. Both tools wait for the snapshot to be
 # completed. coldsnap gets --omit-zero-blocks so that both skip zero blocks.
@@ -65,12 +69,14 @@ measure() {
 }
 
 results=()
-start_strict
-results+=("$(AWS_ENDPOINT_URL=$endpoint measure amiforge "$target/amiforge" upload "$img" --no-progress --workers 64)")
-stop_server
-start_strict
-results+=("$(AWS_ENDPOINT_URL=$endpoint measure coldsnap "$tools/bin/coldsnap" upload --wait --omit-zero-blocks "$img")")
-stop_server
+for _ in $(seq "${RUNS:-3}"); do
+  start_strict
+  results+=("$(AWS_ENDPOINT_URL=$endpoint measure amiforge "$target/amiforge" upload "$img" --no-progress --workers 64)")
+  stop_server
+  start_strict
+  results+=("$(AWS_ENDPOINT_URL=$endpoint measure coldsnap "$tools/bin/coldsnap" upload --wait --omit-zero-blocks "$img")")
+  stop_server
+done
 
 venv=${AMIFORGE_VENV:-$HOME/.cache/amiforge/venv}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -81,16 +87,23 @@ results+=("$(AWS_ENDPOINT_URL=http://127.0.0.1:$port measure amiforge-vs-moto "$
 stop_server
 
 printf '%s\n' "${results[@]}" | python3 -c "
-import sys
+import statistics, sys
 data_mib = $data_mib
-rows = {}
+runs = {}
 for line in sys.stdin:
     name, wall, cpu, rss = line.split()
-    rows[name] = (float(wall), float(cpu), int(rss))
+    runs.setdefault(name, []).append((float(wall), float(cpu), int(rss)))
 print(f'image: ${size_gib} GiB sparse, {data_mib} MiB of data; amiforge built with the $profile profile')
-print(f\"{'tool':<18}{'wall s':>9}{'cpu s':>9}{'MiB/s':>9}{'cpu s/GiB':>11}{'peak RSS MiB':>14}\")
-for name, (wall, cpu, rss) in rows.items():
-    print(f'{name:<18}{wall:>9.2f}{cpu:>9.2f}{data_mib / wall:>9.1f}{cpu / (data_mib / 1024):>11.2f}{rss / 1024:>14.1f}')
-a, c = rows['amiforge'], rows['coldsnap']
-print(f'amiforge vs coldsnap (strict server): throughput x{c[0] / a[0]:.2f}, cpu per GiB x{a[1] / c[1]:.2f}, peak RSS x{a[2] / c[2]:.2f}')
+print(f\"{'tool':<22}{'wall s':>9}{'cpu s':>9}{'MiB/s':>9}{'cpu s/GiB':>11}{'peak RSS MiB':>14}\")
+def row(name, wall, cpu, rss):
+    print(f'{name:<22}{wall:>9.2f}{cpu:>9.2f}{data_mib / wall:>9.1f}{cpu / (data_mib / 1024):>11.2f}{rss / 1024:>14.1f}')
+med = {}
+for name, rs in runs.items():
+    for i, r in enumerate(rs):
+        row(f'{name} #{i + 1}' if len(rs) > 1 else name, *r)
+    med[name] = tuple(statistics.median(r[k] for r in rs) for k in range(3))
+    if len(rs) > 1:
+        row(f'{name} median', *med[name])
+a, c = med['amiforge'], med['coldsnap']
+print(f'amiforge vs coldsnap (strict server, medians): throughput x{c[0] / a[0]:.2f}, cpu per GiB x{a[1] / c[1]:.2f}, peak RSS x{a[2] / c[2]:.2f}')
 "
