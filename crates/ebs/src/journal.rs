@@ -189,11 +189,26 @@ impl Journal {
 
     /// Records a confirmed block.
     pub fn record(&mut self, index: u64, digest: &[u8; 32]) -> Result<()> {
-        writeln!(self.file, "{index} {}", crate::b64(digest)).map_err(|e| Error::State {
-            path: self.path.clone(),
-            reason: format!("cannot append to the journal: {e}"),
-        })?;
-        self.confirmed.insert(index, *digest);
+        self.record_all(&[(index, *digest)])
+    }
+
+    /// Records confirmed blocks with one write, so that a killed process leaves
+    /// whole lines behind and a busy upload makes one system call per batch.
+    pub fn record_all(&mut self, blocks: &[(u64, [u8; 32])]) -> Result<()> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let mut lines = String::with_capacity(blocks.len() * 56);
+        for (index, digest) in blocks {
+            lines.push_str(&format!("{index} {}\n", crate::b64(digest)));
+        }
+        self.file
+            .write_all(lines.as_bytes())
+            .map_err(|e| Error::State {
+                path: self.path.clone(),
+                reason: format!("cannot append to the journal: {e}"),
+            })?;
+        self.confirmed.extend(blocks.iter().copied());
         Ok(())
     }
 

@@ -11,10 +11,9 @@ use bytes::Bytes;
 use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 /// Progress callbacks, for a bar or log lines.
@@ -104,6 +103,9 @@ struct Counters {
     sent_bytes: AtomicU64,
     zero_written: AtomicU64,
 }
+
+/// The most block confirmations written to the journal in one write.
+const JOURNAL_BATCH: usize = 256;
 
 /// The first wait before asking again whether the snapshot is completed.
 const FIRST_POLL: Duration = Duration::from_millis(100);
@@ -264,7 +266,10 @@ pub async fn upload<A: EbsApi>(
         .collect();
     progress.started(&snapshot_id, to_visit.len() as u64);
 
-    // 3. Stream.
+    // 3. Stream. Hasher threads read, check for zeros and hash blocks ahead, off the
+    // async runtime, into a short channel; this task decides what to send and starts
+    // one put per block. A block holds a pool buffer from its read until its put
+    // ends, so at most `workers` blocks are being read, queued or sent at once.
     let parent_blocks: Arc<BTreeMap<u64, String>> = Arc::new(
         parent
             .as_ref()
@@ -272,16 +277,19 @@ pub async fn upload<A: EbsApi>(
             .unwrap_or_default(),
     );
     let workers = opts.workers.max(1);
-    let in_flight = Arc::new(Semaphore::new(workers));
-    let hashers = Arc::new(Semaphore::new(
-        std::thread::available_parallelism().map_or(2, |n| n.get()),
-    ));
-    let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::new(Mutex::new(Vec::with_capacity(workers)));
+    let hashers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(workers);
+    let pool = Arc::new(BufferPool::new(workers));
     let counters = Arc::new(Counters::default());
     let fatal: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
     let total_to_visit = to_visit.len().max(1) as u64;
-    let visited = Arc::new(AtomicU64::new(0));
+    let mut visited = 0u64;
+    let stop = Stop {
+        user: stop_flag.clone(),
+        fatal: abort.clone(),
+    };
 
     // The journal writer: confirmations go to disk as they arrive.
     let journal_task = tokio::task::spawn_blocking({
@@ -290,16 +298,35 @@ pub async fn upload<A: EbsApi>(
             let mut seen = BTreeMap::new();
             let mut skipped = 0;
             let mut last_sync = Instant::now();
-            while let Some(d) = done_rx.blocking_recv() {
-                if d.written {
-                    journal.record(d.index, &d.digest)?;
-                    progress.block(BLOCK_SIZE);
-                } else {
-                    skipped += 1;
-                    progress.block(0);
+            let mut batch = Vec::with_capacity(JOURNAL_BATCH);
+            let mut confirmed = Vec::with_capacity(JOURNAL_BATCH);
+            while let Some(first) = done_rx.blocking_recv() {
+                // Whatever else has arrived goes to the journal in the same write.
+                batch.push(first);
+                while batch.len() < JOURNAL_BATCH {
+                    match done_rx.try_recv() {
+                        Ok(d) => batch.push(d),
+                        Err(_) => break,
+                    }
                 }
-                if !d.zero {
-                    seen.insert(d.index, d.digest);
+                confirmed.extend(
+                    batch
+                        .iter()
+                        .filter(|d| d.written)
+                        .map(|d| (d.index, d.digest)),
+                );
+                journal.record_all(&confirmed)?;
+                confirmed.clear();
+                for d in batch.drain(..) {
+                    if d.written {
+                        progress.block(BLOCK_SIZE);
+                    } else {
+                        skipped += 1;
+                        progress.block(0);
+                    }
+                    if !d.zero {
+                        seen.insert(d.index, d.digest);
+                    }
                 }
                 if last_sync.elapsed() > Duration::from_secs(1) {
                     journal.sync()?;
@@ -311,49 +338,97 @@ pub async fn upload<A: EbsApi>(
         }
     });
 
+    let (hashed_tx, mut hashed_rx) = tokio::sync::mpsc::channel::<Result<Hashed>>(2 * hashers);
+    let to_visit = Arc::new(to_visit);
+    let next = Arc::new(AtomicUsize::new(0));
+    let hasher_tasks: Vec<_> = (0..hashers)
+        .map(|_| {
+            let (image, pool, stop) = (image.clone(), pool.clone(), stop.clone());
+            let (to_visit, next, tx) = (to_visit.clone(), next.clone(), hashed_tx.clone());
+            tokio::task::spawn_blocking(move || {
+                while let Some(&index) = to_visit.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let Some(buf) = pool.take(&stop) else {
+                        break;
+                    };
+                    if tx.blocking_send(Hashed::read(&*image, index, buf)).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(hashed_tx);
+
+    let record_fatal = {
+        let (fatal, abort) = (fatal.clone(), abort.clone());
+        move |e: Error| {
+            abort.store(true, Ordering::SeqCst);
+            let mut f = fatal.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_none() {
+                *f = Some(e);
+            }
+        }
+    };
     let mut tasks = JoinSet::new();
-    for index in to_visit {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
+    while let Some(hashed) = hashed_rx.recv().await {
+        let block = match hashed {
+            Ok(block) => block,
+            Err(e) => {
+                record_fatal(e);
+                break;
+            }
         };
-        // Checked after the wait: a block that just failed for good frees its permit
-        // only after raising the abort flag, so no new block starts after a fatal error.
-        if stopped() {
+        // Ctrl-C or another block's fatal error: start nothing new.
+        if stop.now() {
+            pool.give_back(block.buf);
             break;
         }
-        let ctx = BlockContext {
+        visited += 1;
+        let digest_b64 = crate::b64(&block.digest);
+        let in_parent = parent_blocks.get(&block.index);
+        let send = if encrypted {
+            true
+        } else if block.zero {
+            // Zeros need writing only where the parent had data.
+            in_parent.is_some()
+        } else {
+            in_parent != Some(&digest_b64)
+        };
+        if !send {
+            let _ = done_tx.send(Done {
+                index: block.index,
+                digest: block.digest,
+                zero: block.zero,
+                written: false,
+            });
+            pool.give_back(block.buf);
+            continue;
+        }
+        let put = BlockPut {
             api: api.clone(),
-            image: image.clone(),
             snapshot_id: snapshot_id.clone(),
-            hashers: hashers.clone(),
             pool: pool.clone(),
-            parent_blocks: parent_blocks.clone(),
-            encrypted,
             retry: opts.retry,
             since: snapshot_started,
             counters: counters.clone(),
             done: done_tx.clone(),
-            progress_pct: (visited.fetch_add(1, Ordering::Relaxed) * 100 / total_to_visit).min(100)
-                as u8,
+            progress_pct: (visited * 100 / total_to_visit).min(100) as u8,
         };
-        let (fatal, abort, stop_flag) = (fatal.clone(), abort.clone(), stop_flag.clone());
+        let (stop, record_fatal) = (stop.clone(), record_fatal.clone());
         tasks.spawn(async move {
-            let _permit = permit;
-            let stopped = {
-                let abort = abort.clone();
-                move || stop_flag.load(Ordering::SeqCst) || abort.load(Ordering::SeqCst)
-            };
-            if let Err(e) = ctx.run(index, &stopped).await {
-                abort.store(true, Ordering::SeqCst);
-                let mut f = fatal.lock().unwrap_or_else(|p| p.into_inner());
-                if f.is_none() {
-                    *f = Some(e);
-                }
+            if let Err(e) = put.run(block, digest_b64, &|| stop.now()).await {
+                record_fatal(e);
             }
         });
         while tasks.try_join_next().is_some() {}
     }
+    // Hashers blocked on the channel see it closed; those waiting for a buffer see
+    // the stop.
+    drop(hashed_rx);
     while tasks.join_next().await.is_some() {}
+    for hasher in hasher_tasks {
+        let _ = hasher.await;
+    }
     drop(done_tx);
     let (journal, seen, skipped) = journal_task
         .await
@@ -490,15 +565,127 @@ async fn wait_completed<A: EbsApi>(api: &A, snapshot_id: &str, opts: &UploadOpti
     }
 }
 
-/// Everything one block's task needs.
-struct BlockContext<A> {
+/// Ctrl-C, or a fatal error of any block.
+#[derive(Clone)]
+struct Stop {
+    user: Arc<AtomicBool>,
+    fatal: Arc<AtomicBool>,
+}
+
+impl Stop {
+    fn now(&self) -> bool {
+        self.user.load(Ordering::SeqCst) || self.fatal.load(Ordering::SeqCst)
+    }
+}
+
+/// How long a hasher waits for a free buffer before looking at the stop flags again.
+const BUFFER_WAIT: Duration = Duration::from_millis(50);
+
+/// At most `capacity` block buffers, made on first use and then reused.
+struct BufferPool {
+    state: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+struct PoolState {
+    free: Vec<Vec<u8>>,
+    /// Buffers that exist: free, being read, queued or being sent.
+    made: usize,
+    capacity: usize,
+    /// Hashers waiting for a buffer (so that returning one wakes only when needed).
+    waiting: usize,
+}
+
+impl BufferPool {
+    fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(PoolState {
+                free: Vec::with_capacity(capacity),
+                made: 0,
+                capacity,
+                waiting: 0,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A buffer, waiting for one if all are in use; `None` once the upload stops.
+    fn take(&self, stop: &Stop) -> Option<Vec<u8>> {
+        let mut st = self.lock();
+        loop {
+            if stop.now() {
+                return None;
+            }
+            if let Some(buf) = st.free.pop() {
+                return Some(buf);
+            }
+            if st.made < st.capacity {
+                st.made += 1;
+                return Some(vec![0u8; BLOCK_SIZE as usize]);
+            }
+            st.waiting += 1;
+            st = self
+                .freed
+                .wait_timeout(st, BUFFER_WAIT)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            st.waiting -= 1;
+        }
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        let mut st = self.lock();
+        if buf.len() == BLOCK_SIZE as usize {
+            st.free.push(buf);
+        } else {
+            st.made -= 1;
+        }
+        if st.waiting > 0 {
+            self.freed.notify_one();
+        }
+    }
+
+    /// A buffer that could not be taken back (still shared): another may be made.
+    fn forget_one(&self) {
+        let mut st = self.lock();
+        st.made -= 1;
+        if st.waiting > 0 {
+            self.freed.notify_one();
+        }
+    }
+}
+
+/// A block read and hashed, in its pool buffer.
+struct Hashed {
+    index: u64,
+    buf: Vec<u8>,
+    zero: bool,
+    digest: [u8; 32],
+}
+
+impl Hashed {
+    fn read(image: &dyn BlockSource, index: u64, mut buf: Vec<u8>) -> Result<Self> {
+        read_block(image, index, &mut buf)?;
+        let zero = is_zero(&buf);
+        let digest = sha2::Sha256::digest(&buf).into();
+        Ok(Self {
+            index,
+            buf,
+            zero,
+            digest,
+        })
+    }
+}
+
+/// Everything one block's put needs.
+struct BlockPut<A> {
     api: Arc<A>,
-    image: Arc<dyn BlockSource>,
     snapshot_id: String,
-    hashers: Arc<Semaphore>,
-    pool: Arc<Mutex<Vec<Vec<u8>>>>,
-    parent_blocks: Arc<BTreeMap<u64, String>>,
-    encrypted: bool,
+    pool: Arc<BufferPool>,
     retry: RetryPolicy,
     since: Option<Instant>,
     counters: Arc<Counters>,
@@ -506,69 +693,19 @@ struct BlockContext<A> {
     progress_pct: u8,
 }
 
-impl<A: EbsApi> BlockContext<A> {
-    fn take_buffer(&self) -> Vec<u8> {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        pool.pop().unwrap_or_else(|| vec![0u8; BLOCK_SIZE as usize])
-    }
-
-    fn give_back(&self, buf: Vec<u8>) {
-        if buf.len() == BLOCK_SIZE as usize {
-            self.pool
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(buf);
-        }
-    }
-
-    async fn run(self, index: u64, stopped: &(dyn Fn() -> bool + Sync)) -> Result<()> {
-        // Read, check for zeros and hash, off the async runtime.
-        let buf = self.take_buffer();
-        let permit = self
-            .hashers
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let image = self.image.clone();
-        let (buf, zero, digest) =
-            tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, bool, [u8; 32])> {
-                let _permit = permit;
-                let mut buf = buf;
-                read_block(&*image, index, &mut buf)?;
-                let zero = is_zero(&buf);
-                let digest: [u8; 32] = sha2::Sha256::digest(&buf).into();
-                Ok((buf, zero, digest))
-            })
-            .await
-            .map_err(|e| Error::Invalid(format!("reading block {index} failed: {e}")))??;
-
-        let digest_b64 = crate::b64(&digest);
-        let in_parent = self.parent_blocks.get(&index);
-        let send = if self.encrypted {
-            true
-        } else if zero {
-            // Zeros need writing only where the parent had data.
-            in_parent.is_some()
-        } else {
-            in_parent != Some(&digest_b64)
-        };
-        if !send {
-            self.give_back(buf);
-            let _ = self.done.send(Done {
-                index,
-                digest,
-                zero,
-                written: false,
-            });
-            return Ok(());
-        }
-
-        if stopped() {
-            // Ctrl-C or another block's fatal error: leave this block unconfirmed.
-            self.give_back(buf);
-            return Ok(());
-        }
+impl<A: EbsApi> BlockPut<A> {
+    async fn run(
+        self,
+        block: Hashed,
+        digest_b64: String,
+        stopped: &(dyn Fn() -> bool + Sync),
+    ) -> Result<()> {
+        let Hashed {
+            index,
+            buf,
+            zero,
+            digest,
+        } = block;
         let body = Bytes::from(buf);
         let (r, attempts) = self
             .retry
@@ -582,8 +719,9 @@ impl<A: EbsApi> BlockContext<A> {
                 )
             })
             .await;
-        if let Ok(back) = body.try_into_mut() {
-            self.give_back(back.into());
+        match body.try_into_mut() {
+            Ok(back) => self.pool.give_back(back.into()),
+            Err(_) => self.pool.forget_one(),
         }
         match r {
             Ok(()) => {
@@ -611,5 +749,169 @@ impl<A: EbsApi> BlockContext<A> {
                 source,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ApiError, ApiResult, BlockPage, ErrorKind, FetchedBlock, StartedSnapshot};
+
+    /// An EBS that keeps what it is sent and counts the puts in flight.
+    #[derive(Default)]
+    struct CountingEbs {
+        in_flight: AtomicUsize,
+        peak: AtomicUsize,
+        stored: Mutex<BTreeMap<u64, Bytes>>,
+    }
+
+    impl EbsApi for CountingEbs {
+        async fn start_snapshot(&self, _: StartRequest) -> ApiResult<StartedSnapshot> {
+            Ok(StartedSnapshot {
+                snapshot_id: "snap-1".into(),
+                block_size: Some(BLOCK_SIZE),
+            })
+        }
+        async fn put_block(
+            &self,
+            _: &str,
+            index: u64,
+            data: Bytes,
+            checksum_b64: &str,
+            _: Option<u8>,
+        ) -> ApiResult<()> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let ok = crate::block_checksum(&data) == checksum_b64;
+            self.stored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(index, data);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if ok {
+                Ok(())
+            } else {
+                Err(ApiError::new(ErrorKind::Validation, None, "bad checksum"))
+            }
+        }
+        async fn complete_snapshot(&self, _: &str, _: u64, _: &str) -> ApiResult<()> {
+            Ok(())
+        }
+        async fn snapshot_state(&self, _: &str) -> ApiResult<SnapshotState> {
+            Ok(SnapshotState::Completed)
+        }
+        async fn list_blocks(&self, _: &str, _: Option<String>) -> ApiResult<BlockPage> {
+            Err(ApiError::new(ErrorKind::Other, None, "not used"))
+        }
+        async fn get_block(&self, _: &str, _: u64, _: &str) -> ApiResult<FetchedBlock> {
+            Err(ApiError::new(ErrorKind::Other, None, "not used"))
+        }
+    }
+
+    struct Quiet;
+    impl Progress for Quiet {
+        fn started(&self, _: &str, _: u64) {}
+        fn block(&self, _: u64) {}
+        fn sealing(&self) {}
+    }
+
+    fn options(workers: usize, journal_path: PathBuf) -> UploadOptions {
+        UploadOptions {
+            workers,
+            description: None,
+            tags: Vec::new(),
+            encrypted: false,
+            kms_key_arn: None,
+            parent: None,
+            parent_manifest_path: None,
+            timeout_minutes: 60,
+            journal_path,
+            resume: false,
+            retry: RetryPolicy::default(),
+            completion_timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(10),
+            stop: Arc::new(AtomicBool::new(false)),
+            on_started: Box::new(|_| {}),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_blocks_than_workers_are_in_flight_and_every_block_arrives_intact() {
+        const BLOCKS: u64 = 48;
+        const WORKERS: usize = 3;
+        let dir = std::env::temp_dir().join(format!(
+            "ebs-upload-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("image.raw");
+        let mut rng = fastrand::Rng::with_seed(5);
+        let bytes: Vec<u8> = (0..BLOCKS * BLOCK_SIZE).map(|_| rng.u8(1..)).collect();
+        std::fs::write(&path, &bytes).unwrap();
+
+        let api = Arc::new(CountingEbs::default());
+        let image: Arc<dyn BlockSource> = Arc::new(blockio::FileSource::open(&path).unwrap());
+        let outcome = upload(
+            api.clone(),
+            image,
+            &path,
+            options(WORKERS, dir.join("journal")),
+            Arc::new(Quiet),
+        )
+        .await
+        .unwrap();
+
+        assert_eq!(outcome.blocks_written, BLOCKS);
+        let peak = api.peak.load(Ordering::SeqCst);
+        assert!(
+            (1..=WORKERS).contains(&peak),
+            "{peak} puts in flight with {WORKERS} workers"
+        );
+        let stored = api.stored.lock().unwrap();
+        assert_eq!(stored.len() as u64, BLOCKS);
+        for (index, data) in stored.iter() {
+            let at = (*index * BLOCK_SIZE) as usize;
+            assert!(
+                data[..] == bytes[at..at + BLOCK_SIZE as usize],
+                "block {index}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_pool_makes_at_most_its_capacity_and_reuses_what_comes_back() {
+        let pool = BufferPool::new(2);
+        let stop = Stop {
+            user: Arc::new(AtomicBool::new(false)),
+            fatal: Arc::new(AtomicBool::new(false)),
+        };
+        let a = pool.take(&stop).unwrap();
+        let _b = pool.take(&stop).unwrap();
+        assert_eq!(pool.lock().made, 2);
+        let ptr = a.as_ptr();
+        pool.give_back(a);
+        let again = pool.take(&stop).unwrap();
+        assert_eq!(again.as_ptr(), ptr);
+        assert_eq!(pool.lock().made, 2);
+    }
+
+    #[test]
+    fn a_hasher_waiting_for_a_buffer_gives_up_when_the_upload_stops() {
+        let pool = Arc::new(BufferPool::new(1));
+        let stop = Stop {
+            user: Arc::new(AtomicBool::new(false)),
+            fatal: Arc::new(AtomicBool::new(false)),
+        };
+        let _held = pool.take(&stop).unwrap();
+        let waiter = std::thread::spawn({
+            let (pool, stop) = (pool.clone(), stop.clone());
+            move || pool.take(&stop).is_none()
+        });
+        std::thread::sleep(BUFFER_WAIT);
+        stop.fatal.store(true, Ordering::SeqCst);
+        assert!(waiter.join().unwrap(), "the waiter got no buffer");
     }
 }
