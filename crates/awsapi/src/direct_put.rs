@@ -265,14 +265,7 @@ fn connector_error(e: ConnectorError) -> ApiError {
     } else {
         ErrorKind::Network
     };
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    ApiError::new(kind, None, message)
+    ApiError::new(kind, None, crate::error_chain(&e))
 }
 
 /// A restJson1 error: the type from `x-amzn-ErrorType` or the body's `__type`/`code`,

@@ -139,19 +139,22 @@ pub fn classify_code(code: Option<&str>, status: Option<u16>) -> ErrorKind {
     }
 }
 
+/// An error and its sources, joined by ": ".
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        source = e.source();
+    }
+    s
+}
+
 fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     err: SdkError<E, aws_smithy_runtime_api_http::HttpResponse>,
 ) -> ApiError {
-    let chain = {
-        let mut s = err.to_string();
-        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&err);
-        while let Some(e) = src {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            src = e.source();
-        }
-        s
-    };
+    let chain = error_chain(&err);
     match &err {
         SdkError::TimeoutError(_) => ApiError::new(ErrorKind::Timeout, None, chain),
         SdkError::DispatchFailure(d) => {

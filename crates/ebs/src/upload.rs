@@ -138,12 +138,11 @@ pub async fn upload<A: EbsApi>(
     let started = Instant::now();
     let p = plan(&*image)?;
     let identity = ImageIdentity::of(image_path)?;
-    let stop_flag = opts.stop.clone();
-    let abort = Arc::new(AtomicBool::new(false));
-    let stopped = {
-        let (s, a) = (stop_flag.clone(), abort.clone());
-        move || s.load(Ordering::SeqCst) || a.load(Ordering::SeqCst)
+    let stop = Stop {
+        user: opts.stop.clone(),
+        fatal: Arc::new(AtomicBool::new(false)),
     };
+    let stopped = || stop.now();
 
     // 1. The snapshot: resumed from the journal, or started now.
     let (mut journal, parent, snapshot_started) = if opts.resume {
@@ -286,10 +285,6 @@ pub async fn upload<A: EbsApi>(
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
     let total_to_visit = to_visit.len().max(1) as u64;
     let mut visited = 0u64;
-    let stop = Stop {
-        user: stop_flag.clone(),
-        fatal: abort.clone(),
-    };
 
     // The journal writer: confirmations go to disk as they arrive.
     let journal_task = tokio::task::spawn_blocking({
@@ -360,9 +355,9 @@ pub async fn upload<A: EbsApi>(
     drop(hashed_tx);
 
     let record_fatal = {
-        let (fatal, abort) = (fatal.clone(), abort.clone());
+        let (fatal, stop) = (fatal.clone(), stop.clone());
         move |e: Error| {
-            abort.store(true, Ordering::SeqCst);
+            stop.fatal.store(true, Ordering::SeqCst);
             let mut f = fatal.lock().unwrap_or_else(|p| p.into_inner());
             if f.is_none() {
                 *f = Some(e);
@@ -437,7 +432,7 @@ pub async fn upload<A: EbsApi>(
     if let Some(e) = fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }
-    if stop_flag.load(Ordering::SeqCst) {
+    if stop.user.load(Ordering::SeqCst) {
         return Err(Error::Interrupted { snapshot_id });
     }
 
