@@ -105,7 +105,9 @@ struct Counters {
 }
 
 /// The most block confirmations written to the journal in one write.
-const JOURNAL_BATCH: usize = 256;
+const JOURNAL_BATCH: usize = 1024;
+/// How often the journal writer collects confirmations.
+const JOURNAL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// The first wait before asking again whether the snapshot is completed.
 const FIRST_POLL: Duration = Duration::from_millis(100);
@@ -295,13 +297,19 @@ pub async fn upload<A: EbsApi>(
             let mut last_sync = Instant::now();
             let mut batch = Vec::with_capacity(JOURNAL_BATCH);
             let mut confirmed = Vec::with_capacity(JOURNAL_BATCH);
-            while let Some(first) = done_rx.blocking_recv() {
-                // Whatever else has arrived goes to the journal in the same write.
-                batch.push(first);
+            let mut open = true;
+            while open {
+                // Confirmations are collected every JOURNAL_INTERVAL rather than one
+                // wake-up per block.
+                std::thread::sleep(JOURNAL_INTERVAL);
                 while batch.len() < JOURNAL_BATCH {
                     match done_rx.try_recv() {
                         Ok(d) => batch.push(d),
-                        Err(_) => break,
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
                     }
                 }
                 confirmed.extend(
@@ -576,6 +584,9 @@ impl Stop {
 /// How long a hasher waits for a free buffer before looking at the stop flags again.
 const BUFFER_WAIT: Duration = Duration::from_millis(50);
 
+/// A waiting hasher is woken when 1/WAKE_FRACTION of the buffers are free.
+const WAKE_FRACTION: usize = 16;
+
 /// At most `capacity` block buffers, made on first use and then reused.
 struct BufferPool {
     state: Mutex<PoolState>,
@@ -639,7 +650,9 @@ impl BufferPool {
         } else {
             st.made -= 1;
         }
-        if st.waiting > 0 {
+        // Wake a waiting hasher once a few buffers are free, so that it reads several
+        // blocks per wake-up instead of one.
+        if st.waiting > 0 && st.free.len() >= st.capacity.div_ceil(WAKE_FRACTION) {
             self.freed.notify_one();
         }
     }
