@@ -497,6 +497,45 @@ mod tests {
     }
 
     #[test]
+    fn keys_may_end_in_a_punctuation_character_of_their_alphabet() {
+        // Base64 keys end in '/' or '+' one time in 32, base64url keys in '-' one time
+        // in 64: a trailing word boundary would miss them.
+        let scanner = Scanner::new();
+        let aws = format!(
+            "aws_secret_access_key = {}/\n",
+            &"wJalrXUtnFEMIK7MDENGbPxRfiCY".repeat(2)[..39]
+        );
+        let found = scanner.scan(aws.as_bytes());
+        assert!(
+            found.iter().any(|m| m.rule.id == "aws-secret-access-key"),
+            "{found:?}"
+        );
+        let sendgrid = format!(
+            "SENDGRID_API_KEY=SG.{}.{}-\n",
+            "a1B2c3D4e5F6g7H8i9J0kL",
+            &"Zx9_Qw7-Lm3Np5Rt".repeat(3)[..42]
+        );
+        let found = scanner.scan(sendgrid.as_bytes());
+        assert!(
+            found.iter().any(|m| m.rule.id == "sendgrid-api-key"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_key_one_character_longer_than_its_format_is_not_that_key() {
+        let aws = format!(
+            "aws_secret_access_key = {}\n",
+            &"wJalrXUtnFEMIK7MDENG/bPxRfiCY+".repeat(2)[..41]
+        );
+        let found = Scanner::new().scan(aws.as_bytes());
+        assert!(
+            !found.iter().any(|m| m.rule.id == "aws-secret-access-key"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn a_secret_longer_than_its_pattern_is_redacted_to_its_end() {
         let token = format!("pypi-AgEIcHlwaS5vcmc{}", "Zx9_Qw7-Lm3Np5Rt".repeat(6));
         let m = Scanner::new().scan(format!("password = {token}\n").as_bytes());

@@ -176,7 +176,7 @@ pub const RULES: &[Rule] = &[
         kind: Cloud,
         severity: Critical,
         keywords: &["secret_access_key", "secretaccesskey", "secret-access-key"],
-        regex: r#"(?i)secret[_-]?access[_-]?key["']?\s*[:=]\s*["']?([A-Za-z0-9/+]{40})\b"#,
+        regex: r#"(?i)secret[_-]?access[_-]?key["']?\s*[:=]\s*["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
         min_entropy: Some(3.5),
     },
     Rule {
@@ -404,7 +404,7 @@ pub const RULES: &[Rule] = &[
         kind: ApiKey,
         severity: High,
         keywords: &["SG."],
-        regex: r"\b(SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})\b",
+        regex: r"\b(SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})(?:[^A-Za-z0-9_\-]|$)",
         min_entropy: None,
     },
     Rule {
