@@ -10,9 +10,10 @@
 //!   timeout) are the ones the SDK itself used for an earlier EBS call, recorded by
 //!   [`TransportRecorder`], so endpoint rules, `AWS_ENDPOINT_URL(_EBS)` and the TLS
 //!   setup are never re-implemented here;
-//! - the request is signed with `aws-sigv4` exactly as the SDK signs this operation
-//!   (SigV4, `UNSIGNED-PAYLOAD`, service `ebs`), with credentials from the same
-//!   provider chain, cached until shortly before they expire;
+//! - the request is signed with `aws-sigv4` with the settings the SDK's generated
+//!   code uses for this operation (SigV4, service `ebs`, `x-amz-content-sha256:
+//!   UNSIGNED-PAYLOAD`), with credentials from the same provider chain, cached until
+//!   shortly before they expire;
 //! - errors are classified from the restJson1 error type and the HTTP status, like
 //!   the SDK path's.
 //!
@@ -21,7 +22,10 @@
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode,
+};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::http::{
@@ -229,7 +233,7 @@ impl DirectPut {
             .region(&self.region)
             .name("ebs")
             .time(SystemTime::now())
-            .settings(SigningSettings::default())
+            .settings(signing_settings())
             .build()
             .map_err(|e| invalid(format!("signing: {e}")))?
             .into();
@@ -241,7 +245,8 @@ impl DirectPut {
             request.method().as_str(),
             request.uri().to_string(),
             headers,
-            // As the SDK signs PutSnapshotBlock: the body is not part of the signature.
+            // The body is not part of the signature; `x-amz-content-sha256:
+            // UNSIGNED-PAYLOAD` tells the service so.
             SignableBody::UnsignedPayload,
         )
         .map_err(|e| invalid(format!("signing: {e}")))?;
@@ -251,6 +256,18 @@ impl DirectPut {
         instructions.apply_to_request_http1x(request);
         Ok(())
     }
+}
+
+/// The settings the SDK signs PutSnapshotBlock with (its generated operation sets
+/// `double_uri_encode`, `normalize_uri_path` and `content_sha256_header`). The last
+/// one adds a signed `x-amz-content-sha256` header: without it the service hashes the
+/// body itself and the `UNSIGNED-PAYLOAD` signature does not match.
+fn signing_settings() -> SigningSettings {
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Double;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Enabled;
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    settings
 }
 
 fn invalid(message: String) -> ApiError {

@@ -4,8 +4,10 @@
 //! signature matches the one the server computes with the configured secret key over
 //! the headers the client says it signed, the method, the path and query, the
 //! credential scope and `x-amz-date` (at most 15 minutes off, as AWS allows). The
-//! payload counts as `UNSIGNED-PAYLOAD` or as its SHA-256, whichever the client
-//! used: EBS PutSnapshotBlock is signed unsigned, everything else with the hash.
+//! payload hash is what `x-amz-content-sha256` declares (`UNSIGNED-PAYLOAD`, as the
+//! SDK sends for PutSnapshotBlock, or the body's SHA-256), and the body's SHA-256
+//! when that header is absent: a request signed as unsigned without saying so is
+//! refused, as AWS refuses it.
 //!
 //! The server recomputes with `aws-sigv4`, the signer the SDK uses, so this catches a
 //! request that was changed after signing or signed with the wrong scope, headers or
@@ -13,6 +15,9 @@
 
 use axum::http::HeaderMap;
 use std::time::{Duration, SystemTime};
+
+/// The declared payload hash of a request whose body is not signed.
+const UNSIGNED: &str = "UNSIGNED-PAYLOAD";
 
 /// How far x-amz-date may be from the server's clock.
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
@@ -136,23 +141,27 @@ pub(crate) fn check(
         .build()
         .map_err(|e| Refused(format!("signing parameters: {e}")))?
         .into();
+    // As AWS does: the payload hash is the one x-amz-content-sha256 declares
+    // (UNSIGNED-PAYLOAD included), which must then be the body's; without that header
+    // it is the body's SHA-256.
     let body_hash = hex(&sha2::Sha256::digest(body));
-    let payloads = match header("x-amz-content-sha256") {
-        Some(declared) => vec![SignableBody::Precomputed(declared.to_string())],
-        None => vec![
-            SignableBody::UnsignedPayload,
-            SignableBody::Precomputed(body_hash),
-        ],
-    };
-    for payload in payloads {
-        let request = SignableRequest::new(method, uri.as_str(), signed.iter().copied(), payload)
-            .map_err(|e| Refused(format!("unsignable request: {e}")))?;
-        let (_, signature) = sign(request, &params)
-            .map_err(|e| Refused(format!("signing: {e}")))?
-            .into_parts();
-        if signature == auth.signature {
-            return Ok(());
+    let payload = match header("x-amz-content-sha256") {
+        Some(UNSIGNED) => SignableBody::UnsignedPayload,
+        Some(declared) if declared == body_hash => SignableBody::Precomputed(body_hash),
+        Some(declared) => {
+            return Err(Refused(format!(
+                "x-amz-content-sha256 {declared} is not the SHA-256 of the body"
+            )))
         }
+        None => SignableBody::Precomputed(body_hash),
+    };
+    let request = SignableRequest::new(method, uri.as_str(), signed.iter().copied(), payload)
+        .map_err(|e| Refused(format!("unsignable request: {e}")))?;
+    let (_, signature) = sign(request, &params)
+        .map_err(|e| Refused(format!("signing: {e}")))?
+        .into_parts();
+    if signature == auth.signature {
+        return Ok(());
     }
     Err(Refused(format!(
         "the signature does not match what {} signs for {method} {path_and_query} with headers {}",
@@ -189,12 +198,18 @@ mod tests {
         use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
         let identity =
             aws_credential_types::Credentials::new("AKID", secret, None, None, "test").into();
+        let mut settings = SigningSettings::default();
+        if matches!(body, SignableBodyKind::Unsigned) {
+            // As the SDK signs PutSnapshotBlock: x-amz-content-sha256 says so.
+            settings.payload_checksum_kind =
+                aws_sigv4::http_request::PayloadChecksumKind::XAmzSha256;
+        }
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)
             .region("us-east-1")
             .name("ebs")
             .time(SystemTime::now())
-            .settings(SigningSettings::default())
+            .settings(settings)
             .build()
             .unwrap()
             .into();
@@ -203,7 +218,9 @@ mod tests {
         headers.insert("x-amz-checksum", "abc=".parse().unwrap());
         let hash;
         let body = match body {
-            SignableBodyKind::Unsigned => SignableBody::UnsignedPayload,
+            SignableBodyKind::Unsigned | SignableBodyKind::UnsignedUndeclared => {
+                SignableBody::UnsignedPayload
+            }
             SignableBodyKind::Hashed(b) => {
                 use sha2::Digest;
                 hash = hex(&sha2::Sha256::digest(b));
@@ -227,7 +244,10 @@ mod tests {
     }
 
     enum SignableBodyKind {
+        /// Not signed, and `x-amz-content-sha256: UNSIGNED-PAYLOAD` says so.
         Unsigned,
+        /// Not signed, without saying so.
+        UnsignedUndeclared,
         Hashed(&'static [u8]),
     }
 
@@ -245,6 +265,13 @@ mod tests {
         let mut unsigned = h;
         unsigned.remove("authorization");
         assert!(check("testing", "PUT", path, &unsigned, b"").is_err());
+    }
+
+    #[test]
+    fn an_unsigned_body_must_be_declared_unsigned() {
+        let path = "/snapshots/snap-1/blocks/7";
+        let h = signed_headers("testing", path, SignableBodyKind::UnsignedUndeclared);
+        assert!(check("testing", "PUT", path, &h, b"block").is_err());
     }
 
     #[test]
