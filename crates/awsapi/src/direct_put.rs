@@ -46,7 +46,8 @@ use std::time::{Duration, SystemTime};
 /// Credentials this close to expiring are fetched again before signing.
 const CREDENTIALS_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 
-/// The longest error body read back: EBS error documents are a few hundred bytes.
+/// The most of an error body that is parsed: EBS error documents are a few hundred
+/// bytes.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// Where EBS requests go and how they get there, as the SDK resolved it.
@@ -209,17 +210,7 @@ impl DirectPut {
             .headers()
             .get("x-amzn-errortype")
             .map(str::to_string);
-        let body = ByteStream::new(response.into_body())
-            .collect()
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorKind::Network,
-                    None,
-                    format!("reading the response: {e}"),
-                )
-            })?
-            .into_bytes();
+        let body = crate::read_body(ByteStream::new(response.into_body()), "the response").await?;
         if (200..300).contains(&status) {
             return Ok(());
         }

@@ -139,6 +139,15 @@ pub fn classify_code(code: Option<&str>, status: Option<u16>) -> ErrorKind {
     }
 }
 
+/// A whole response body; a connection that breaks while it is read is a network
+/// error (retryable).
+pub(crate) async fn read_body(body: ByteStream, what: &str) -> ApiResult<bytes::Bytes> {
+    body.collect()
+        .await
+        .map(|b| b.into_bytes())
+        .map_err(|e| ApiError::new(ErrorKind::Network, None, format!("reading {what}: {e}")))
+}
+
 /// An error and its sources, joined by ": ".
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut s = err.to_string();
@@ -371,18 +380,7 @@ impl EbsApi for SdkEbs {
             .await
             .map_err(classify)?;
         let checksum = out.checksum().map(str::to_string);
-        let data = out
-            .block_data
-            .collect()
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorKind::Network,
-                    None,
-                    format!("reading block {index}: {e}"),
-                )
-            })?
-            .into_bytes();
+        let data = read_body(out.block_data, &format!("block {index}")).await?;
         Ok(FetchedBlock { data, checksum })
     }
 }

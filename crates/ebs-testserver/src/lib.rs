@@ -9,9 +9,9 @@
 //! - pending → completed after a configurable delay, and the idle Timeout;
 //! - ClientToken idempotency (same token, other parameters: ConflictException);
 //! - the encryption flag. Unwritten blocks of an encrypted snapshot read back as
-//!   garbage, as AWS users report, so skipping zero blocks there is caught.
-//!
-//! - SigV4 signatures, against a configured secret key (see [`sigv4`](crate::Config::secret_access_key)).
+//!   garbage, as AWS users report, so skipping zero blocks there is caught;
+//! - every request's SigV4 signature, against
+//!   [`Config::secret_access_key`](crate::Config::secret_access_key).
 //!
 //! Faults: throttling and 500s with the real error shapes, connection resets, slow
 //! answers, "snapshot not found" for the first K puts of each snapshot, and

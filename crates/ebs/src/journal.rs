@@ -187,11 +187,6 @@ impl Journal {
         })
     }
 
-    /// Records a confirmed block.
-    pub fn record(&mut self, index: u64, digest: &[u8; 32]) -> Result<()> {
-        self.record_all(&[(index, *digest)])
-    }
-
     /// Records confirmed blocks with one write, so that a killed process leaves
     /// whole lines behind and a busy upload makes one system call per batch.
     pub fn record_all(&mut self, blocks: &[(u64, [u8; 32])]) -> Result<()> {
@@ -277,8 +272,7 @@ mod tests {
             JournalHeader::new("snap-1", Path::new("x.img"), id, 1, false),
         )
         .unwrap();
-        j.record(5, &[7u8; 32]).unwrap();
-        j.record(9, &[8u8; 32]).unwrap();
+        j.record_all(&[(5, [7u8; 32]), (9, [8u8; 32])]).unwrap();
         drop(j);
         std::fs::OpenOptions::new()
             .append(true)
