@@ -211,10 +211,9 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn init_logging(verbose: u8) {
-    // fatfs logs layout oddities of valid filesystems as warnings; they are not ours.
     let default = match verbose {
-        0 => "warn,fatfs=error",
-        1 => "info,fatfs=error",
+        0 => "warn",
+        1 => "info",
         _ => "debug",
     };
     let filter =

@@ -1,5 +1,7 @@
-//! ext2/3/4 through `ext4-view`, reading through a positional source.
+//! ext2/3/4 through `ext4-view`, reading through a positional source, and the
+//! routing of the layouts it refuses to [`crate::ext_tolerant`].
 
+use crate::ext_tolerant::{self as tolerant, TolerantExt};
 use crate::{show, DirEntry, Error, FileKind, Filesystem, FsKind, Metadata, Result};
 use blockio::BlockSource;
 use ext4_view::{Ext4, Ext4Error, Ext4Read, FileType, Path};
@@ -17,7 +19,77 @@ impl Ext4Read for Reader {
     }
 }
 
-/// An ext2/3/4 filesystem.
+/// ro_compat metadata_csum: with 128-byte inodes, ext4-view wants a checksum field
+/// that only larger inodes have.
+const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+
+/// Why ext4-view would refuse a volume the kernel reads, from its superblock.
+fn refused_by_ext4_view(sb: &[u8]) -> Option<String> {
+    let le32 = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
+    let incompat = le32(0x60);
+    let ro_compat = le32(0x64);
+    let inode_size = if le32(0x4c) == 0 {
+        128
+    } else {
+        u16::from_le_bytes([sb[0x58], sb[0x59]])
+    };
+    let mut why = Vec::new();
+    if incompat & tolerant::INCOMPAT_FILETYPE == 0 {
+        why.push("its directory entries carry no file type (no filetype feature)".to_string());
+    }
+    if inode_size == 128 && ro_compat & RO_COMPAT_METADATA_CSUM != 0 {
+        why.push("128-byte inodes on a metadata_csum volume".into());
+    }
+    let features = [
+        (tolerant::INCOMPAT_META_BG, "meta_bg"),
+        (tolerant::INCOMPAT_MMP, "mmp"),
+        (tolerant::INCOMPAT_EA_INODE, "ea_inode"),
+        (tolerant::INCOMPAT_LARGEDIR, "largedir"),
+        (tolerant::INCOMPAT_INLINE_DATA, "inline_data"),
+    ];
+    let used: Vec<&str> = features
+        .iter()
+        .filter(|(bit, _)| incompat & bit != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if !used.is_empty() {
+        why.push(format!("it uses {}", used.join(", ")));
+    }
+    (!why.is_empty()).then(|| format!("ext4-view does not read {}", why.join("; ")))
+}
+
+/// Opens an ext2/3/4 volume with ext4-view, or with amiforge's own reader where
+/// ext4-view refuses what the kernel reads.
+pub(crate) fn open(source: Arc<dyn BlockSource>, kind: FsKind) -> Result<Box<dyn Filesystem>> {
+    let mut sb = vec![0u8; 1024];
+    source
+        .read_exact_at(&mut sb, 1024)
+        .map_err(|e| Error::Read {
+            path: "(superblock)".into(),
+            source: Box::new(e),
+        })?;
+    if sb[0x38..0x3a] != [0x53, 0xef] {
+        return Err(Error::Corrupt {
+            kind: kind.name(),
+            path: None,
+            reason: "no ext superblock magic".into(),
+        });
+    }
+    if let Some(why) = refused_by_ext4_view(&sb) {
+        return Ok(Box::new(TolerantExt::open(source, kind, why)?));
+    }
+    match Ext4Fs::open(source.clone(), kind) {
+        Ok(fs) => Ok(Box::new(fs)),
+        Err(Error::Unsupported { reason, .. }) => Ok(Box::new(TolerantExt::open(
+            source,
+            kind,
+            format!("ext4-view refused it: {reason}"),
+        )?)),
+        Err(e) => Err(e),
+    }
+}
+
+/// An ext2/3/4 filesystem read by ext4-view.
 pub(crate) struct Ext4Fs {
     fs: Ext4,
     kind: FsKind,

@@ -4,8 +4,11 @@
 //!   ones amiforge recognises but cannot read (XFS, btrfs, LVM2, LUKS, swap, squashfs,
 //!   erofs, NTFS, ISO9660).
 //! - [`open`] gives a [`Filesystem`] for the readable kinds: ext2/3/4 through
-//!   `ext4-view` and FAT12/16/32 through `fatfs`. Neither can write to the image: the
-//!   sources are read-only and the FAT adapter refuses every write.
+//!   `ext4-view`, or through amiforge's own tolerant reader for the old and unusual
+//!   layouts `ext4-view` refuses (128-byte inodes, no filetype, inline data...), and
+//!   FAT12/16/32 through a reader of our own that follows the Linux kernel's rules.
+//!   Sources are read-only, and data past the end of the image is an error, never a
+//!   short file.
 //! - [`unallocated`] lists the bytes of an ext or FAT volume that no file owns, where
 //!   deleted files' data survives.
 //! - [`walk`] visits every entry of a filesystem, bounded in depth and count, and
@@ -16,8 +19,10 @@
 //! outside the image.
 
 mod ext4;
+mod ext_tolerant;
 mod fat;
 mod probe;
+pub mod raid;
 mod unallocated;
 mod walk;
 
@@ -25,7 +30,7 @@ use serde::Serialize;
 use std::io::Read;
 use std::sync::Arc;
 
-pub use probe::{probe, FsKind};
+pub use probe::{probe, probe_all, probe_bytes, FsKind};
 pub use unallocated::unallocated;
 pub use walk::{walk, WalkEntry, WalkLimits, WalkOutcome, WalkProblem};
 
@@ -170,14 +175,29 @@ pub trait Filesystem {
     /// Opens a regular file for reading, following symlinks inside the image.
     fn open(&self, path: &[u8]) -> Result<Box<dyn std::io::Read + '_>>;
 
-    /// Streams a regular file into `out`; returns the bytes copied.
+    /// What was unusual about the volume but did not stop it being read: a layout
+    /// another reader would refuse, a journal not replayed.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Streams a regular file into `out`; returns the bytes copied. A file whose
+    /// data ends before its recorded size is an error, never a short copy.
     fn copy_to(&self, path: &[u8], out: &mut dyn std::io::Write) -> Result<u64> {
+        let size = self.stat(path)?.size;
         let mut file = self.open(path)?;
         let mut buf = vec![0u8; COPY_CHUNK];
         let mut total = 0u64;
         loop {
             let n = file.read(&mut buf).map_err(|e| read_error(path, e))?;
             if n == 0 {
+                if total != size {
+                    return Err(Error::Corrupt {
+                        kind: self.kind().name(),
+                        path: Some(show(path)),
+                        reason: format!("file data ends after {total} of {size} bytes"),
+                    });
+                }
                 return Ok(total);
             }
             out.write_all(&buf[..n]).map_err(|e| Error::Read {
@@ -328,9 +348,7 @@ pub fn join(parts: &[Vec<u8>]) -> Vec<u8> {
 /// Opens a readable filesystem on `source`. `kind` comes from [`probe`].
 pub fn open(source: Arc<dyn blockio::BlockSource>, kind: FsKind) -> Result<Box<dyn Filesystem>> {
     match kind {
-        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => {
-            Ok(Box::new(ext4::Ext4Fs::open(source, kind)?))
-        }
+        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => ext4::open(source, kind),
         FsKind::Vfat => Ok(Box::new(fat::FatFs::open(source)?)),
         other => Err(Error::Unsupported {
             kind: other.name(),

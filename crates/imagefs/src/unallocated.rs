@@ -171,58 +171,25 @@ fn ext(source: &dyn BlockSource, kind: FsKind) -> Result<Vec<Range<u64>>> {
 
 fn fat(source: &dyn BlockSource) -> Result<Vec<Range<u64>>> {
     let kind = FsKind::Vfat;
-    let b = read(source, kind, 0, 512)?;
-    crate::fat::check_bpb(&b).map_err(|r| corrupt(kind, format!("boot sector: {r}")))?;
-    let bps = u64::from(le16(&b, 11));
-    let spc = u64::from(b[13]);
-    let reserved = u64::from(le16(&b, 14));
-    let fats = u64::from(b[16]);
-    let root_entries = u64::from(le16(&b, 17));
-    let total = match le16(&b, 19) {
-        0 => u64::from(le32(&b, 32)),
-        n => u64::from(n),
-    };
-    let per_fat = match le16(&b, 22) {
-        0 => u64::from(le32(&b, 36)),
-        n => u64::from(n),
-    };
-    let root_sectors = (root_entries * 32).div_ceil(bps);
-    let first_data = reserved + fats * per_fat + root_sectors;
-    let clusters = (total - first_data) / spc;
-    // The FAT type follows from the cluster count alone (Microsoft's FAT spec).
-    let bits: u64 = if clusters < 4085 {
-        12
-    } else if clusters < 65525 {
-        16
-    } else {
-        32
-    };
-    let table_len = (per_fat * bps).min((clusters + 2) * bits / 8 + 2);
+    let l = crate::fat::layout(source)?;
+    let table_len = l
+        .fat_bytes
+        .min((l.clusters + 2) * u64::from(l.bits) / 8 + 2);
     if table_len > FAT_TABLE_LIMIT {
         return Err(corrupt(kind, format!("a FAT of {table_len} bytes")));
     }
-    let table = read(source, kind, reserved * bps, table_len as usize)?;
-    let entry = |c: u64| -> Option<u32> {
-        match bits {
-            12 => {
-                let at = (c * 3 / 2) as usize;
-                let v = u32::from(le16(table.get(at..at + 2)?, 0));
-                Some(if c % 2 == 0 { v & 0xfff } else { v >> 4 })
-            }
-            16 => Some(u32::from(le16(table.get((c * 2) as usize..)?, 0))),
-            _ => Some(le32(table.get((c * 4) as usize..)?, 0) & 0x0fff_ffff),
-        }
-    };
-    let cluster_bytes = spc * bps;
-    let data_start = first_data * bps;
+    let table = read(source, kind, l.fat_offset, table_len as usize)?;
     let mut out = Vec::new();
     // A hostile cluster count cannot outrun the FAT: clusters past its end have no
     // entry and cannot be told apart, so they count as allocated and are not visited.
-    let last = (clusters + 2).min(table.len() as u64 * 8 / bits);
-    for c in 2..last {
-        if entry(c) == Some(0) {
-            let start = data_start + (c - 2) * cluster_bytes;
-            push_merged(&mut out, start..start + cluster_bytes);
+    for c in 2..l.clusters + 2 {
+        match l.entry_in(&table, c) {
+            Some(0) => {
+                let start = l.cluster_offset(c);
+                push_merged(&mut out, start..start + l.cluster_bytes);
+            }
+            Some(_) => {}
+            None => break,
         }
     }
     Ok(out)

@@ -1,0 +1,967 @@
+//! ext2/3/4 read by amiforge's own reader, for the layouts the kernel reads and
+//! `ext4-view` refuses: 128-byte inodes on a metadata_csum volume, directory entries
+//! without a file type (ext2 made without `filetype`, old roots upgraded in place),
+//! inline data, meta_bg, MMP, ea_inode and largedir, and a journal that needs a
+//! replay `ext4-view` cannot do. [`crate::ext4`] routes a volume here only when
+//! `ext4-view` would refuse it, so the common case keeps its checksum verification
+//! and journal replay.
+//!
+//! This reader verifies no checksums and replays no journal; what it could not do
+//! is said in [`TolerantExt::notes`]. Every count and offset read from the volume is
+//! bounded before it is used: no hostile value makes it allocate without bound,
+//! loop, or read outside the source.
+
+use crate::{show, DirEntry, Error, FileKind, Filesystem, FsKind, Metadata, Result};
+use blockio::BlockSource;
+use std::io::{self, Read};
+use std::sync::Arc;
+
+/// Where the superblock lives, whatever the block size.
+const SUPERBLOCK: u64 = 1024;
+const MAGIC: u16 = 0xef53;
+const ROOT_INODE: u32 = 2;
+
+/// s_feature_compat: sparse_super2 keeps at most two backup superblocks.
+const COMPAT_SPARSE_SUPER2: u32 = 0x200;
+/// s_feature_ro_compat: superblock backups only in groups 0, 1 and powers of 3, 5, 7.
+const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
+
+/// s_feature_incompat bits.
+pub(crate) const INCOMPAT_COMPRESSION: u32 = 0x1;
+pub(crate) const INCOMPAT_FILETYPE: u32 = 0x2;
+pub(crate) const INCOMPAT_RECOVER: u32 = 0x4;
+pub(crate) const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
+pub(crate) const INCOMPAT_META_BG: u32 = 0x10;
+const INCOMPAT_EXTENTS: u32 = 0x40;
+const INCOMPAT_64BIT: u32 = 0x80;
+pub(crate) const INCOMPAT_MMP: u32 = 0x100;
+const INCOMPAT_FLEX_BG: u32 = 0x200;
+pub(crate) const INCOMPAT_EA_INODE: u32 = 0x400;
+pub(crate) const INCOMPAT_DIRDATA: u32 = 0x1000;
+const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+pub(crate) const INCOMPAT_LARGEDIR: u32 = 0x4000;
+pub(crate) const INCOMPAT_INLINE_DATA: u32 = 0x8000;
+const INCOMPAT_ENCRYPT: u32 = 0x10000;
+const INCOMPAT_CASEFOLD: u32 = 0x20000;
+/// What this reader understands. Compression and Lustre's dirdata are refused, and a
+/// journal device holds no files.
+const INCOMPAT_READABLE: u32 = INCOMPAT_FILETYPE
+    | INCOMPAT_RECOVER
+    | INCOMPAT_META_BG
+    | INCOMPAT_EXTENTS
+    | INCOMPAT_64BIT
+    | INCOMPAT_MMP
+    | INCOMPAT_FLEX_BG
+    | INCOMPAT_EA_INODE
+    | INCOMPAT_CSUM_SEED
+    | INCOMPAT_LARGEDIR
+    | INCOMPAT_INLINE_DATA
+    | INCOMPAT_ENCRYPT
+    | INCOMPAT_CASEFOLD;
+
+/// i_flags bits.
+const FLAG_ENCRYPT: u32 = 0x800;
+const FLAG_EXTENTS: u32 = 0x80000;
+const FLAG_INLINE_DATA: u32 = 0x1000_0000;
+
+/// The inode's block map or extent root, and where inline data starts.
+const I_BLOCK: usize = 0x28;
+const I_BLOCK_LEN: usize = 60;
+/// Fields past the 128-byte base inode start here.
+const BASE_INODE: usize = 128;
+const EXTENT_MAGIC: u16 = 0xf30a;
+/// The kernel's limit on extent tree depth (EXT4_MAX_EXTENT_DEPTH).
+const MAX_EXTENT_DEPTH: u16 = 5;
+/// An extent longer than this is unwritten (preallocated): it reads as zeros.
+const EXTENT_INIT_MAX: u16 = 32768;
+/// In-inode extended attributes start with this magic.
+const XATTR_MAGIC: u32 = 0xea02_0000;
+/// Inline data beyond i_block lives in the "system.data" attribute.
+const XATTR_INDEX_SYSTEM: u8 = 7;
+
+/// Most runs a file may map to. A real file has few; a hostile one is refused
+/// before its map outgrows memory.
+const MAX_RUNS: usize = 1 << 22;
+/// Largest directory read whole (a largedir of several million entries fits).
+const MAX_DIR_BYTES: u64 = 256 << 20;
+/// Largest group descriptor table loaded: 64 MiB holds a million groups.
+const MAX_DESCRIPTOR_BYTES: u64 = 64 << 20;
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The superblock fields this reader uses.
+#[derive(Debug, Clone)]
+pub(crate) struct Superblock {
+    pub block_size: u64,
+    pub blocks: u64,
+    pub inodes: u64,
+    pub first_data_block: u64,
+    pub blocks_per_group: u64,
+    pub inodes_per_group: u64,
+    pub inode_size: u64,
+    pub desc_size: u64,
+    pub compat: u32,
+    pub incompat: u32,
+    pub ro_compat: u32,
+    pub first_meta_bg: u64,
+    pub backup_groups: [u64; 2],
+}
+
+impl Superblock {
+    /// Parses and bounds the superblock (1024 bytes at byte 1024).
+    pub(crate) fn parse(sb: &[u8]) -> std::result::Result<Self, String> {
+        if sb.len() < 1024 || le16(sb, 0x38) != MAGIC {
+            return Err("no ext superblock magic".into());
+        }
+        let log = le32(sb, 0x18);
+        if log > 6 {
+            return Err(format!("block size 2^(10+{log}) is impossible"));
+        }
+        let block_size = 1024u64 << log;
+        let incompat = le32(sb, 0x60);
+        let is_64 = incompat & INCOMPAT_64BIT != 0;
+        let mut blocks = u64::from(le32(sb, 0x04));
+        if is_64 {
+            blocks |= u64::from(le32(sb, 0x150)) << 32;
+        }
+        let rev = le32(sb, 0x4c);
+        let inode_size = if rev == 0 {
+            128
+        } else {
+            u64::from(le16(sb, 0x58))
+        };
+        if !inode_size.is_power_of_two() || inode_size < 128 || inode_size > block_size {
+            return Err(format!("inode size {inode_size}"));
+        }
+        let desc_size = if is_64 { u64::from(le16(sb, 0xfe)) } else { 32 };
+        if !(32..=1024).contains(&desc_size) || !desc_size.is_power_of_two() {
+            return Err(format!("group descriptor size {desc_size}"));
+        }
+        let blocks_per_group = u64::from(le32(sb, 0x20));
+        let inodes_per_group = u64::from(le32(sb, 0x28));
+        if blocks_per_group == 0 || blocks_per_group > block_size * 8 {
+            return Err(format!("{blocks_per_group} blocks per group"));
+        }
+        if inodes_per_group == 0 || inodes_per_group > block_size * 8 {
+            return Err(format!("{inodes_per_group} inodes per group"));
+        }
+        let first_data_block = u64::from(le32(sb, 0x14));
+        if first_data_block >= blocks {
+            return Err(format!(
+                "first data block {first_data_block} of {blocks} blocks"
+            ));
+        }
+        Ok(Self {
+            block_size,
+            blocks,
+            inodes: u64::from(le32(sb, 0x00)),
+            first_data_block,
+            blocks_per_group,
+            inodes_per_group,
+            inode_size,
+            desc_size,
+            compat: le32(sb, 0x5c),
+            incompat,
+            ro_compat: le32(sb, 0x64),
+            first_meta_bg: u64::from(le32(sb, 0x104)),
+            backup_groups: [u64::from(le32(sb, 0x24c)), u64::from(le32(sb, 0x250))],
+        })
+    }
+
+    fn groups(&self) -> u64 {
+        (self.blocks - self.first_data_block).div_ceil(self.blocks_per_group)
+    }
+
+    /// Whether group `g` holds a superblock backup (and so its descriptors follow it).
+    fn has_super(&self, g: u64) -> bool {
+        if g == 0 {
+            return true;
+        }
+        if self.compat & COMPAT_SPARSE_SUPER2 != 0 {
+            return self.backup_groups.contains(&g);
+        }
+        if self.ro_compat & RO_COMPAT_SPARSE_SUPER == 0 || g == 1 {
+            return true;
+        }
+        [3u64, 5, 7].iter().any(|&base| {
+            let mut p = base;
+            while p < g {
+                p *= base;
+            }
+            p == g
+        })
+    }
+
+    /// The block holding descriptor block `nr` (the kernel's descriptor_loc).
+    fn descriptor_block(&self, nr: u64) -> u64 {
+        if self.incompat & INCOMPAT_META_BG == 0 || nr < self.first_meta_bg {
+            return self.first_data_block + 1 + nr;
+        }
+        let group = nr * (self.block_size / self.desc_size);
+        self.first_data_block + group * self.blocks_per_group + u64::from(self.has_super(group))
+    }
+}
+
+/// One inode, as far as reading needs it.
+#[derive(Debug, Clone)]
+struct Inode {
+    mode: u16,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: i64,
+    flags: u32,
+    raw: Vec<u8>,
+}
+
+impl Inode {
+    fn kind(&self) -> FileKind {
+        match self.mode & 0xf000 {
+            0x4000 => FileKind::Dir,
+            0xa000 => FileKind::Symlink,
+            0x2000 => FileKind::CharDevice,
+            0x6000 => FileKind::BlockDevice,
+            0x1000 => FileKind::Fifo,
+            0xc000 => FileKind::Socket,
+            _ => FileKind::File,
+        }
+    }
+
+    fn metadata(&self) -> Metadata {
+        Metadata {
+            kind: self.kind(),
+            mode: u32::from(self.mode) & 0o7777,
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            mtime: self.mtime,
+        }
+    }
+
+    fn i_block(&self) -> &[u8] {
+        &self.raw[I_BLOCK..I_BLOCK + I_BLOCK_LEN]
+    }
+}
+
+/// A mapped piece of a file: `len` blocks from logical block `logical` at physical
+/// block `physical`; unwritten extents read as zeros.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    logical: u64,
+    physical: u64,
+    len: u64,
+    zeros: bool,
+}
+
+/// An ext2/3/4 volume read by amiforge's own reader.
+pub(crate) struct TolerantExt {
+    source: Arc<dyn BlockSource>,
+    sb: Superblock,
+    kind: FsKind,
+    /// Each group's inode table block.
+    inode_tables: Vec<u64>,
+    notes: Vec<String>,
+}
+
+fn corrupt(kind: FsKind, path: Option<&[u8]>, reason: String) -> Error {
+    Error::Corrupt {
+        kind: kind.name(),
+        path: path.map(show),
+        reason,
+    }
+}
+
+impl TolerantExt {
+    /// Opens the volume; `why` says why `ext4-view` was not used, for the notes.
+    pub(crate) fn open(source: Arc<dyn BlockSource>, kind: FsKind, why: String) -> Result<Self> {
+        let mut raw = vec![0u8; 1024];
+        source
+            .read_exact_at(&mut raw, SUPERBLOCK)
+            .map_err(|e| Error::Read {
+                path: "(superblock)".into(),
+                source: Box::new(e),
+            })?;
+        let sb = Superblock::parse(&raw).map_err(|r| corrupt(kind, None, r))?;
+        let refused = sb.incompat & !INCOMPAT_READABLE;
+        if refused != 0 {
+            let named = [
+                (INCOMPAT_COMPRESSION, "compression"),
+                (
+                    INCOMPAT_JOURNAL_DEV,
+                    "journal_dev (an external journal, no files)",
+                ),
+                (INCOMPAT_DIRDATA, "dirdata"),
+            ];
+            let mut names: Vec<String> = named
+                .iter()
+                .filter(|(bit, _)| refused & bit != 0)
+                .map(|(_, n)| n.to_string())
+                .collect();
+            let unknown = named.iter().fold(refused, |left, (bit, _)| left & !bit);
+            if unknown != 0 {
+                names.push(format!("unknown incompatible features {unknown:#x}"));
+            }
+            return Err(Error::Unsupported {
+                kind: kind.name(),
+                reason: names.join(", "),
+            });
+        }
+        let groups = sb.groups();
+        let table_bytes = groups.saturating_mul(sb.desc_size);
+        if table_bytes > MAX_DESCRIPTOR_BYTES {
+            return Err(corrupt(
+                kind,
+                None,
+                format!("{groups} block groups (a descriptor table of {table_bytes} bytes)"),
+            ));
+        }
+        let per_block = sb.block_size / sb.desc_size;
+        let mut inode_tables = Vec::with_capacity(groups as usize);
+        let mut block = vec![0u8; sb.block_size as usize];
+        for nr in 0..groups.div_ceil(per_block) {
+            let at = sb.descriptor_block(nr);
+            source
+                .read_exact_at(&mut block, at * sb.block_size)
+                .map_err(|e| Error::Read {
+                    path: format!("(group descriptors at block {at})"),
+                    source: Box::new(e),
+                })?;
+            for d in block.chunks_exact(sb.desc_size as usize) {
+                if inode_tables.len() as u64 == groups {
+                    break;
+                }
+                let mut table = u64::from(le32(d, 0x8));
+                if sb.desc_size >= 64 {
+                    table |= u64::from(le32(d, 0x28)) << 32;
+                }
+                inode_tables.push(table);
+            }
+        }
+        let mut notes = vec![format!("read by amiforge's own ext reader: {why}")];
+        if sb.incompat & INCOMPAT_RECOVER != 0 {
+            notes.push(
+                "the journal needs recovery and was not replayed: the newest changes may be missing"
+                    .into(),
+            );
+        }
+        notes.push("metadata checksums are not verified by this reader".into());
+        Ok(Self {
+            source,
+            sb,
+            kind,
+            inode_tables,
+            notes,
+        })
+    }
+
+    fn read(&self, path: &[u8], buf: &mut [u8], offset: u64) -> Result<()> {
+        self.source
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::Read {
+                path: show(path),
+                source: Box::new(e),
+            })
+    }
+
+    fn inode(&self, path: &[u8], number: u32) -> Result<Inode> {
+        let n = u64::from(number);
+        if n == 0 || n > self.sb.inodes {
+            return Err(corrupt(
+                self.kind,
+                Some(path),
+                format!("inode {number} is outside 1..={}", self.sb.inodes),
+            ));
+        }
+        let group = (n - 1) / self.sb.inodes_per_group;
+        let index = (n - 1) % self.sb.inodes_per_group;
+        let table = *self.inode_tables.get(group as usize).ok_or_else(|| {
+            corrupt(
+                self.kind,
+                Some(path),
+                format!("inode {number} is in group {group}, past the last group"),
+            )
+        })?;
+        let mut raw = vec![0u8; self.sb.inode_size as usize];
+        let offset = table
+            .checked_mul(self.sb.block_size)
+            .and_then(|o| o.checked_add(index * self.sb.inode_size))
+            .ok_or_else(|| {
+                corrupt(
+                    self.kind,
+                    Some(path),
+                    format!("inode table of group {group}"),
+                )
+            })?;
+        self.read(path, &mut raw, offset)?;
+        let extra = if raw.len() > BASE_INODE {
+            usize::from(le16(&raw, 0x80))
+        } else {
+            0
+        };
+        let mut mtime = i64::from(le32(&raw, 0x10) as i32);
+        // i_mtime_extra's two low bits extend the seconds past 2038.
+        if extra >= 0x0c && raw.len() >= 0x8c {
+            mtime += i64::from(le32(&raw, 0x88) & 3) << 32;
+        }
+        Ok(Inode {
+            mode: le16(&raw, 0x00),
+            uid: u32::from(le16(&raw, 0x02)) | u32::from(le16(&raw, 0x78)) << 16,
+            gid: u32::from(le16(&raw, 0x18)) | u32::from(le16(&raw, 0x7a)) << 16,
+            size: u64::from(le32(&raw, 0x04)) | u64::from(le32(&raw, 0x6c)) << 32,
+            mtime,
+            flags: le32(&raw, 0x20),
+            raw,
+        })
+    }
+
+    /// The value of the in-inode "system.data" attribute: inline data past i_block.
+    fn inline_tail<'a>(&self, inode: &'a Inode) -> &'a [u8] {
+        let raw = &inode.raw;
+        if raw.len() <= BASE_INODE + 4 {
+            return &[];
+        }
+        let start = BASE_INODE + usize::from(le16(raw, 0x80));
+        if start + 4 > raw.len() || le32(raw, start) != XATTR_MAGIC {
+            return &[];
+        }
+        let entries = start + 4;
+        let mut at = entries;
+        while at + 16 <= raw.len() && le32(raw, at) != 0 {
+            let name_len = usize::from(raw[at]);
+            let index = raw[at + 1];
+            let value_offs = usize::from(le16(raw, at + 2));
+            let value_size = le32(raw, at + 8) as usize;
+            let name = raw.get(at + 16..at + 16 + name_len).unwrap_or(&[]);
+            if index == XATTR_INDEX_SYSTEM && name == b"data" {
+                return raw
+                    .get(entries + value_offs..entries + value_offs + value_size)
+                    .unwrap_or(&[]);
+            }
+            at += (16 + name_len).div_ceil(4) * 4;
+        }
+        &[]
+    }
+
+    /// The whole content of an inline-data inode.
+    fn inline_data(&self, inode: &Inode) -> Vec<u8> {
+        let mut data = inode.i_block().to_vec();
+        data.extend_from_slice(self.inline_tail(inode));
+        data.truncate(inode.size.min(data.len() as u64) as usize);
+        data
+    }
+
+    /// The block map of a file, sorted by logical block.
+    fn runs(&self, path: &[u8], inode: &Inode) -> Result<Vec<Run>> {
+        let file_blocks = inode.size.div_ceil(self.sb.block_size);
+        let mut runs = Vec::new();
+        if inode.flags & FLAG_EXTENTS != 0 {
+            self.extent_node(path, inode.i_block(), None, &mut runs)?;
+            runs.sort_by_key(|r: &Run| r.logical);
+        } else {
+            self.indirect(path, inode, file_blocks, &mut runs)?;
+        }
+        for r in &runs {
+            if r.physical
+                .checked_add(r.len)
+                .is_none_or(|end| end > self.sb.blocks)
+            {
+                return Err(corrupt(
+                    self.kind,
+                    Some(path),
+                    format!(
+                        "blocks {}..+{} lie outside the volume's {} blocks",
+                        r.physical, r.len, self.sb.blocks
+                    ),
+                ));
+            }
+        }
+        Ok(runs)
+    }
+
+    fn push(&self, path: &[u8], runs: &mut Vec<Run>, run: Run) -> Result<()> {
+        if let Some(last) = runs.last_mut() {
+            if !last.zeros
+                && !run.zeros
+                && last.logical + last.len == run.logical
+                && last.physical + last.len == run.physical
+            {
+                last.len += run.len;
+                return Ok(());
+            }
+        }
+        if runs.len() >= MAX_RUNS {
+            return Err(corrupt(
+                self.kind,
+                Some(path),
+                format!("the file maps to more than {MAX_RUNS} runs"),
+            ));
+        }
+        runs.push(run);
+        Ok(())
+    }
+
+    fn extent_node(
+        &self,
+        path: &[u8],
+        node: &[u8],
+        depth_expected: Option<u16>,
+        runs: &mut Vec<Run>,
+    ) -> Result<()> {
+        let bad = |why: String| corrupt(self.kind, Some(path), format!("extent tree: {why}"));
+        if node.len() < 12 || le16(node, 0) != EXTENT_MAGIC {
+            return Err(bad("bad node magic".into()));
+        }
+        let entries = usize::from(le16(node, 2));
+        let depth = le16(node, 6);
+        if depth > MAX_EXTENT_DEPTH || depth_expected.is_some_and(|d| d != depth) {
+            return Err(bad(format!("node of depth {depth}")));
+        }
+        if 12 + entries * 12 > node.len() {
+            return Err(bad(format!("{entries} entries overflow the node")));
+        }
+        for e in node[12..12 + entries * 12].chunks_exact(12) {
+            let logical = u64::from(le32(e, 0));
+            if depth == 0 {
+                let raw_len = le16(e, 4);
+                let (len, zeros) = if raw_len > EXTENT_INIT_MAX {
+                    (raw_len - EXTENT_INIT_MAX, true)
+                } else {
+                    (raw_len, false)
+                };
+                let physical = u64::from(le16(e, 6)) << 32 | u64::from(le32(e, 8));
+                if len > 0 {
+                    self.push(
+                        path,
+                        runs,
+                        Run {
+                            logical,
+                            physical,
+                            len: u64::from(len),
+                            zeros,
+                        },
+                    )?;
+                }
+            } else {
+                let child = u64::from(le32(e, 4)) | u64::from(le16(e, 8)) << 32;
+                if child >= self.sb.blocks {
+                    return Err(bad(format!(
+                        "child node at block {child}, outside the volume"
+                    )));
+                }
+                let mut block = vec![0u8; self.sb.block_size as usize];
+                self.read(path, &mut block, child * self.sb.block_size)?;
+                self.extent_node(path, &block, Some(depth - 1), runs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The classic block map: 12 direct blocks, then single, double and triple
+    /// indirect blocks. Zero pointers are holes.
+    fn indirect(
+        &self,
+        path: &[u8],
+        inode: &Inode,
+        file_blocks: u64,
+        runs: &mut Vec<Run>,
+    ) -> Result<()> {
+        let per_block = self.sb.block_size / 4;
+        let ptrs: Vec<u64> = inode
+            .i_block()
+            .chunks_exact(4)
+            .map(|c| u64::from(le32(c, 0)))
+            .collect();
+        let mut logical = 0u64;
+        for &p in &ptrs[..12] {
+            if logical >= file_blocks {
+                return Ok(());
+            }
+            if p != 0 {
+                self.push(
+                    path,
+                    runs,
+                    Run {
+                        logical,
+                        physical: p,
+                        len: 1,
+                        zeros: false,
+                    },
+                )?;
+            }
+            logical += 1;
+        }
+        for (level, &p) in ptrs[12..15].iter().enumerate() {
+            let span = per_block.pow(level as u32 + 1);
+            if logical >= file_blocks {
+                return Ok(());
+            }
+            self.indirect_block(path, p, level as u32 + 1, logical, file_blocks, runs)?;
+            logical += span;
+        }
+        Ok(())
+    }
+
+    fn indirect_block(
+        &self,
+        path: &[u8],
+        block: u64,
+        level: u32,
+        first: u64,
+        file_blocks: u64,
+        runs: &mut Vec<Run>,
+    ) -> Result<()> {
+        if block == 0 || first >= file_blocks {
+            return Ok(());
+        }
+        if block >= self.sb.blocks {
+            return Err(corrupt(
+                self.kind,
+                Some(path),
+                format!("indirect block {block} lies outside the volume"),
+            ));
+        }
+        let per_block = self.sb.block_size / 4;
+        let span = per_block.pow(level - 1);
+        let mut buf = vec![0u8; self.sb.block_size as usize];
+        self.read(path, &mut buf, block * self.sb.block_size)?;
+        for (i, c) in buf.chunks_exact(4).enumerate() {
+            let logical = first + i as u64 * span;
+            if logical >= file_blocks {
+                break;
+            }
+            let p = u64::from(le32(c, 0));
+            if level == 1 {
+                if p != 0 {
+                    self.push(
+                        path,
+                        runs,
+                        Run {
+                            logical,
+                            physical: p,
+                            len: 1,
+                            zeros: false,
+                        },
+                    )?;
+                }
+            } else {
+                self.indirect_block(path, p, level - 1, logical, file_blocks, runs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a whole small file or directory, bounded by `limit`.
+    fn content(&self, path: &[u8], inode: &Inode, limit: u64) -> Result<Vec<u8>> {
+        if inode.size > limit {
+            return Err(Error::TooLarge {
+                path: show(path),
+                size: inode.size,
+                limit,
+            });
+        }
+        let mut out = Vec::with_capacity(inode.size as usize);
+        self.reader(path, inode)?
+            .read_to_end(&mut out)
+            .map_err(|e| Error::Read {
+                path: show(path),
+                source: Box::new(e),
+            })?;
+        Ok(out)
+    }
+
+    fn reader<'a>(&'a self, path: &[u8], inode: &Inode) -> Result<Box<dyn Read + 'a>> {
+        if inode.flags & FLAG_ENCRYPT != 0 {
+            return Err(Error::Unsupported {
+                kind: self.kind.name(),
+                reason: format!("{} is encrypted", show(path)),
+            });
+        }
+        if inode.flags & FLAG_INLINE_DATA != 0 {
+            return Ok(Box::new(io::Cursor::new(self.inline_data(inode))));
+        }
+        Ok(Box::new(ExtFile {
+            fs: self,
+            path: path.to_vec(),
+            runs: self.runs(path, inode)?,
+            size: inode.size,
+            pos: 0,
+        }))
+    }
+
+    /// The entries of a directory inode: (name, inode number), without `.` and `..`.
+    fn entries(&self, path: &[u8], dir: &Inode) -> Result<Vec<(Vec<u8>, u32)>> {
+        if dir.kind() != FileKind::Dir {
+            return Err(Error::WrongType {
+                path: show(path),
+                reason: "not a directory",
+            });
+        }
+        if dir.flags & FLAG_ENCRYPT != 0 {
+            return Err(Error::Unsupported {
+                kind: self.kind.name(),
+                reason: format!("{} is an encrypted directory", show(path)),
+            });
+        }
+        let with_type = self.sb.incompat & INCOMPAT_FILETYPE != 0;
+        let mut out = Vec::new();
+        if dir.flags & FLAG_INLINE_DATA != 0 {
+            // Inline directories: the parent's inode number, then entries, then more
+            // entries in the system.data attribute.
+            let body = &dir.i_block()[4..];
+            self.parse_block(path, body, with_type, &mut out)?;
+            self.parse_block(path, self.inline_tail(dir), with_type, &mut out)?;
+            return Ok(out);
+        }
+        let data = self.content(path, dir, MAX_DIR_BYTES)?;
+        for block in data.chunks(self.sb.block_size as usize) {
+            self.parse_block(path, block, with_type, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn parse_block(
+        &self,
+        path: &[u8],
+        block: &[u8],
+        with_type: bool,
+        out: &mut Vec<(Vec<u8>, u32)>,
+    ) -> Result<()> {
+        let mut at = 0usize;
+        while at + 8 <= block.len() {
+            let inode = le32(block, at);
+            let rec_len = usize::from(le16(block, at + 4));
+            let name_len = if with_type {
+                usize::from(block[at + 6])
+            } else {
+                usize::from(le16(block, at + 6))
+            };
+            if rec_len < 8
+                || rec_len % 4 != 0
+                || at + rec_len > block.len()
+                || 8 + name_len > rec_len
+            {
+                return Err(corrupt(
+                    self.kind,
+                    Some(path),
+                    format!("directory entry at byte {at} of a block has record length {rec_len} and name length {name_len}"),
+                ));
+            }
+            let name = &block[at + 8..at + 8 + name_len];
+            if inode != 0 && name_len > 0 && name != b"." && name != b".." {
+                out.push((name.to_vec(), inode));
+            }
+            at += rec_len;
+        }
+        Ok(())
+    }
+
+    /// Looks `path` up component by component, following no symlink. `Ok(None)`
+    /// when a component before the last is a symlink.
+    fn lookup(&self, path: &[u8]) -> Result<Option<Inode>> {
+        let mut inode = self.inode(path, ROOT_INODE)?;
+        let parts: Vec<&[u8]> = path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .collect();
+        for part in parts {
+            match inode.kind() {
+                FileKind::Dir => {}
+                FileKind::Symlink => return Ok(None),
+                _ => {
+                    return Err(Error::WrongType {
+                        path: show(path),
+                        reason: "not a directory",
+                    })
+                }
+            }
+            if part == b".." {
+                return Ok(None); // let the resolver handle it inside the root
+            }
+            let number = self
+                .entries(path, &inode)?
+                .into_iter()
+                .find(|(name, _)| name == part)
+                .map(|(_, n)| n)
+                .ok_or_else(|| Error::NotFound { path: show(path) })?;
+            inode = self.inode(path, number)?;
+        }
+        Ok(Some(inode))
+    }
+
+    /// The inode of `path`, following symlinks before its last component only.
+    fn lstat(&self, path: &[u8]) -> Result<Inode> {
+        if let Some(inode) = self.lookup(path)? {
+            return Ok(inode);
+        }
+        let cut = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
+        let (parent, name) = path.split_at(cut);
+        let mut resolved = crate::resolve(self, if parent.is_empty() { b"/" } else { parent })?;
+        if !resolved.ends_with(b"/") {
+            resolved.push(b'/');
+        }
+        resolved.extend_from_slice(name.strip_prefix(b"/").unwrap_or(name));
+        self.lookup(&resolved)?
+            .ok_or_else(|| Error::NotFound { path: show(path) })
+    }
+}
+
+/// A regular file's bytes, with holes and unwritten extents as zeros.
+struct ExtFile<'a> {
+    fs: &'a TolerantExt,
+    path: Vec<u8>,
+    runs: Vec<Run>,
+    size: u64,
+    pos: u64,
+}
+
+impl Read for ExtFile<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let bs = self.fs.sb.block_size;
+        let block = self.pos / bs;
+        let within = self.pos % bs;
+        let left = self.size - self.pos;
+        // The run holding this block, or the next one (everything before it is a hole).
+        let i = self.runs.partition_point(|r| r.logical + r.len <= block);
+        let n = match self.runs.get(i) {
+            Some(r) if r.logical <= block => {
+                let n = ((r.logical + r.len - block) * bs - within)
+                    .min(left)
+                    .min(buf.len() as u64) as usize;
+                if r.zeros {
+                    buf[..n].fill(0);
+                } else {
+                    let offset = (r.physical + block - r.logical) * bs + within;
+                    self.fs
+                        .read(&self.path, &mut buf[..n], offset)
+                        .map_err(io::Error::other)?;
+                }
+                n
+            }
+            next => {
+                let hole_end = next.map_or(u64::MAX, |r| r.logical * bs);
+                let n = (hole_end - self.pos).min(left).min(buf.len() as u64) as usize;
+                buf[..n].fill(0);
+                n
+            }
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Filesystem for TolerantExt {
+    fn kind(&self) -> FsKind {
+        self.kind
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
+    }
+
+    fn metadata(&self, path: &[u8]) -> Result<Metadata> {
+        if !path.starts_with(b"/") {
+            return Err(Error::NotFound { path: show(path) });
+        }
+        Ok(self.lstat(path)?.metadata())
+    }
+
+    fn read_dir(&self, path: &[u8]) -> Result<Vec<DirEntry>> {
+        let resolved = crate::resolve(self, path)?;
+        let dir = self.lstat(&resolved)?;
+        let mut out = Vec::new();
+        for (name, number) in self.entries(path, &dir)? {
+            let mut child = resolved.clone();
+            if !child.ends_with(b"/") {
+                child.push(b'/');
+            }
+            child.extend_from_slice(&name);
+            let inode = self.inode(&child, number)?;
+            out.push(DirEntry {
+                name,
+                metadata: inode.metadata(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn read_link(&self, path: &[u8]) -> Result<Vec<u8>> {
+        let inode = self.lstat(path)?;
+        if inode.kind() != FileKind::Symlink {
+            return Err(Error::WrongType {
+                path: show(path),
+                reason: "not a symlink",
+            });
+        }
+        if inode.size > crate::MAX_PATH_LEN as u64 {
+            return Err(corrupt(
+                self.kind,
+                Some(path),
+                format!("symlink target of {} bytes", inode.size),
+            ));
+        }
+        if inode.flags & (FLAG_INLINE_DATA | FLAG_EXTENTS) == 0 && inode.size < I_BLOCK_LEN as u64 {
+            return Ok(inode.i_block()[..inode.size as usize].to_vec());
+        }
+        self.content(path, &inode, crate::MAX_PATH_LEN as u64)
+    }
+
+    fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>> {
+        let resolved = crate::resolve(self, path)?;
+        let inode = self.lstat(&resolved)?;
+        match inode.kind() {
+            FileKind::File => self.reader(path, &inode),
+            FileKind::Dir => Err(Error::WrongType {
+                path: show(path),
+                reason: "is a directory",
+            }),
+            _ => Err(Error::WrongType {
+                path: show(path),
+                reason: "is a special file",
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn superblock_backups_follow_sparse_super() {
+        let mut raw = vec![0u8; 1024];
+        raw[0x38..0x3a].copy_from_slice(&MAGIC.to_le_bytes());
+        raw[0x04..0x08].copy_from_slice(&100_000u32.to_le_bytes());
+        raw[0x20..0x24].copy_from_slice(&8192u32.to_le_bytes());
+        raw[0x28..0x2c].copy_from_slice(&2048u32.to_le_bytes());
+        raw[0x14..0x18].copy_from_slice(&1u32.to_le_bytes());
+        raw[0x64..0x68].copy_from_slice(&RO_COMPAT_SPARSE_SUPER.to_le_bytes());
+        let sb = Superblock::parse(&raw).unwrap();
+        let with: Vec<u64> = (0..60).filter(|&g| sb.has_super(g)).collect();
+        assert_eq!(with, [0, 1, 3, 5, 7, 9, 25, 27, 49]);
+        assert_eq!(sb.inode_size, 128); // revision 0
+    }
+
+    #[test]
+    fn hostile_superblocks_are_refused_not_trusted() {
+        let mut raw = vec![0u8; 1024];
+        raw[0x38..0x3a].copy_from_slice(&MAGIC.to_le_bytes());
+        raw[0x18] = 9;
+        assert!(Superblock::parse(&raw).unwrap_err().contains("block size"));
+        raw[0x18] = 0;
+        raw[0x04] = 10;
+        raw[0x20] = 8;
+        raw[0x28] = 0;
+        assert!(Superblock::parse(&raw)
+            .unwrap_err()
+            .contains("inodes per group"));
+    }
+}
