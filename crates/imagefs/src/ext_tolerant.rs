@@ -361,12 +361,7 @@ impl TolerantExt {
     }
 
     fn read(&self, path: &[u8], buf: &mut [u8], offset: u64) -> Result<()> {
-        self.source
-            .read_exact_at(buf, offset)
-            .map_err(|e| Error::Read {
-                path: show(path),
-                source: Box::new(e),
-            })
+        crate::read_at(&*self.source, path, buf, offset)
     }
 
     fn inode(&self, path: &[u8], number: u32) -> Result<Inode> {
@@ -506,6 +501,23 @@ impl TolerantExt {
         Ok(())
     }
 
+    /// One mapped block of the classic block map.
+    fn push_block(
+        &self,
+        path: &[u8],
+        runs: &mut Vec<Run>,
+        logical: u64,
+        physical: u64,
+    ) -> Result<()> {
+        let run = Run {
+            logical,
+            physical,
+            len: 1,
+            zeros: false,
+        };
+        self.push(path, runs, run)
+    }
+
     fn extent_node(
         &self,
         path: &[u8],
@@ -583,16 +595,7 @@ impl TolerantExt {
                 return Ok(());
             }
             if p != 0 {
-                self.push(
-                    path,
-                    runs,
-                    Run {
-                        logical,
-                        physical: p,
-                        len: 1,
-                        zeros: false,
-                    },
-                )?;
+                self.push_block(path, runs, logical, p)?;
             }
             logical += 1;
         }
@@ -638,16 +641,7 @@ impl TolerantExt {
             let p = u64::from(le32(c, 0));
             if level == 1 {
                 if p != 0 {
-                    self.push(
-                        path,
-                        runs,
-                        Run {
-                            logical,
-                            physical: p,
-                            len: 1,
-                            zeros: false,
-                        },
-                    )?;
+                    self.push_block(path, runs, logical, p)?;
                 }
             } else {
                 self.indirect_block(path, p, level - 1, logical, file_blocks, runs)?;

@@ -477,12 +477,7 @@ impl FatFs {
     }
 
     fn read(&self, path: &[u8], buf: &mut [u8], offset: u64) -> Result<()> {
-        self.source
-            .read_exact_at(buf, offset)
-            .map_err(|e| Error::Read {
-                path: show(path),
-                source: Box::new(e),
-            })
+        crate::read_at(&*self.source, path, buf, offset)
     }
 
     /// The FAT entry of `cluster`, from the first FAT.

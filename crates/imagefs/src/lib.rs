@@ -249,6 +249,19 @@ pub trait Filesystem {
 /// Size of each read when streaming a file out.
 const COPY_CHUNK: usize = 256 * 1024;
 
+/// Reads `buf.len()` bytes at `offset` of `source` for the file or structure `path`.
+pub(crate) fn read_at(
+    source: &dyn blockio::BlockSource,
+    path: &[u8],
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<()> {
+    source.read_exact_at(buf, offset).map_err(|e| Error::Read {
+        path: show(path),
+        source: Box::new(e),
+    })
+}
+
 fn read_error(path: &[u8], e: std::io::Error) -> Error {
     Error::Read {
         path: show(path),
