@@ -14,6 +14,7 @@ packages=(
   xfsprogs btrfs-progs squashfs-tools erofs-utils genisoimage ntfs-3g
   debootstrap      # a real Debian root for the package and audit tests
   rpm              # rpmbuild and rpm: a real rpm database, and rpm -qa as reference
+  mdadm            # mdadm --examine: reference reader of the hand-written md superblocks
   openssh-client openssl zstd xz-utils   # planted keys, compressed logs
   python3 python3-venv
 )

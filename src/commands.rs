@@ -92,6 +92,9 @@ fn write_summary(out: &mut impl Write, r: &Report) -> Result<()> {
             part.kind,
             p.filesystem.kind
         )?;
+        for note in &p.filesystem.notes {
+            writeln!(out, "        note: {note}")?;
+        }
     }
     let os =
         r.os.as_ref()
@@ -215,12 +218,14 @@ pub fn ls(
         let outcome = imagefs::walk(&*fs, &dir, WalkLimits::default(), |e| {
             entries.push((e.path.clone(), e.metadata.clone()))
         });
+        // A partial listing is still a listing: what could not be read is named on
+        // stderr and the command goes on (exit 0), as `ls -R` does past a bad entry.
         for p in &outcome.problems {
-            tracing::warn!("{}: {}", p.path, p.reason);
+            tracing::warn!("not listed: {}: {}", p.path, p.reason);
         }
         if !outcome.problems.is_empty() {
-            bail!(
-                "{} entries could not be listed (see the warnings above)",
+            tracing::warn!(
+                "{} entries could not be listed; everything else is",
                 outcome.problems.len()
             );
         }

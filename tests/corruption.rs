@@ -1,7 +1,10 @@
 //! Hostile and damaged images: for every fixture, 200 seeded mutations (truncations,
 //! byte flips in the first MiB and in metadata, zeroed headers, looping EBR chains,
 //! huge entry counts). Every command must end with exit code 0 or 2, never panic, and
-//! finish within 10 seconds.
+//! finish within 10 seconds. The images other tools make (scripts/make-foreign-fixtures.sh)
+//! get the same treatment, so that the tolerant FAT and ext readers, the RAID probes and
+//! the EBR walk meet hostile input too; their truncated copies are checked in
+//! tests/foreign_images.rs.
 //!
 //! Each fixture is copied once (sparsely); each mutation is applied to the copy and
 //! undone from the pristine fixture afterwards, so no mutation leaks into the next.
@@ -45,8 +48,11 @@ struct Bench {
 impl Bench {
     fn new(name: &str) -> Self {
         let path = fixture(name);
-        let work =
-            std::env::temp_dir().join(format!("amiforge-mutant-{}-{name}", std::process::id()));
+        let work = std::env::temp_dir().join(format!(
+            "amiforge-mutant-{}-{}",
+            std::process::id(),
+            name.replace('/', "-")
+        ));
         let status = tool("cp")
             .arg("--sparse=always")
             .arg(&path)
@@ -234,6 +240,11 @@ fn mutate(name: &str, seed: u64) {
         check(&bench.work, &["inspect", "--format", "json"], &m, i);
         check(&bench.work, &["ls", "/", "-l"], &m, i);
         check(&bench.work, &["cat", "/etc/os-release"], &m, i);
+        if name.starts_with("foreign/") {
+            // Their tree: a walk that must go on past damage, and a multi-cluster file.
+            check(&bench.work, &["ls", "/", "-R"], &m, i);
+            check(&bench.work, &["cat", "/sub dir/forty-thousand.bin"], &m, i);
+        }
         if i % AUDIT_EVERY == 0 {
             // The audit reads every file and the free-space metadata of every volume.
             let config = bench.audit_config.to_str().unwrap();
@@ -293,4 +304,24 @@ fn mutations_of_gpt_corrupt_primary() {
 #[test]
 fn mutations_of_gpt_containers() {
     mutate("gpt-containers.img", 8);
+}
+#[test]
+fn mutations_of_a_small_fat32() {
+    mutate("foreign/fat32-small.img", 9);
+}
+#[test]
+fn mutations_of_an_ext4_with_128_byte_inodes() {
+    mutate("foreign/ext4-inode128.img", 10);
+}
+#[test]
+fn mutations_of_an_ext2_without_filetype() {
+    mutate("foreign/ext2-nofiletype.img", 11);
+}
+#[test]
+fn mutations_of_an_md_raid1_member() {
+    mutate("foreign/md-1.2-raid1.img", 12);
+}
+#[test]
+fn mutations_of_an_ebr_chain_in_odd_slots() {
+    mutate("foreign/mbr-odd-slots.img", 13);
 }

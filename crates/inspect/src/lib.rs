@@ -14,6 +14,7 @@
 mod identity;
 
 use blockio::{BlockSource, FileSource, Window};
+use imagefs::raid::{RaidFormat, RaidMember};
 use imagefs::{Filesystem, FsKind};
 use partition::{Partition, PartitionTable, TableKind};
 use serde::Serialize;
@@ -50,6 +51,8 @@ pub struct Image {
     source: Arc<dyn BlockSource>,
     table: PartitionTable,
     volumes: Vec<Volume>,
+    /// RAID metadata that covers the whole disk (firmware RAID, or md on the disk).
+    disk_raid: Option<RaidMember>,
 }
 
 /// One partition (or the whole image, when it has no table) and what is on it.
@@ -62,6 +65,12 @@ pub struct Volume {
     pub kind: Option<FsKind>,
     /// Why it could not be examined.
     pub problem: Option<String>,
+    /// Every signature its first bytes carry, when there is more than one.
+    pub signatures: Vec<FsKind>,
+    /// Anything unusual about it: the reader's notes, RAID metadata, ambiguity.
+    pub notes: Vec<String>,
+    /// Signatures on it that were not read, each with the reason.
+    pub unread_signatures: Vec<(FsKind, String)>,
 }
 
 /// The filesystem found on a partition.
@@ -71,6 +80,13 @@ pub struct FilesystemReport {
     pub kind: String,
     /// Whether amiforge read it.
     pub examined: bool,
+    /// Every signature found, when there is more than one (blkid calls the volume
+    /// ambiguous).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<String>,
+    /// Anything unusual the reader or the probe saw.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// A partition as reported.
@@ -179,10 +195,19 @@ impl Image {
             .into_iter()
             .map(|p| Volume::probe(&source, p))
             .collect();
+        // A bare md member is probed as volume 0; a table inside a RAID set is not.
+        let disk_raid = match table.kind {
+            TableKind::None => None,
+            _ => imagefs::raid::md_member(&*source)
+                .ok()
+                .flatten()
+                .or(imagefs::raid::firmware_member(&*source).ok().flatten()),
+        };
         Ok(Self {
             source,
             table,
             volumes,
+            disk_raid,
         })
     }
 
@@ -253,13 +278,44 @@ impl Image {
                         reason: reason.clone(),
                     });
                 }
+                for (other, reason) in &v.unread_signatures {
+                    not_examined.push(NotExamined {
+                        partition: Some(v.partition.number),
+                        what: format!(
+                            "partition {} ({} signature)",
+                            v.partition.number,
+                            other.name()
+                        ),
+                        reason: reason.clone(),
+                    });
+                }
                 PartitionReport {
                     partition: v.partition.clone(),
-                    filesystem: FilesystemReport { kind, examined },
+                    filesystem: FilesystemReport {
+                        kind,
+                        examined,
+                        signatures: v.signatures.iter().map(|k| k.name().to_string()).collect(),
+                        notes: v.notes.clone(),
+                    },
                 }
             })
             .collect();
         let table = &self.table;
+        let mut table_notes = table.notes.clone();
+        if let Some(raid) = &self.disk_raid {
+            let what = describe_raid(raid);
+            table_notes.push(format!(
+                "the disk is a {what}: the partitions are read as this disk holds them"
+            ));
+            not_examined.push(NotExamined {
+                partition: None,
+                what: format!("RAID set ({})", raid.format.name()),
+                reason: format!(
+                    "this disk is a {what}: a set is not assembled from one disk, so the \
+                     partitions are right for a mirror and wrong for a stripe"
+                ),
+            });
+        }
         let root_partition = self.root_partition();
         let mut found = identity::Identity::default();
         if let Some(n) = root_partition {
@@ -311,7 +367,7 @@ impl Image {
                 gpt_header: table.gpt_header,
                 disk_guid: table.disk_guid.clone(),
                 mbr: table.mbr.clone(),
-                notes: table.notes.clone(),
+                notes: table_notes,
             },
             partitions,
             root_partition,
@@ -330,39 +386,108 @@ impl Image {
 impl Volume {
     fn probe(disk: &Arc<dyn BlockSource>, partition: Partition) -> Self {
         let number = partition.number;
-        if partition.extended {
-            return Self {
-                partition,
-                window: None,
-                kind: None,
-                problem: None,
-            };
+        let mut volume = Self {
+            partition,
+            window: None,
+            kind: None,
+            problem: None,
+            signatures: Vec::new(),
+            notes: Vec::new(),
+            unread_signatures: Vec::new(),
+        };
+        if volume.partition.extended {
+            return volume;
         }
-        let window = match Window::new(disk.clone(), partition.start, partition.size) {
+        let p = &volume.partition;
+        let window = match Window::new(disk.clone(), p.start, p.size) {
             Ok(w) => Arc::new(w.with_label(format!("partition {number}"))) as Arc<dyn BlockSource>,
             Err(e) => {
-                let problem = Some(format!("partition lies outside the image: {e}"));
-                return Self {
-                    partition,
-                    window: None,
-                    kind: None,
-                    problem,
-                };
+                volume.problem = Some(format!("partition lies outside the image: {e}"));
+                return volume;
             }
         };
-        let (kind, problem) = match imagefs::probe(&*window) {
-            Err(e) => (None, Some(format!("could not read its first bytes: {e}"))),
-            Ok(kind) if kind.readable() => match imagefs::open(window.clone(), kind) {
-                Ok(_) => (Some(kind), None),
-                Err(e) => (Some(kind), Some(e.to_string())),
-            },
-            Ok(kind) => (Some(kind), Some(unreadable_reason(&partition, kind))),
+        volume.window = Some(window.clone());
+        match imagefs::raid::md_member(&*window) {
+            Err(e) => volume.problem = Some(format!("could not read its RAID superblocks: {e}")),
+            Ok(Some(member)) => volume.probe_md(window, &member),
+            Ok(None) => volume.classify(window),
+        }
+        volume
+    }
+
+    /// An md member: RAID1 holds a whole copy of the data, read as any volume.
+    fn probe_md(&mut self, member_window: Arc<dyn BlockSource>, member: &RaidMember) {
+        let what = describe_raid(member);
+        let Some(data) = member.data.clone() else {
+            self.kind = Some(FsKind::Raid(member.format));
+            self.problem = Some(format!(
+                "{what}: only a RAID1 member holds a whole copy of the data; this set is not assembled from one volume"
+            ));
+            return;
         };
-        Self {
-            partition,
-            window: Some(window),
-            kind,
-            problem,
+        let label = format!("partition {} (md data)", self.partition.number);
+        match Window::new(member_window, data.start, data.end - data.start) {
+            Ok(w) => {
+                self.notes.push(format!(
+                    "{what}: its data area (bytes {}..{} of the partition) is read as the filesystem",
+                    data.start, data.end
+                ));
+                let inner = Arc::new(w.with_label(label)) as Arc<dyn BlockSource>;
+                self.window = Some(inner.clone());
+                self.classify(inner);
+            }
+            Err(e) => {
+                self.kind = Some(FsKind::Raid(member.format));
+                self.problem = Some(format!("{what}: its data area is unreadable: {e}"));
+            }
+        }
+    }
+
+    /// Names what the window holds and opens it. With more than one signature, every
+    /// readable candidate is tried; the others are listed as unread.
+    fn classify(&mut self, window: Arc<dyn BlockSource>) {
+        let found = match imagefs::probe_all(&*window) {
+            Ok(found) => found,
+            Err(e) => {
+                self.problem = Some(format!("could not read its first bytes: {e}"));
+                return;
+            }
+        };
+        if found.len() > 1 {
+            let names: Vec<&str> = found.iter().map(|k| k.name()).collect();
+            self.notes.push(format!(
+                "{} signatures on one volume ({}): blkid calls this ambiguous; each readable one is tried",
+                found.len(),
+                names.join(", ")
+            ));
+            self.signatures = found.clone();
+        }
+        let mut failures: Vec<(FsKind, String)> = Vec::new();
+        let mut chosen = None;
+        for &kind in found.iter().filter(|k| k.readable()) {
+            match imagefs::open(window.clone(), kind) {
+                Ok(fs) => {
+                    self.notes.extend(fs.notes());
+                    chosen = Some(kind);
+                    break;
+                }
+                Err(e) => failures.push((kind, e.to_string())),
+            }
+        }
+        let kind = chosen.unwrap_or(found[0]);
+        self.kind = Some(kind);
+        if chosen.is_none() {
+            self.problem = Some(match failures.iter().find(|(k, _)| *k == kind) {
+                Some((_, why)) => why.clone(),
+                None => unreadable_reason(&self.partition, kind),
+            });
+        }
+        for &other in found.iter().filter(|&&k| k != kind) {
+            let why = match failures.iter().find(|(k, _)| *k == other) {
+                Some((_, why)) => why.clone(),
+                None => unreadable_reason(&self.partition, other),
+            };
+            self.unread_signatures.push((other, why));
         }
     }
 
@@ -385,6 +510,14 @@ fn unreadable_reason(p: &Partition, kind: FsKind) -> String {
             "LUKS encrypted container: its content cannot be read without the key".into()
         }
         FsKind::Swap => "Linux swap: no files; swap can hold secrets from memory".into(),
+        FsKind::JournalDev => {
+            "external ext3/ext4 journal (jbd): no files; the filesystem it serves is on another device"
+                .into()
+        }
+        FsKind::Raid(format) => format!(
+            "{} RAID member: a set is not assembled from one volume",
+            raid_format_description(format)
+        ),
         FsKind::Empty if p.is_bios_boot() => {
             "BIOS boot partition: empty (no boot loader installed)".into()
         }
@@ -394,5 +527,38 @@ fn unreadable_reason(p: &Partition, kind: FsKind) -> String {
         FsKind::Empty => "holds only zeros where a filesystem would start".into(),
         FsKind::Unknown => "no known filesystem signature".into(),
         other => format!("{}: no reader for this filesystem yet", other.name()),
+    }
+}
+
+/// The RAID metadata, as a reader would say it: "Linux md RAID1 member (metadata 1.2)",
+/// "Intel Matrix Storage RAID member (metadata 1.0.00)".
+fn describe_raid(member: &RaidMember) -> String {
+    let mut what = format!("{} ", raid_format_description(member.format));
+    match member.level {
+        Some(-1) => what.push_str("linear "),
+        Some(level) => what.push_str(&format!("RAID{level} ")),
+        None => what.push_str("RAID "),
+    }
+    what.push_str("member");
+    if let Some(v) = &member.version {
+        what.push_str(&format!(" (metadata {v})"));
+    }
+    what
+}
+
+fn raid_format_description(format: RaidFormat) -> &'static str {
+    match format {
+        RaidFormat::LinuxMd => "Linux md",
+        RaidFormat::Ddf => "SNIA DDF",
+        RaidFormat::IntelIsw => "Intel Matrix Storage",
+        RaidFormat::LsiMega => "LSI MegaRAID",
+        RaidFormat::Nvidia => "NVIDIA",
+        RaidFormat::Promise => "Promise FastTrak",
+        RaidFormat::SiliconImage => "Silicon Image Medley",
+        RaidFormat::Jmicron => "JMicron",
+        RaidFormat::HighPoint45x => "HighPoint 45x",
+        RaidFormat::HighPoint37x => "HighPoint 37x",
+        RaidFormat::Adaptec => "Adaptec",
+        RaidFormat::Via => "VIA",
     }
 }

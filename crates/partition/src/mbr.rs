@@ -144,7 +144,13 @@ pub(crate) fn read(disk: &dyn BlockSource, s: &[u8; 512]) -> Result<Option<Parti
     }))
 }
 
-/// Follows the EBR chain. Problems end the chain with a note; the primaries stay.
+/// Follows the EBR chain as Linux does (`parse_extended`), which `sfdisk` and `mmls`
+/// agree with on real chains: every non-empty, non-extended slot of an EBR is a logical
+/// partition relative to that EBR (slots 3 and 4 only when they fit inside the
+/// extended partition, as they often hold garbage), and the first extended slot links
+/// to the next EBR, relative to the start of the extended partition. The chain may go
+/// backwards; a loop or a link outside the extended partition ends it with a note.
+/// Problems end the chain with a note; the primaries stay.
 fn read_logical(
     disk: &dyn BlockSource,
     ext_lba: u64,
@@ -152,6 +158,7 @@ fn read_logical(
     out: &mut Vec<Partition>,
     notes: &mut Vec<String>,
 ) {
+    let ext_end = ext_lba + ext_sectors;
     let mut seen = HashSet::new();
     let mut ebr_lba = ext_lba;
     let mut number = 5;
@@ -183,38 +190,55 @@ fn read_logical(
             return;
         }
         let es = entries(&sector);
-        let (this, next) = (&es[0], &es[1]);
-        if this.kind != 0 && this.sectors != 0 {
-            let start = (ebr_lba + u64::from(this.lba)) * SECTOR;
-            let size = u64::from(this.sectors) * SECTOR;
-            if start + size > (ext_lba + ext_sectors) * SECTOR {
+        for (slot, e) in es.iter().enumerate() {
+            if e.kind == 0 || e.sectors == 0 || EXTENDED_TYPES.contains(&e.kind) {
+                continue;
+            }
+            let start_lba = ebr_lba + u64::from(e.lba);
+            let end_lba = start_lba + u64::from(e.sectors);
+            if end_lba > ext_end || start_lba < ext_lba {
+                if slot >= 2 {
+                    notes.push(format!(
+                        "EBR at byte {offset}: slot {} lies outside the extended partition; taken for garbage, as Linux does",
+                        slot + 1
+                    ));
+                    continue;
+                }
                 notes.push(format!(
                     "logical partition {number} runs past the end of its extended partition"
                 ));
             }
             out.push(Partition {
                 number,
-                start,
-                size,
-                kind: PartitionType::Mbr(this.kind),
+                start: start_lba * SECTOR,
+                size: u64::from(e.sectors) * SECTOR,
+                kind: PartitionType::Mbr(e.kind),
                 name: None,
                 guid: None,
-                bootable: this.status == 0x80,
+                bootable: e.status == 0x80,
                 extended: false,
                 logical: true,
             });
             number += 1;
         }
-        if next.kind == 0 || next.lba == 0 {
+        let mut links = es
+            .iter()
+            .filter(|e| e.sectors != 0 && EXTENDED_TYPES.contains(&e.kind));
+        let Some(next) = links.next() else {
             return;
-        }
-        if !EXTENDED_TYPES.contains(&next.kind) {
+        };
+        if links.next().is_some() {
             notes.push(format!(
-                "EBR at byte {offset} links to a non-extended type {:#04x}; stopped",
-                next.kind
+                "EBR at byte {offset} has more than one link; the first is followed, as Linux does"
+            ));
+        }
+        let next_lba = ext_lba + u64::from(next.lba);
+        if next_lba < ext_lba || next_lba >= ext_end {
+            notes.push(format!(
+                "EBR at byte {offset} links to LBA {next_lba}, outside the extended partition; stopped"
             ));
             return;
         }
-        ebr_lba = ext_lba + u64::from(next.lba);
+        ebr_lba = next_lba;
     }
 }
