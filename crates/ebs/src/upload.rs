@@ -419,9 +419,8 @@ pub async fn upload<A: EbsApi>(
         };
         let (stop, record_fatal) = (stop.clone(), record_fatal.clone());
         tasks.spawn(async move {
-            if let Err(e) = put.run(block, digest_b64, &|| stop.now()).await {
-                record_fatal(e);
-            }
+            put.run(block, digest_b64, &|| stop.now(), &record_fatal)
+                .await;
         });
         while tasks.try_join_next().is_some() {}
     }
@@ -707,7 +706,8 @@ impl<A: EbsApi> BlockPut<A> {
         block: Hashed,
         digest_b64: String,
         stopped: &(dyn Fn() -> bool + Sync),
-    ) -> Result<()> {
+        record_fatal: &(dyn Fn(Error) + Sync),
+    ) {
         let Hashed {
             index,
             buf,
@@ -727,10 +727,6 @@ impl<A: EbsApi> BlockPut<A> {
                 )
             })
             .await;
-        match body.try_into_mut() {
-            Ok(back) => self.pool.give_back(back.into()),
-            Err(_) => self.pool.forget_one(),
-        }
         match r {
             Ok(()) => {
                 self.counters
@@ -745,17 +741,22 @@ impl<A: EbsApi> BlockPut<A> {
                     zero,
                     written: true,
                 });
-                Ok(())
             }
             // Stopped by Ctrl-C or another block's fatal error: not this block's fault.
-            Err(_) if stopped() => Ok(()),
-            Err(source) => Err(Error::Api {
+            Err(_) if stopped() => {}
+            Err(source) => record_fatal(Error::Api {
                 op: "PutSnapshotBlock",
                 snapshot_id: Some(self.snapshot_id.clone()),
                 block: Some(index),
                 attempts,
                 source,
             }),
+        }
+        // The buffer goes back only now: after a fatal error the stop is already set,
+        // so no hasher can take it to start one more block.
+        match body.try_into_mut() {
+            Ok(back) => self.pool.give_back(back.into()),
+            Err(_) => self.pool.forget_one(),
         }
     }
 }
