@@ -83,8 +83,28 @@ mkdir -p "$work/enc/locked"
 echo "hidden" > "$work/enc/locked/inside.txt"
 echo "visible" > "$work/enc/outside.txt"
 cp -r "$tree/etc" "$work/enc/etc"
+# For the coverage findings: a compressed log (a test lowers the decompression bound
+# below its size) and a symbolic link loop.
+head -c 200000 /dev/zero | gzip -n -9 > "$work/enc/zeros.log.gz"
+ln -s loop-b "$work/enc/loop-a"; ln -s loop-a "$work/enc/loop-b"
 mkfs.ext4 -q -F -O encrypt -L encrypted -d "$work/enc" "$out/ext4-encrypted-dir.img" 8M
 debugfs -w -R "set_inode_field /locked flags 0x80800" "$out/ext4-encrypted-dir.img" 2>/dev/null
+
+# An ext4 feature that Linux and every reader here refuse (dirdata, Lustre's), set
+# with debugfs: the volume is recognised and must be reported as not read.
+mkfs.ext4 -q -F -L dirdata -d "$tree" "$out/ext4-dirdata.img" 8M
+debugfs -w -R "feature dirdata" "$out/ext4-dirdata.img" >/dev/null 2>&1
+
+# One volume, two signatures: an ext2 (4 KiB blocks) and, over its boot block and
+# some unused inode-table blocks, the boot sector and first MFT records of an NTFS
+# that mkntfs made with 64 KiB clusters (its MFT then starts at byte 131072, inside
+# the ext2's inode table, past the inodes in use). blkid -p calls it ambivalent.
+truncate -s 16M "$work/ambiguous" "$work/ntfs"
+mkfs.ext2 -q -F -b 4096 -L ambiguous -d "$tree" "$work/ambiguous"
+mkntfs -q -F -Q -c 65536 "$work/ntfs" >/dev/null
+dd if="$work/ntfs" of="$work/ambiguous" bs=512 count=1 conv=notrunc status=none
+dd if="$work/ntfs" of="$work/ambiguous" bs=4096 skip=32 seek=32 count=4 conv=notrunc status=none
+mv "$work/ambiguous" "$out/ambiguous-ntfs-ext2.img"
 
 # MBR chains: a long one, one whose EBRs go backwards on the disk, and one with the
 # entries of its EBRs in unusual slots. The tests compare each with sfdisk and mmls.

@@ -228,10 +228,10 @@ fn print_text(out: &mut dyn Write, r: &Report, fail_on: FailOn) -> Result<()> {
             .unwrap_or_else(|| "unknown OS".into());
     writeln!(
         out,
-        "{}: {os}, {}, boot {:?}",
+        "{}: {os}, {}, boot {}",
         r.image,
         r.architecture.as_deref().unwrap_or("unknown architecture"),
-        r.boot_mode
+        serde_json::to_value(r.boot_mode)?.as_str().unwrap_or("?")
     )?;
     writeln!(
         out,
@@ -241,6 +241,39 @@ fn print_text(out: &mut dyn Write, r: &Report, fail_on: FailOn) -> Result<()> {
         r.summary.unallocated_bytes_scanned >> 20,
         r.summary.packages
     )?;
+    writeln!(
+        out,
+        "coverage (what the audit saw / what the filesystem holds):"
+    )?;
+    for c in &r.coverage {
+        if !c.examined {
+            writeln!(out, "  p{} {}: not examined", c.partition, c.filesystem)?;
+            continue;
+        }
+        let holds = match &c.holds {
+            Some(h) => {
+                let inodes = h
+                    .inodes_used
+                    .map(|n| format!(", {n} inodes in use"))
+                    .unwrap_or_default();
+                format!(
+                    "; holds {} KiB in use of {} KiB{inodes}",
+                    h.bytes_used >> 10,
+                    h.bytes_total >> 10
+                )
+            }
+            None => String::new(),
+        };
+        writeln!(
+            out,
+            "  p{} {}: {} entries listed, {} files ({} KiB) scanned{holds}",
+            c.partition,
+            c.filesystem,
+            c.entries_listed,
+            c.files_scanned,
+            c.bytes_scanned >> 10
+        )?;
+    }
     writeln!(
         out,
         "findings: {}; allowed by configuration: {}",

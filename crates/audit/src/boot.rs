@@ -1,4 +1,4 @@
-//! EC2 boot readiness, and the coverage of the audit itself.
+//! EC2 boot readiness.
 
 use crate::{Auditor, Category, Context, Finding, Output};
 use inspect::BootMode;
@@ -82,49 +82,6 @@ impl Auditor for BootAuditor {
                 "No cloud-init or equivalent: instances will not get their key pair or user data",
                 Severity::Medium,
             );
-        }
-        Ok(out)
-    }
-}
-
-pub(crate) struct CoverageAuditor;
-
-impl Auditor for CoverageAuditor {
-    fn id(&self) -> &'static str {
-        "coverage"
-    }
-    fn version(&self) -> &'static str {
-        "1"
-    }
-    fn run(&self, ctx: &Context<'_>) -> Result<Output, String> {
-        let mut out = Output::default();
-        for n in &ctx.inspection.not_examined {
-            let is_partition = n.what.starts_with("partition ") || n.what == "root filesystem";
-            let (name, title, severity) = if is_partition {
-                (
-                    "partition-not-examined",
-                    format!("{} was not examined", n.what),
-                    Severity::Medium,
-                )
-            } else {
-                (
-                    "file-not-examined",
-                    format!("{} could not be read", n.what),
-                    Severity::Low,
-                )
-            };
-            out.findings.push(
-                Finding::new(
-                    Category::Coverage,
-                    name,
-                    title,
-                    severity,
-                    n.partition,
-                    (!is_partition).then(|| n.what.clone()),
-                )
-                .with_excerpt(n.reason.clone()),
-            );
-            out.not_examined.push(n.clone());
         }
         Ok(out)
     }

@@ -2,7 +2,7 @@
 //! volumes. A deleted key is still a leaked key: the snapshot carries every block.
 
 use crate::scan::{CHUNK, OVERLAP};
-use crate::{Auditor, Category, Context, Finding, NotExamined, Output};
+use crate::{Auditor, Category, Context, Finding, Gap, NotExamined, Output};
 use blockio::BlockSource;
 use imagefs::FsKind;
 use std::ops::Range;
@@ -37,6 +37,7 @@ impl Auditor for DeletedDataAuditor {
                 Ok(r) => r,
                 Err(e) => {
                     out.not_examined.push(NotExamined {
+                        kind: Gap::Unallocated,
                         partition: Some(n),
                         what: format!("unallocated space of partition {n} ({})", kind.name()),
                         reason: e.to_string(),
@@ -44,11 +45,29 @@ impl Auditor for DeletedDataAuditor {
                     continue;
                 }
             };
+            // A truncated volume: its free space past the end of the image is gone.
+            if let Ok(usage) = imagefs::usage(&**window, kind) {
+                if usage.span > window.len() {
+                    out.not_examined.push(NotExamined {
+                        kind: Gap::Unallocated,
+                        partition: Some(n),
+                        what: format!(
+                            "unallocated space of partition {n} past the end of the image"
+                        ),
+                        reason: format!(
+                            "the filesystem spans {} bytes but the image holds {}",
+                            usage.span,
+                            window.len()
+                        ),
+                    });
+                }
+            }
             // Holes in the image file read as zeros: no need to read them.
             let data = window.data_ranges().map_err(|e| e.to_string())?;
             for r in intersect(&free, &data) {
                 if let Err(e) = scan_range(ctx, &**window, n, v.partition.start, r, &mut out) {
                     out.not_examined.push(NotExamined {
+                        kind: Gap::Unallocated,
                         partition: Some(n),
                         what: format!("unallocated space of partition {n}"),
                         reason: e,

@@ -1,6 +1,6 @@
 //! One walk of every readable filesystem, shared by the auditors.
 
-use crate::{Config, NotExamined, Skipped};
+use crate::{Config, Gap, NotExamined, Skipped};
 use imagefs::{FileKind, Metadata, WalkLimits};
 use inspect::Image;
 
@@ -65,6 +65,7 @@ impl FileIndex {
             });
             for p in outcome.problems {
                 index.not_examined.push(NotExamined {
+                    kind: Gap::Directory,
                     partition: Some(n),
                     what: p.path,
                     reason: p.reason,

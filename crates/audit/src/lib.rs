@@ -10,11 +10,13 @@
 //! | `deleted-data` | secrets in the unallocated blocks of ext and FAT volumes |
 //! | `hygiene` | the shared-AMI checklist: keys, histories, hashes, leftovers |
 //! | `boot` | EC2 boot readiness: boot mode, ENA, NVMe, cloud-init |
-//! | `coverage` | everything that could not be examined |
 //!
-//! An auditor that fails or panics does not take the others down: its failure
-//! becomes a `coverage.auditor-failed` finding of high severity, so a broken audit
-//! never reads as a clean one. [`Report::gate`] applies the `--fail-on` threshold.
+//! Everything that could not be examined, by inspect or by any auditor, is a
+//! [`NotExamined`] entry with its [`Gap`] kind, and each becomes a `coverage.*`
+//! finding (see [`coverage_severity`]), so the gate never passes what the audit did
+//! not see. An auditor that fails or panics does not take the others down: its
+//! failure becomes a `coverage.auditor-failed` finding of high severity, so a broken
+//! audit never reads as a clean one. [`Report::gate`] applies the `--fail-on` threshold.
 
 mod boot;
 pub mod config;
@@ -26,7 +28,7 @@ mod scan;
 
 pub use config::Config;
 pub use files::{FileIndex, IndexedFile};
-pub use inspect::NotExamined;
+pub use inspect::{Gap, NotExamined};
 pub use secrets::Severity;
 
 use inspect::Image;
@@ -194,6 +196,26 @@ pub struct Summary {
     pub packages: u64,
 }
 
+/// How much of one volume the audit saw, against what its filesystem says it holds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VolumeCoverage {
+    /// The partition (0 for a bare filesystem).
+    pub partition: u32,
+    /// Its content ("ext4", "xfs", "swap"...).
+    pub filesystem: String,
+    /// Whether its files were read.
+    pub examined: bool,
+    /// Entries (files, directories, links...) the walk listed.
+    pub entries_listed: u64,
+    /// Regular files the secret scan read.
+    pub files_scanned: u64,
+    /// Bytes the secret scan read from them, decompressed bytes included.
+    pub bytes_scanned: u64,
+    /// Bytes and inodes the filesystem says are in use, where it says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holds: Option<imagefs::Usage>,
+}
+
 /// The whole audit.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -219,6 +241,8 @@ pub struct Report {
     pub packages: Vec<packages::Package>,
     /// Everything not examined, each with the reason.
     pub not_examined: Vec<NotExamined>,
+    /// Per volume: what the audit saw against what the filesystem holds.
+    pub coverage: Vec<VolumeCoverage>,
     /// Paths the configuration kept out of the secret scan.
     pub skipped: Vec<Skipped>,
     /// The auditors that ran.
@@ -269,6 +293,8 @@ pub struct Output {
     pub bytes_scanned: u64,
     /// Unallocated bytes scanned.
     pub unallocated_bytes_scanned: u64,
+    /// Files and bytes scanned, by partition.
+    pub scanned: BTreeMap<u32, (u64, u64)>,
 }
 
 /// One kind of check.
@@ -289,7 +315,6 @@ pub fn registry() -> Vec<Box<dyn Auditor>> {
         Box::new(deleted::DeletedDataAuditor),
         Box::new(hygiene::HygieneAuditor),
         Box::new(boot::BootAuditor),
-        Box::new(boot::CoverageAuditor),
     ]
 }
 
@@ -318,18 +343,8 @@ impl Auditor for PackagesAuditor {
         };
         let inv = packages::inventory(&*fs, &distro);
         for u in inv.unread {
-            out.findings.push(
-                Finding::new(
-                    Category::Coverage,
-                    "package-database-not-read",
-                    "A package database could not be read",
-                    Severity::Medium,
-                    Some(root),
-                    Some(u.path.clone()),
-                )
-                .with_excerpt(u.reason.clone()),
-            );
             out.not_examined.push(NotExamined {
+                kind: Gap::PackageDatabase,
                 partition: Some(root),
                 what: u.path,
                 reason: u.reason,
@@ -448,24 +463,21 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
         findings: Vec::new(),
         allowed: Vec::new(),
         packages: Vec::new(),
-        not_examined: files.not_examined.clone(),
+        not_examined: inspection
+            .not_examined
+            .iter()
+            .chain(&files.not_examined)
+            .cloned()
+            .collect(),
         skipped: files.skipped.clone(),
+        coverage: Vec::new(),
         auditors: Vec::new(),
     };
+    let mut scanned: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     for (run, out) in results {
         if let Some(e) = &run.error {
-            report.findings.push(
-                Finding::new(
-                    Category::Coverage,
-                    "auditor-failed",
-                    format!("The {} auditor failed: its checks did not run", run.id),
-                    Severity::High,
-                    None,
-                    None,
-                )
-                .with_excerpt(e.clone()),
-            );
             report.not_examined.push(NotExamined {
+                kind: Gap::Auditor,
                 partition: None,
                 what: format!("auditor {}", run.id),
                 reason: e.clone(),
@@ -477,14 +489,101 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
         report.summary.files_scanned += out.files_scanned;
         report.summary.bytes_scanned += out.bytes_scanned;
         report.summary.unallocated_bytes_scanned += out.unallocated_bytes_scanned;
+        for (partition, (files, bytes)) in out.scanned {
+            let tally = scanned.entry(partition).or_default();
+            tally.0 += files;
+            tally.1 += bytes;
+        }
         report.auditors.push(run);
     }
+    report.coverage = volume_coverage(image, &inspection, &files, &scanned);
     finish(&mut report, config);
     report
 }
 
-/// Applies severities and allow-lists, sorts, and counts.
+fn volume_coverage(
+    image: &Image,
+    inspection: &inspect::Report,
+    files: &FileIndex,
+    scanned: &BTreeMap<u32, (u64, u64)>,
+) -> Vec<VolumeCoverage> {
+    inspection
+        .partitions
+        .iter()
+        .filter(|p| !p.partition.extended)
+        .map(|p| {
+            let n = p.partition.number;
+            let volume = image.volumes().iter().find(|v| v.partition.number == n);
+            let holds = volume.and_then(|v| {
+                let (kind, window) = (v.kind?, v.window.as_ref()?);
+                imagefs::usage(&**window, kind).ok()
+            });
+            let (files_scanned, bytes_scanned) = scanned.get(&n).copied().unwrap_or_default();
+            VolumeCoverage {
+                partition: n,
+                filesystem: p.filesystem.kind.clone(),
+                examined: p.filesystem.examined,
+                entries_listed: files.entries.iter().filter(|e| e.partition == n).count() as u64,
+                files_scanned,
+                bytes_scanned,
+                holds,
+            }
+        })
+        .collect()
+}
+
+/// The default severity of a coverage gap: a security gate must not pass what it
+/// did not see, so an unread volume or directory is high, one file medium, and what
+/// holds no files low.
+pub fn coverage_severity(gap: Gap) -> Severity {
+    match gap {
+        Gap::Volume | Gap::AmbiguousSignature | Gap::Directory | Gap::Auditor => Severity::High,
+        Gap::File
+        | Gap::CompressedFile
+        | Gap::PackageDatabase
+        | Gap::Swap
+        | Gap::UnknownContent
+        | Gap::RaidSet
+        | Gap::RootFilesystem => Severity::Medium,
+        Gap::NoFiles | Gap::Unallocated => Severity::Low,
+    }
+}
+
+/// The `coverage.*` finding of one gap.
+fn coverage_finding(n: &NotExamined) -> Finding {
+    let is_path = matches!(
+        n.kind,
+        Gap::Directory | Gap::File | Gap::CompressedFile | Gap::PackageDatabase
+    );
+    let title = match n.kind {
+        Gap::AmbiguousSignature => format!("{}: a further signature, not read", n.what),
+        Gap::Auditor => format!("The {} failed: its checks did not run", n.what),
+        Gap::RootFilesystem => "No root filesystem was found".to_string(),
+        _ => format!("{} was not examined", n.what),
+    };
+    let mut f = Finding::new(
+        Category::Coverage,
+        n.kind.rule(),
+        title,
+        coverage_severity(n.kind),
+        n.partition,
+        is_path.then(|| n.what.clone()),
+    )
+    .with_excerpt(n.reason.clone());
+    let partition = n.partition.map(|p| p.to_string()).unwrap_or_default();
+    f.fingerprint = fingerprint(&[f.rule.as_bytes(), partition.as_bytes(), n.what.as_bytes()]);
+    f
+}
+
+/// Turns every gap into its coverage finding, applies severities and allow-lists,
+/// sorts, and counts.
 fn finish(report: &mut Report, config: &Config) {
+    report
+        .not_examined
+        .sort_by(|a, b| (a.partition, &a.what, &a.reason).cmp(&(b.partition, &b.what, &b.reason)));
+    report.not_examined.dedup();
+    let gaps: Vec<Finding> = report.not_examined.iter().map(coverage_finding).collect();
+    report.findings.extend(gaps);
     let mut kept = Vec::new();
     for mut f in std::mem::take(&mut report.findings) {
         f.severity = config.severity(&f.rule, f.severity);
@@ -518,8 +617,4 @@ fn finish(report: &mut Report, config: &Config) {
         (a.kind, &a.name, &a.version, &a.arch).cmp(&(b.kind, &b.name, &b.version, &b.arch))
     });
     report.summary.packages = report.packages.len() as u64;
-    report
-        .not_examined
-        .sort_by(|a, b| (a.partition, &a.what, &a.reason).cmp(&(b.partition, &b.what, &b.reason)));
-    report.not_examined.dedup();
 }

@@ -1,7 +1,7 @@
 //! Secrets in files: every regular file of every readable filesystem, compressed
 //! ones decompressed, nothing skipped unless the configuration says so.
 
-use crate::{Auditor, Category, Context, Finding, NotExamined, Output};
+use crate::{Auditor, Category, Context, Finding, Gap, NotExamined, Output};
 use imagefs::Filesystem;
 use std::collections::HashMap;
 use std::io::Read;
@@ -43,19 +43,29 @@ impl Auditor for SecretsAuditor {
                             .or_insert_with(|| ctx.image.filesystem(f.partition).ok());
                         let Some(fs) = fs else {
                             mine.not_examined.push(NotExamined {
+                                kind: Gap::File,
                                 partition: Some(f.partition),
                                 what: f.path.clone(),
                                 reason: "its filesystem could not be opened again".into(),
                             });
                             continue;
                         };
+                        let before = (mine.files_scanned, mine.bytes_scanned);
                         scan_file(ctx, &**fs, f.partition, &f.raw_path, &f.path, &mut mine);
+                        let tally = mine.scanned.entry(f.partition).or_default();
+                        tally.0 += mine.files_scanned - before.0;
+                        tally.1 += mine.bytes_scanned - before.1;
                     }
                     let mut all = out.lock().unwrap_or_else(|p| p.into_inner());
                     all.findings.extend(mine.findings);
                     all.not_examined.extend(mine.not_examined);
                     all.files_scanned += mine.files_scanned;
                     all.bytes_scanned += mine.bytes_scanned;
+                    for (partition, (files, bytes)) in mine.scanned {
+                        let tally = all.scanned.entry(partition).or_default();
+                        tally.0 += files;
+                        tally.1 += bytes;
+                    }
                 });
             }
         });
@@ -73,6 +83,7 @@ fn scan_file(
 ) {
     let not_read = |out: &mut Output, reason: String| {
         out.not_examined.push(NotExamined {
+            kind: Gap::File,
             partition: Some(partition),
             what: path.to_string(),
             reason,
@@ -131,6 +142,7 @@ fn scan_compressed(
 ) {
     let not_read = |out: &mut Output, reason: String| {
         out.not_examined.push(NotExamined {
+            kind: Gap::CompressedFile,
             partition: Some(partition),
             what: path.to_string(),
             reason,

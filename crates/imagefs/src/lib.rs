@@ -31,7 +31,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 pub use probe::{probe, probe_all, probe_bytes, FsKind};
-pub use unallocated::unallocated;
+pub use unallocated::{unallocated, usage, Usage};
 pub use walk::{walk, WalkEntry, WalkLimits, WalkOutcome, WalkProblem};
 
 /// What went wrong inside a filesystem.
@@ -68,6 +68,14 @@ pub enum Error {
         path: Option<String>,
         /// What the reader said.
         reason: String,
+    },
+    /// Symbolic links that lead around in a loop (or further than Linux follows).
+    #[error("{path}: a symbolic link loop (more than {hops} links followed)")]
+    Loop {
+        /// The path being resolved.
+        path: String,
+        /// How many links were followed before giving up.
+        hops: usize,
     },
     /// A file is larger than the caller's bound.
     #[error("{path}: {size} bytes exceeds the {limit}-byte limit for reading it whole")]
@@ -317,10 +325,9 @@ pub fn resolve<F: Filesystem + ?Sized>(fs: &F, path: &[u8]) -> Result<Vec<u8>> {
         if meta.kind == FileKind::Symlink {
             hops += 1;
             if hops > MAX_SYMLINK_HOPS {
-                return Err(Error::Corrupt {
-                    kind: fs.kind().name(),
-                    path: Some(show(path)),
-                    reason: format!("more than {MAX_SYMLINK_HOPS} symbolic links (a loop?)"),
+                return Err(Error::Loop {
+                    path: show(path),
+                    hops: MAX_SYMLINK_HOPS,
                 });
             }
             let target = fs.read_link(&here)?;

@@ -44,6 +44,74 @@ pub fn unallocated(source: &dyn BlockSource, kind: FsKind) -> Result<Vec<Range<u
     Ok(merged)
 }
 
+/// How much a filesystem says it holds, as `df` and `dumpe2fs -h` or `fsck.vfat -n`
+/// would put it: the audit sets what it examined against these figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Bytes in use: blocks or clusters allocated (ext counts its own metadata).
+    pub bytes_used: u64,
+    /// Bytes the filesystem can hold: all blocks, or all data clusters.
+    pub bytes_total: u64,
+    /// Inodes in use, where the filesystem counts them (ext; not FAT).
+    pub inodes_used: Option<u64>,
+    /// Bytes from the volume's start to the end of its last block or cluster: more
+    /// than the volume's length when the image is truncated.
+    pub span: u64,
+}
+
+/// What the filesystem on `source` says it holds: the ext superblock's counts, or
+/// the FAT's free entries counted. Only ext2/3/4 and FAT are understood.
+pub fn usage(source: &dyn BlockSource, kind: FsKind) -> Result<Usage> {
+    match kind {
+        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => {
+            let sb = read(source, kind, EXT_SUPERBLOCK, 1024)?;
+            if le16(&sb, 0x38) != EXT_MAGIC {
+                return Err(corrupt(kind, "no ext superblock magic".into()));
+            }
+            let log = le32(&sb, 0x18);
+            if log > 6 {
+                return Err(corrupt(
+                    kind,
+                    format!("block size 2^(10+{log}) is impossible"),
+                ));
+            }
+            let bs = 1024u64 << log;
+            let is_64 = le32(&sb, 0x60) & EXT_INCOMPAT_64BIT != 0;
+            let wide = |lo: usize, hi: usize| {
+                let hi = if is_64 {
+                    u64::from(le32(&sb, hi)) << 32
+                } else {
+                    0
+                };
+                u64::from(le32(&sb, lo)) | hi
+            };
+            let (blocks, free) = (wide(0x04, 0x150), wide(0x0c, 0x158));
+            let (inodes, free_inodes) = (u64::from(le32(&sb, 0x00)), u64::from(le32(&sb, 0x10)));
+            Ok(Usage {
+                bytes_used: blocks.saturating_sub(free).saturating_mul(bs),
+                bytes_total: blocks.saturating_mul(bs),
+                inodes_used: Some(inodes.saturating_sub(free_inodes)),
+                span: blocks.saturating_mul(bs),
+            })
+        }
+        FsKind::Vfat => {
+            let l = crate::fat::layout(source)?;
+            let free: u64 = fat(source)?.iter().map(|r| r.end - r.start).sum();
+            let total = l.clusters * l.cluster_bytes;
+            Ok(Usage {
+                bytes_used: total.saturating_sub(free),
+                bytes_total: total,
+                inodes_used: None,
+                span: l.data_offset + total,
+            })
+        }
+        other => Err(Error::Unsupported {
+            kind: other.name(),
+            reason: "usage is read for ext2/3/4 and FAT only".into(),
+        }),
+    }
+}
+
 /// Appends `r`, extending the last range when they touch, so a volume of free
 /// clusters costs one range, not millions.
 fn push_merged(out: &mut Vec<Range<u64>>, r: Range<u64>) {

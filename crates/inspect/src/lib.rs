@@ -118,9 +118,75 @@ pub struct TableReport {
     pub notes: Vec<String>,
 }
 
+/// What kind of thing was not examined. The audit turns each into a `coverage.*`
+/// finding whose rule and default severity follow from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gap {
+    /// A volume that holds files, or may (a container, an encrypted or RAID volume).
+    Volume,
+    /// A further filesystem signature on a volume read as another.
+    AmbiguousSignature,
+    /// A directory whose entries were not listed.
+    Directory,
+    /// One file.
+    File,
+    /// A compressed file not scanned whole (over its bound, or damaged).
+    CompressedFile,
+    /// A package database.
+    PackageDatabase,
+    /// Swap: no files, but what was in memory.
+    Swap,
+    /// Content with no known signature: it may be a filesystem amiforge does not know.
+    UnknownContent,
+    /// A volume that holds no files: zeros, an external journal, boot loader code.
+    NoFiles,
+    /// Unallocated space not scanned for deleted data.
+    Unallocated,
+    /// A RAID set that one disk cannot assemble.
+    RaidSet,
+    /// No filesystem with an OS on it.
+    RootFilesystem,
+    /// An auditor that failed.
+    Auditor,
+}
+
+impl Gap {
+    /// The name of the coverage rule: `coverage.<rule>`.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Gap::Volume => "volume-not-read",
+            Gap::AmbiguousSignature => "ambiguous-signature",
+            Gap::Directory => "directory-not-read",
+            Gap::File => "file-not-read",
+            Gap::CompressedFile => "compressed-file-not-read",
+            Gap::PackageDatabase => "package-database-not-read",
+            Gap::Swap => "swap-not-read",
+            Gap::UnknownContent => "unknown-content",
+            Gap::NoFiles => "no-files",
+            Gap::Unallocated => "unallocated-not-scanned",
+            Gap::RaidSet => "raid-set-not-assembled",
+            Gap::RootFilesystem => "no-root-filesystem",
+            Gap::Auditor => "auditor-failed",
+        }
+    }
+
+    /// The kind of gap a volume of this content leaves when it is not read.
+    pub fn of_volume(kind: Option<FsKind>) -> Self {
+        match kind {
+            Some(FsKind::Swap) => Gap::Swap,
+            Some(FsKind::Unknown) => Gap::UnknownContent,
+            Some(FsKind::Empty | FsKind::JournalDev) => Gap::NoFiles,
+            _ => Gap::Volume,
+        }
+    }
+}
+
 /// Something that could not be examined, and why.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct NotExamined {
+    /// What kind of gap it is.
+    pub kind: Gap,
     /// The partition number (0 for a bare filesystem), if the gap is a partition.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<u32>,
@@ -272,7 +338,13 @@ impl Image {
                 .to_string();
                 let examined = v.problem.is_none();
                 if let Some(reason) = &v.problem {
+                    // Boot loader code in a BIOS boot partition holds no files.
+                    let gap = match v.kind {
+                        Some(FsKind::Unknown) if v.partition.is_bios_boot() => Gap::NoFiles,
+                        kind => Gap::of_volume(kind),
+                    };
                     not_examined.push(NotExamined {
+                        kind: gap,
                         partition: Some(v.partition.number),
                         what: format!("partition {} ({kind})", v.partition.number),
                         reason: reason.clone(),
@@ -280,6 +352,7 @@ impl Image {
                 }
                 for (other, reason) in &v.unread_signatures {
                     not_examined.push(NotExamined {
+                        kind: Gap::AmbiguousSignature,
                         partition: Some(v.partition.number),
                         what: format!(
                             "partition {} ({} signature)",
@@ -308,6 +381,7 @@ impl Image {
                 "the disk is a {what}: the partitions are read as this disk holds them"
             ));
             not_examined.push(NotExamined {
+                kind: Gap::RaidSet,
                 partition: None,
                 what: format!("RAID set ({})", raid.format.name()),
                 reason: format!(
@@ -346,6 +420,7 @@ impl Image {
         let (boot_mode, boot_evidence) = identity::boot_mode(self);
         if root_partition.is_none() {
             not_examined.push(NotExamined {
+                kind: Gap::RootFilesystem,
                 partition: None,
                 what: "root filesystem".into(),
                 reason: "no readable filesystem holds an OS (os-release or /etc)".into(),
@@ -353,6 +428,7 @@ impl Image {
         }
         for (path, reason) in found.problems {
             not_examined.push(NotExamined {
+                kind: Gap::File,
                 partition: root_partition,
                 what: path,
                 reason,
