@@ -274,3 +274,34 @@ fn sarif_output_has_rules_results_and_locations() {
         }
     }
 }
+
+#[test]
+fn deleted_data_in_an_md_raid1_member_is_reported_at_its_offset_in_the_image() {
+    let p = plant();
+    let scratch = Scratch::new("audit-md");
+    let image = scratch.path("md.img");
+    std::fs::copy(fixture("foreign/md-1.2-raid1.img"), &image).unwrap();
+    let deleted = &p.expected["deleted"]["fat"];
+    // 12 MiB into the member's ext4, which uses its first two: free blocks. The data
+    // area of a metadata 1.2 member starts 1 MiB into the disk.
+    let at = (1 << 20) + (12 << 20);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        f.write_all_at(deleted["content"].as_str().unwrap().as_bytes(), at)
+            .unwrap();
+    }
+    let (_, report) = audit_json(&image, &["--fail-on", "none"]);
+    let hit = findings(&report, "secret.private-key-rsa")
+        .into_iter()
+        .find(|f| f["path"] == "<unallocated>")
+        .unwrap_or_else(|| panic!("not found: {report:#}"));
+    let start = deleted["body_start"].as_str().unwrap();
+    assert_eq!(
+        bytes_at(&image, hit["offset"].as_u64().unwrap(), start.len()),
+        start
+    );
+}

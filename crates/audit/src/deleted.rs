@@ -65,7 +65,7 @@ impl Auditor for DeletedDataAuditor {
             // Holes in the image file read as zeros: no need to read them.
             let data = window.data_ranges().map_err(|e| e.to_string())?;
             for r in intersect(&free, &data) {
-                if let Err(e) = scan_range(ctx, &**window, n, v.partition.start, r, &mut out) {
+                if let Err(e) = scan_range(ctx, &**window, n, v.window_start, r, &mut out) {
                     out.not_examined.push(NotExamined {
                         kind: Gap::Unallocated,
                         partition: Some(n),

@@ -59,8 +59,11 @@ pub struct Image {
 pub struct Volume {
     /// The partition, or a pseudo-partition numbered 0 for a bare filesystem.
     pub partition: Partition,
-    /// The bytes of the partition, if it lies inside the image.
+    /// The bytes of the partition, if it lies inside the image: for an md RAID1
+    /// member, its data area.
     pub window: Option<Arc<dyn BlockSource>>,
+    /// Where `window` starts in the image, in bytes.
+    pub window_start: u64,
     /// What its first bytes say it holds.
     pub kind: Option<FsKind>,
     /// Why it could not be examined.
@@ -462,9 +465,11 @@ impl Image {
 impl Volume {
     fn probe(disk: &Arc<dyn BlockSource>, partition: Partition) -> Self {
         let number = partition.number;
+        let window_start = partition.start;
         let mut volume = Self {
             partition,
             window: None,
+            window_start,
             kind: None,
             problem: None,
             signatures: Vec::new(),
@@ -510,6 +515,7 @@ impl Volume {
                 ));
                 let inner = Arc::new(w.with_label(label)) as Arc<dyn BlockSource>;
                 self.window = Some(inner.clone());
+                self.window_start += data.start;
                 self.classify(inner);
             }
             Err(e) => {
