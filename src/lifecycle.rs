@@ -137,7 +137,7 @@ fn share(args: ShareArgs, add: bool) -> Result<()> {
     };
     let rt = runtime()?;
     let done = rt.block_on(async {
-        let client = ami::client(&args.aws.options()).await?;
+        let client = ami::client(&args.aws.options(), &args.aws.retry()).await?;
         Ok::<_, anyhow::Error>(
             lifecycle::share(&client, &args.image_id, &who, add, args.dry_run).await?,
         )
@@ -171,7 +171,7 @@ pub fn run(cmd: AmiCommand) -> Result<()> {
         } => {
             let rt = runtime()?;
             let images = rt.block_on(async {
-                let client = ami::client(&aws.options()).await?;
+                let client = ami::client(&aws.options(), &aws.retry()).await?;
                 Ok::<_, anyhow::Error>(
                     lifecycle::list(&client, name_prefix.as_deref(), family.as_deref()).await?,
                 )
@@ -229,7 +229,7 @@ pub fn run(cmd: AmiCommand) -> Result<()> {
             let rt = runtime()?;
             let when = if cancel { None } else { at.clone() };
             rt.block_on(async {
-                let client = ami::client(&aws.options()).await?;
+                let client = ami::client(&aws.options(), &aws.retry()).await?;
                 Ok::<_, anyhow::Error>(
                     lifecycle::deprecate(&client, &image_id, when.as_deref(), dry_run).await?,
                 )
@@ -256,7 +256,7 @@ pub fn run(cmd: AmiCommand) -> Result<()> {
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
             let pruned = rt.block_on(async {
-                let client = ami::client(&aws.options()).await?;
+                let client = ami::client(&aws.options(), &aws.retry()).await?;
                 Ok::<_, anyhow::Error>(
                     lifecycle::prune(&client, &family, keep, older_than, now, dry_run).await?,
                 )

@@ -192,7 +192,7 @@ pub fn register(args: RegisterArgs) -> Result<()> {
     let timeout = Duration::from_secs(args.params.register_timeout_minutes * 60);
     let rt = runtime()?;
     let registered = rt.block_on(async {
-        let client = ami::client(&args.aws.options()).await?;
+        let client = ami::client(&args.aws.options(), &args.aws.retry()).await?;
         Ok::<_, anyhow::Error>(ami::register(&client, &spec, timeout).await?)
     })?;
     print_registered(&registered, &spec, args.format)
@@ -358,7 +358,10 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
     let image_sha256 = identity.1.clone();
     let timeout = Duration::from_secs(args.params.register_timeout_minutes * 60);
     let rt = runtime()?;
-    let client = rt.block_on(ami::client(&args.upload.aws.options()))?;
+    let client = rt.block_on(ami::client(
+        &args.upload.aws.options(),
+        &args.upload.aws.retry(),
+    ))?;
 
     // 3. Idempotent re-runs: the same name and the same image bytes return the AMI.
     if let Some(existing) = rt.block_on(ami::find_by_name(&client, &draft.name))? {

@@ -147,3 +147,96 @@ fn deprecate_sends_the_time_and_dry_run_sends_nothing() {
     assert_eq!(code, Some(0));
     assert_eq!(server.ec2_requests("DisableImageDeprecation").len(), 1);
 }
+
+#[test]
+fn ec2_throttling_and_503s_are_retried_by_publish_share_and_deprecate() {
+    let server = start_background(Config {
+        completion_delay_ms: 50,
+        faults: ebs_testserver::Faults {
+            ec2_throttle_rate: 0.25,
+            ec2_unavailable_rate: 0.05,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let (ami, _) = published(&server);
+    for args in [
+        vec!["ami", "share", &ami, "--account", "111111111111"],
+        vec!["ami", "deprecate", &ami, "--at", "2027-01-31T00:00:00Z"],
+    ] {
+        let (code, _, stderr) = outcome(amiforge_at(&server.endpoint()).args(&args));
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+    }
+    let stats = server.stats();
+    let retried = stats.requests.get("throttled").copied().unwrap_or(0)
+        + stats.requests.get("unavailable").copied().unwrap_or(0);
+    assert!(retried > 0, "some EC2 requests were refused: {stats:?}");
+    assert!(!server.ec2_requests("EnableImageDeprecation").is_empty());
+}
+
+#[test]
+fn unauthorized_operation_fails_after_one_attempt_and_names_the_call() {
+    let server = start_background(Config {
+        faults: ebs_testserver::Faults {
+            ec2_unauthorized: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let (code, _, stderr) = outcome(amiforge_at(&server.endpoint()).args([
+        "ami",
+        "deprecate",
+        "ami-0123456789abcdef0",
+        "--at",
+        "2027-01-31T00:00:00Z",
+    ]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("UnauthorizedOperation"), "{stderr}");
+    assert!(
+        stderr.contains("EnableImageDeprecation"),
+        "the call is named: {stderr}"
+    );
+    let stats = server.stats();
+    let calls: u64 = stats.requests.values().sum();
+    assert_eq!(calls, 1, "exactly one attempt: {stats:?}");
+}
+
+#[test]
+fn a_stalled_ec2_answer_is_abandoned_after_the_attempt_timeout_and_retried() {
+    let server = start_background(Config {
+        faults: ebs_testserver::Faults {
+            ec2_delay_ms: 5000,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = outcome(amiforge_at(&server.endpoint()).args([
+        "ami",
+        "deprecate",
+        "ami-0123456789abcdef0",
+        "--at",
+        "2027-01-31T00:00:00Z",
+        "--attempt-timeout",
+        "1",
+        "--max-attempts",
+        "2",
+    ]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "two 1 s attempts, not a 5 s wait"
+    );
+    assert_eq!(
+        server
+            .stats()
+            .requests
+            .get("EnableImageDeprecation")
+            .copied(),
+        Some(2),
+        "the stalled attempt was retried once"
+    );
+}

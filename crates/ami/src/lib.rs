@@ -325,8 +325,8 @@ pub async fn wait_snapshots(
                 }
             }
             Err(e) => {
-                let msg = sdk_message(&e);
-                if !msg.contains("NotFound") {
+                if !is_not_found(&e) {
+                    let msg = sdk_message(&e);
                     return Err(Error::Api {
                         op: "DescribeSnapshots",
                         resource: ids.join(","),
@@ -410,8 +410,8 @@ pub async fn wait_available(
                 }
             }
             Err(e) => {
-                let msg = sdk_message(&e);
-                if !msg.contains("NotFound") {
+                if !is_not_found(&e) {
+                    let msg = sdk_message(&e);
                     return Err(Error::Api {
                         op: "DescribeImages",
                         resource: image_id.into(),
@@ -589,11 +589,48 @@ pub async fn delete_snapshot(client: &aws_sdk_ec2::Client, id: &str) -> Result<(
     Ok(())
 }
 
-/// An EC2 client from the standard configuration.
+/// How long to wait for a TCP connection to EC2.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An EC2 client from the standard configuration, with `retry` applied to every call
+/// by the SDK's standard retry strategy: throttling (`RequestLimitExceeded`,
+/// `Throttling`...), 5xx answers, timeouts and dropped connections are retried with
+/// exponential backoff and jitter, classified by the SDK from the error codes; other
+/// errors (`UnauthorizedOperation`, `InvalidParameterValue`...) are not. Each attempt
+/// is abandoned after `retry.attempt_timeout`.
 pub async fn client(
     opts: &awsapi::AwsOptions,
+    retry: &ebs::RetryPolicy,
 ) -> std::result::Result<aws_sdk_ec2::Client, awsapi::Error> {
-    Ok(aws_sdk_ec2::Client::new(&awsapi::load(opts).await?))
+    use aws_config::retry::RetryConfig;
+    use aws_config::timeout::TimeoutConfig;
+    let sdk = awsapi::load(opts).await?;
+    let config = aws_sdk_ec2::config::Builder::from(&sdk)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(retry.max_attempts.max(1))
+                .with_initial_backoff(retry.base_delay)
+                .with_max_backoff(retry.max_delay),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(retry.attempt_timeout)
+                .build(),
+        )
+        .build();
+    Ok(aws_sdk_ec2::Client::from_conf(config))
+}
+
+/// Whether EC2 answered that the resource does not exist (`InvalidAMIID.NotFound`,
+/// `InvalidSnapshot.NotFound`...), by the error code, not the message.
+pub(crate) fn is_not_found<E, R>(e: &aws_sdk_ec2::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_ec2::error::ProvideErrorMetadata,
+{
+    e.as_service_error()
+        .and_then(|s| s.code())
+        .is_some_and(|code| code.ends_with(".NotFound"))
 }
 
 #[cfg(test)]

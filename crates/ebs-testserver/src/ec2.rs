@@ -70,9 +70,41 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
             .map(|(_, v)| v.clone())
     };
     let action = get("Action").unwrap_or_default();
+    let faults = {
+        let mut st = lock(&s);
+        *st.stats.requests.entry(action.clone()).or_default() += 1;
+        st.ec2_requests.push((action.clone(), form.clone()));
+        st.config.faults.clone()
+    };
+    // A slow answer: counted above, so a client that gives up still left a trace.
+    if faults.ec2_delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(faults.ec2_delay_ms)).await;
+    }
     let mut st = lock(&s);
-    *st.stats.requests.entry(action.clone()).or_default() += 1;
-    st.ec2_requests.push((action.clone(), form.clone()));
+    if faults.ec2_unauthorized {
+        return ec2_error_with_status(
+            StatusCode::FORBIDDEN,
+            "UnauthorizedOperation",
+            &format!("You are not authorized to perform this operation ({action})."),
+        );
+    }
+    let dice = st.rng.f64();
+    if dice < faults.ec2_throttle_rate {
+        *st.stats.requests.entry("throttled".into()).or_default() += 1;
+        return ec2_error_with_status(
+            StatusCode::BAD_REQUEST,
+            "RequestLimitExceeded",
+            "Request limit exceeded.",
+        );
+    }
+    if dice < faults.ec2_throttle_rate + faults.ec2_unavailable_rate {
+        *st.stats.requests.entry("unavailable".into()).or_default() += 1;
+        return ec2_error_with_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Unavailable",
+            "The service is unavailable. Please try again shortly.",
+        );
+    }
     match action.as_str() {
         "RegisterImage" => register_image(&mut st, &form),
         "DescribeImages" => describe_images(&mut st, &form),

@@ -39,8 +39,9 @@ pub const BLOCK_SIZE: usize = 524_288;
 /// Blocks per GiB.
 pub const BLOCKS_PER_GIB: u64 = (1 << 30) / BLOCK_SIZE as u64;
 
-/// Faults to inject into EBS data-plane calls.
+/// Faults to inject into EBS data-plane calls and EC2 calls.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Faults {
     /// Share (0..1) of PutSnapshotBlock and GetSnapshotBlock calls that fail
     /// transiently: throttled, 500, reset or slow, in equal parts.
@@ -56,6 +57,15 @@ pub struct Faults {
     pub put_delay_ms: u64,
     /// RegisterImage fails with an internal error (to test clean-up).
     pub fail_register: bool,
+    /// Share (0..1) of EC2 requests answered 400 RequestLimitExceeded, as EC2
+    /// throttles.
+    pub ec2_throttle_rate: f64,
+    /// Share (0..1) of EC2 requests answered 503 Unavailable.
+    pub ec2_unavailable_rate: f64,
+    /// Every EC2 request is answered 403 UnauthorizedOperation.
+    pub ec2_unauthorized: bool,
+    /// Every EC2 answer waits this many milliseconds first.
+    pub ec2_delay_ms: u64,
 }
 
 /// Server settings.

@@ -24,6 +24,12 @@ struct Args {
     /// Answer every EBS call with AccessDeniedException.
     #[arg(long)]
     access_denied: bool,
+    /// Share of EC2 calls answered RequestLimitExceeded (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    ec2_throttle_rate: f64,
+    /// Share of EC2 calls answered 503 Unavailable (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    ec2_unavailable_rate: f64,
     /// The secret key every request must be SigV4-signed with (an empty value
     /// accepts unsigned requests).
     #[arg(long, default_value = ebs_testserver::TEST_SECRET_ACCESS_KEY)]
@@ -40,8 +46,9 @@ async fn main() -> std::io::Result<()> {
             slow_ms: a.slow_ms,
             not_found_first: a.not_found_first,
             access_denied: a.access_denied,
-            put_delay_ms: 0,
-            fail_register: false,
+            ec2_throttle_rate: a.ec2_throttle_rate,
+            ec2_unavailable_rate: a.ec2_unavailable_rate,
+            ..Default::default()
         },
         secret_access_key: Some(a.secret_access_key).filter(|k| !k.is_empty()),
         ..Default::default()
