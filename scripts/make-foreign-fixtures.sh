@@ -183,13 +183,17 @@ if version == "0.90":
     dev[0:len(data)] = data
     dev[at:at + 4096] = sb
 else:
-    # Version 1: 1.0 at the end (data from 0), 1.2 at 4 KiB (data from 1 MiB).
+    # Version 1: 1.0 at the end (data from 0), 1.1 at 0 and 1.2 at 4 KiB (data
+    # from 1 MiB).
     max_dev = 2
     sb = bytearray(256 + 2 * max_dev)
     sectors = SIZE // 512
     if version == "1.0":
         super_offset = (sectors - 16) & ~7
         data_offset = 0
+    elif version == "1.1":
+        super_offset = 0
+        data_offset = 2048
     else:
         super_offset = 8
         data_offset = 2048
@@ -215,6 +219,7 @@ PY
 }
 md_member "$out/md-0.90-raid1.img" 0.90 1
 md_member "$out/md-1.0-raid1.img" 1.0 1
+md_member "$out/md-1.1-raid1.img" 1.1 1
 md_member "$out/md-1.2-raid1.img" 1.2 1
 md_member "$out/md-1.2-raid5.img" 1.2 5
 

@@ -241,6 +241,7 @@ fn md_raid1_members_of_every_superblock_version_are_read_through_their_data_area
     for (name, version) in [
         ("md-0.90-raid1.img", "0.90"),
         ("md-1.0-raid1.img", "1.0"),
+        ("md-1.1-raid1.img", "1.1"),
         ("md-1.2-raid1.img", "1.2"),
     ] {
         let path = foreign(name);
