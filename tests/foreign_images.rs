@@ -131,12 +131,14 @@ fn a_recursive_listing_goes_on_past_an_encrypted_directory_and_names_it() {
     assert_eq!(code, Some(2), "{err}");
 }
 
-/// (start, size) in bytes of every partition amiforge lists, in its order.
-fn ours(report: &Value) -> Vec<(u64, u64)> {
+/// (start, size) in bytes of the partitions amiforge lists that `keep` keeps, in its
+/// order.
+fn spans(report: &Value, keep: impl Fn(&Value) -> bool) -> Vec<(u64, u64)> {
     report["partitions"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|p| keep(p))
         .map(|p| (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap()))
         .collect()
 }
@@ -183,37 +185,19 @@ fn ebr_chains_long_backwards_and_in_odd_slots_agree_with_sfdisk_and_mmls() {
     ] {
         let path = foreign(name);
         let r = inspect(&path);
-        let mine = ours(&r);
+        let mine = spans(&r, |_| true);
         // sfdisk numbers the logical partitions in chain order, as amiforge does.
         assert_eq!(mine, sfdisk(&path), "{name}");
-        let logical: Vec<(u64, u64)> = r["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["logical"] == true)
-            .map(|p| (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap()))
-            .collect();
+        let logical = spans(&r, |p| p["logical"] == true);
         assert_eq!(logical.len(), logicals, "{name}");
         // mmls lists the data partitions sorted by start.
-        let mut data: Vec<(u64, u64)> = r["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["extended"] == false)
-            .map(|p| (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap()))
-            .collect();
+        let mut data = spans(&r, |p| p["extended"] == false);
         data.sort();
         let theirs: Vec<(u64, u64)> = mmls(&path)
             .into_iter()
             .filter(|&(start, _)| start != 0 && mine.iter().any(|&(s, _)| s == start))
             .collect();
-        let extended: Vec<(u64, u64)> = r["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["extended"] == true)
-            .map(|p| (p["start"].as_u64().unwrap(), p["size"].as_u64().unwrap()))
-            .collect();
+        let extended = spans(&r, |p| p["extended"] == true);
         let theirs: Vec<(u64, u64)> = theirs
             .into_iter()
             .filter(|p| !extended.contains(p))

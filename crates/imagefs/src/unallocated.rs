@@ -64,18 +64,7 @@ pub struct Usage {
 pub fn usage(source: &dyn BlockSource, kind: FsKind) -> Result<Usage> {
     match kind {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => {
-            let sb = read(source, kind, EXT_SUPERBLOCK, 1024)?;
-            if le16(&sb, 0x38) != EXT_MAGIC {
-                return Err(corrupt(kind, "no ext superblock magic".into()));
-            }
-            let log = le32(&sb, 0x18);
-            if log > 6 {
-                return Err(corrupt(
-                    kind,
-                    format!("block size 2^(10+{log}) is impossible"),
-                ));
-            }
-            let bs = 1024u64 << log;
+            let (sb, bs) = ext_superblock(source, kind)?;
             let is_64 = le32(&sb, 0x60) & EXT_INCOMPAT_64BIT != 0;
             let wide = |lo: usize, hi: usize| {
                 let hi = if is_64 {
@@ -148,7 +137,8 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn ext(source: &dyn BlockSource, kind: FsKind) -> Result<Vec<Range<u64>>> {
+/// The ext superblock, with its magic checked, and the block size it gives.
+fn ext_superblock(source: &dyn BlockSource, kind: FsKind) -> Result<(Vec<u8>, u64)> {
     let sb = read(source, kind, EXT_SUPERBLOCK, 1024)?;
     if le16(&sb, 0x38) != EXT_MAGIC {
         return Err(corrupt(kind, "no ext superblock magic".into()));
@@ -161,6 +151,11 @@ fn ext(source: &dyn BlockSource, kind: FsKind) -> Result<Vec<Range<u64>>> {
         ));
     }
     let bs = 1024u64 << log;
+    Ok((sb, bs))
+}
+
+fn ext(source: &dyn BlockSource, kind: FsKind) -> Result<Vec<Range<u64>>> {
+    let (sb, bs) = ext_superblock(source, kind)?;
     let first_data_block = u64::from(le32(&sb, 0x14));
     let per_group = u64::from(le32(&sb, 0x20));
     let is_64 = le32(&sb, 0x60) & EXT_INCOMPAT_64BIT != 0;
