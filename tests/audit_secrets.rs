@@ -179,16 +179,7 @@ fn a_key_deleted_from_a_fat_volume_is_found_in_its_free_clusters() {
             .arg("::key.pem"),
     );
     tool_output(tool("mdel").arg("-i").arg(&image).arg("::key.pem"));
-    let (_, report) = audit_json(&image, &["--fail-on", "none"]);
-    let hit = findings(&report, "secret.private-key-rsa")
-        .into_iter()
-        .find(|f| f["path"] == "<unallocated>")
-        .unwrap_or_else(|| panic!("not found: {report:#}"));
-    let start = deleted["body_start"].as_str().unwrap();
-    assert_eq!(
-        bytes_at(&image, hit["offset"].as_u64().unwrap(), start.len()),
-        start
-    );
+    assert_deleted_key_found_at_its_offset(&image, deleted);
 }
 
 #[test]
@@ -294,14 +285,20 @@ fn deleted_data_in_an_md_raid1_member_is_reported_at_its_offset_in_the_image() {
         f.write_all_at(deleted["content"].as_str().unwrap().as_bytes(), at)
             .unwrap();
     }
-    let (_, report) = audit_json(&image, &["--fail-on", "none"]);
+    assert_deleted_key_found_at_its_offset(&image, deleted);
+}
+
+/// The audit finds the planted key in unallocated space, and the offset it reports
+/// holds the key's first bytes in the image.
+fn assert_deleted_key_found_at_its_offset(image: &Path, deleted: &serde_json::Value) {
+    let (_, report) = audit_json(image, &["--fail-on", "none"]);
     let hit = findings(&report, "secret.private-key-rsa")
         .into_iter()
         .find(|f| f["path"] == "<unallocated>")
         .unwrap_or_else(|| panic!("not found: {report:#}"));
     let start = deleted["body_start"].as_str().unwrap();
     assert_eq!(
-        bytes_at(&image, hit["offset"].as_u64().unwrap(), start.len()),
+        bytes_at(image, hit["offset"].as_u64().unwrap(), start.len()),
         start
     );
 }

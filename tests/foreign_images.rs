@@ -48,6 +48,17 @@ fn cat(path: &Path, file: &str) -> (Option<i32>, String, String) {
     outcome(amiforge().arg("cat").arg(path).arg(file))
 }
 
+/// `cat` reads the fixtures' tree: /etc/hostname, exactly.
+fn assert_reads_the_tree(path: &Path) {
+    let (code, out, err) = cat(path, "/etc/hostname");
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "foreign-host\n"),
+        "{}: {err}",
+        path.display()
+    );
+}
+
 #[test]
 fn a_small_fat32_with_its_total_in_the_16_bit_field_is_read_with_a_note() {
     let path = foreign("fat32-small.img");
@@ -59,8 +70,7 @@ fn a_small_fat32_with_its_total_in_the_16_bit_field_is_read_with_a_note() {
     assert_eq!(p["filesystem"]["kind"], "vfat");
     assert_eq!(p["filesystem"]["examined"], true, "{r:#}");
     assert!(notes(p).contains("16-bit field"), "{}", notes(p));
-    let (code, out, _) = cat(&path, "/etc/hostname");
-    assert_eq!((code, out.as_str()), (Some(0), "foreign-host\n"));
+    assert_reads_the_tree(&path);
 }
 
 #[test]
@@ -81,12 +91,7 @@ fn ext_layouts_strict_readers_refuse_are_read_and_say_which_reader() {
         let p = partition(&r, 0);
         assert_eq!(p["filesystem"]["examined"], true, "{name}: {r:#}");
         assert!(notes(p).contains("own ext reader"), "{name}: {}", notes(p));
-        let (code, out, err) = cat(&path, "/etc/hostname");
-        assert_eq!(
-            (code, out.as_str()),
-            (Some(0), "foreign-host\n"),
-            "{name}: {err}"
-        );
+        assert_reads_the_tree(&path);
     }
 }
 
@@ -247,12 +252,7 @@ fn md_raid1_members_of_every_superblock_version_are_read_through_their_data_area
             "{name}: {}",
             notes(p)
         );
-        let (code, out, err) = cat(&path, "/etc/hostname");
-        assert_eq!(
-            (code, out.as_str()),
-            (Some(0), "foreign-host\n"),
-            "{name}: {err}"
-        );
+        assert_reads_the_tree(&path);
     }
 }
 

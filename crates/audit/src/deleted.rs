@@ -45,23 +45,6 @@ impl Auditor for DeletedDataAuditor {
                     continue;
                 }
             };
-            // A truncated volume: its free space past the end of the image is gone.
-            if let Ok(usage) = imagefs::usage(&**window, kind) {
-                if usage.span > window.len() {
-                    out.not_examined.push(NotExamined {
-                        kind: Gap::Unallocated,
-                        partition: Some(n),
-                        what: format!(
-                            "unallocated space of partition {n} past the end of the image"
-                        ),
-                        reason: format!(
-                            "the filesystem spans {} bytes but the image holds {}",
-                            usage.span,
-                            window.len()
-                        ),
-                    });
-                }
-            }
             // Holes in the image file read as zeros: no need to read them.
             let data = window.data_ranges().map_err(|e| e.to_string())?;
             for r in intersect(&free, &data) {

@@ -496,40 +496,67 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
         }
         report.auditors.push(run);
     }
-    report.coverage = volume_coverage(image, &inspection, &files, &scanned);
+    report.coverage = volume_coverage(
+        image,
+        &inspection,
+        &files,
+        &scanned,
+        &mut report.not_examined,
+    );
     finish(&mut report, config);
     report
 }
 
+/// How much of each volume the audit saw, against what its filesystem holds (read
+/// once per volume); a truncated volume's free space past the end of the image is
+/// added to `not_examined`.
 fn volume_coverage(
     image: &Image,
     inspection: &inspect::Report,
     files: &FileIndex,
     scanned: &BTreeMap<u32, (u64, u64)>,
+    not_examined: &mut Vec<NotExamined>,
 ) -> Vec<VolumeCoverage> {
-    inspection
+    let mut listed: BTreeMap<u32, u64> = BTreeMap::new();
+    for e in &files.entries {
+        *listed.entry(e.partition).or_default() += 1;
+    }
+    let mut out = Vec::new();
+    for p in inspection
         .partitions
         .iter()
         .filter(|p| !p.partition.extended)
-        .map(|p| {
-            let n = p.partition.number;
-            let volume = image.volumes().iter().find(|v| v.partition.number == n);
-            let holds = volume.and_then(|v| {
-                let (kind, window) = (v.kind?, v.window.as_ref()?);
-                imagefs::usage(&**window, kind).ok()
-            });
-            let (files_scanned, bytes_scanned) = scanned.get(&n).copied().unwrap_or_default();
-            VolumeCoverage {
-                partition: n,
-                filesystem: p.filesystem.kind.clone(),
-                examined: p.filesystem.examined,
-                entries_listed: files.entries.iter().filter(|e| e.partition == n).count() as u64,
-                files_scanned,
-                bytes_scanned,
-                holds,
+    {
+        let n = p.partition.number;
+        let volume = image.volumes().iter().find(|v| v.partition.number == n);
+        let window = volume.and_then(|v| v.window.as_ref());
+        let holds = volume.and_then(|v| imagefs::usage(&**window?, v.kind?).ok());
+        if let (Some(h), Some(w), true) = (&holds, window, p.filesystem.examined) {
+            if h.span > w.len() {
+                not_examined.push(NotExamined {
+                    kind: Gap::Unallocated,
+                    partition: Some(n),
+                    what: format!("unallocated space of partition {n} past the end of the image"),
+                    reason: format!(
+                        "the filesystem spans {} bytes but the image holds {}",
+                        h.span,
+                        w.len()
+                    ),
+                });
             }
-        })
-        .collect()
+        }
+        let (files_scanned, bytes_scanned) = scanned.get(&n).copied().unwrap_or_default();
+        out.push(VolumeCoverage {
+            partition: n,
+            filesystem: p.filesystem.kind.clone(),
+            examined: p.filesystem.examined,
+            entries_listed: listed.get(&n).copied().unwrap_or_default(),
+            files_scanned,
+            bytes_scanned,
+            holds,
+        });
+    }
+    out
 }
 
 /// The default severity of a coverage gap: a security gate must not pass what it
