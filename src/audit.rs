@@ -1,5 +1,6 @@
 //! `amiforge audit` and `amiforge sbom`.
 
+use crate::progress::Reporter;
 use anyhow::{Context as _, Result};
 use audit::{Config, Report, Severity};
 use std::io::Write;
@@ -77,7 +78,9 @@ pub struct AuditArgs {
 /// SBOM formats.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SbomFormat {
-    /// CycloneDX 1.6 JSON.
+    /// CycloneDX 1.6 JSON (also accepted as `json`, the spelling every other command
+    /// takes).
+    #[value(alias = "json")]
     CyclonedxJson,
     /// SPDX 2.3 JSON.
     SpdxJson,
@@ -96,18 +99,6 @@ pub struct SbomArgs {
     pub output: Option<PathBuf>,
 }
 
-/// Logs each auditor's start and end on stderr.
-struct LogProgress;
-
-impl audit::Progress for LogProgress {
-    fn started(&self, id: &str) {
-        tracing::info!(auditor = id, "started");
-    }
-    fn finished(&self, id: &str, seconds: f64) {
-        tracing::info!(auditor = id, seconds = format!("{seconds:.2}"), "finished");
-    }
-}
-
 /// Loads the configuration, or the defaults.
 pub fn load_config(path: Option<&Path>) -> Result<Config> {
     match path {
@@ -117,15 +108,14 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 /// Audits the image at `path`.
-pub fn run(path: &Path, config: &Config) -> Result<Report> {
+/// Audits the image at `path`, showing progress unless `show_progress` is false.
+pub fn run(path: &Path, config: &Config, show_progress: bool) -> Result<Report> {
     let image = inspect::Image::open(path)?;
-    eprintln!("amiforge: auditing {}...", path.display());
-    Ok(audit::audit(
-        &image,
-        &path.display().to_string(),
-        config,
-        &LogProgress,
-    ))
+    let progress = Reporter::new(show_progress, "auditors done");
+    progress.label(&format!("auditing {}", path.display()));
+    let report = audit::audit(&image, &path.display().to_string(), config, &*progress);
+    progress.finish();
+    Ok(report)
 }
 
 fn writer(output: Option<&Path>) -> Result<Box<dyn Write>> {
@@ -138,9 +128,9 @@ fn writer(output: Option<&Path>) -> Result<Box<dyn Write>> {
 }
 
 /// Returns false when the gate failed (exit 1).
-pub fn audit_command(args: AuditArgs) -> Result<bool> {
+pub fn audit_command(args: AuditArgs, show_progress: bool) -> Result<bool> {
     let config = load_config(args.config.as_deref())?;
-    let report = run(&args.image, &config)?;
+    let report = run(&args.image, &config, show_progress)?;
     let mut out = writer(args.output.as_deref())?;
     match args.format {
         AuditFormat::Json => {
@@ -179,9 +169,14 @@ pub struct GateArgs {
 impl GateArgs {
     /// Audits `image`; `None` when the gate refuses (after saying why and that
     /// `not_done` was not done).
-    pub fn audit(&self, image: &Path, not_done: &str) -> Result<Option<Report>> {
+    pub fn audit(
+        &self,
+        image: &Path,
+        not_done: &str,
+        show_progress: bool,
+    ) -> Result<Option<Report>> {
         let config = load_config(self.audit_config.as_deref())?;
-        let report = run(image, &config)?;
+        let report = run(image, &config, show_progress)?;
         Ok((!gate_refuses(&report, self.fail_on, not_done)).then_some(report))
     }
 }

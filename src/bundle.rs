@@ -1,9 +1,9 @@
 //! `amiforge bundle`: carry an image across an air gap.
 
 use crate::audit::{FailOn, GateArgs};
+use crate::cli::{emit, parse_tags, Format};
+use crate::progress::Reporter;
 use crate::publish::{detect, spec_from, AmiParams, PLACEHOLDER_SNAPSHOT};
-use crate::transfer::parse_tags;
-use crate::Format;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -48,6 +48,9 @@ pub enum BundleCommand {
         bundle: PathBuf,
         /// The image file to write.
         out: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
 }
 
@@ -84,7 +87,7 @@ pub struct CreateArgs {
 }
 
 /// Returns false when the audit gate failed (exit 1).
-pub fn run(args: BundleArgs) -> Result<bool> {
+pub fn run(args: BundleArgs, show_progress: bool) -> Result<bool> {
     match args.command {
         Some(BundleCommand::Verify {
             bundle,
@@ -96,19 +99,29 @@ pub fn run(args: BundleArgs) -> Result<bool> {
             public_key.as_deref(),
             expect_manifest_sha256.as_deref(),
             format,
+            show_progress,
         )
         .map(|_| true),
-        Some(BundleCommand::Extract { bundle, out }) => {
+        Some(BundleCommand::Extract {
+            bundle,
+            out,
+            format,
+        }) => {
             let b = bundle::Bundle::open(&bundle)?;
-            let size = b.extract(&out)?;
-            eprintln!("amiforge: wrote {} ({size} bytes)", out.display());
+            let progress = Reporter::new(show_progress, "blocks");
+            let size = b.extract(&out, &*progress)?;
+            progress.finish();
+            let value = serde_json::json!({ "image": out.display().to_string(), "bytes": size });
+            emit(format, &value, || {
+                format!("wrote {} ({size} bytes)", out.display())
+            })?;
             Ok(true)
         }
-        None => create(args.create),
+        None => create(args.create, show_progress),
     }
 }
 
-fn create(args: CreateArgs) -> Result<bool> {
+fn create(args: CreateArgs, show_progress: bool) -> Result<bool> {
     let (Some(image), Some(out)) = (args.image, args.out) else {
         bail!("bundle needs an IMAGE and --out DIR");
     };
@@ -131,7 +144,10 @@ fn create(args: CreateArgs) -> Result<bool> {
         .map(bundle::load_signing_key)
         .transpose()?;
     // 1. The audit gate, before anything is written.
-    let Some(report) = args.gate.audit(&image, "no bundle was written")? else {
+    let Some(report) = args
+        .gate
+        .audit(&image, "no bundle was written", show_progress)?
+    else {
         return Ok(false);
     };
     // 2. The documents: audit, SBOM (of the packages the audit read; the databases
@@ -164,7 +180,9 @@ fn create(args: CreateArgs) -> Result<bool> {
     ];
     // 3. The blocks.
     let source = blockio::FileSource::open(&image)?;
-    let created = bundle::create(&source, &out, &name, &files, key.as_ref())?;
+    let progress = Reporter::new(show_progress, "blocks");
+    let created = bundle::create(&source, &out, &name, &files, key.as_ref(), &*progress)?;
+    progress.finish();
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&created)?),
         Format::Text => {
@@ -191,17 +209,24 @@ fn create(args: CreateArgs) -> Result<bool> {
 fn open_and_verify(
     path: &Path,
     public_key: Option<&Path>,
+    show_progress: bool,
 ) -> Result<(bundle::Bundle, bundle::Verified)> {
     let b = bundle::Bundle::open(path)?;
     let key = public_key.map(bundle::load_verifying_key).transpose()?;
-    let v = b.verify(key.as_ref())?;
-    Ok((b, v))
+    let progress = Reporter::new(show_progress, "blocks verified");
+    let v = b.verify(key.as_ref(), &*progress);
+    progress.finish();
+    Ok((b, v?))
 }
 
 /// Opens and fully verifies a bundle; the upload and publish paths call this before
 /// sending anything.
-pub fn open_verified(path: &Path, public_key: Option<&Path>) -> Result<bundle::Bundle> {
-    let (b, v) = open_and_verify(path, public_key).with_context(|| {
+pub fn open_verified(
+    path: &Path,
+    public_key: Option<&Path>,
+    show_progress: bool,
+) -> Result<bundle::Bundle> {
+    let (b, v) = open_and_verify(path, public_key, show_progress).with_context(|| {
         format!(
             "bundle {} does not verify; nothing was uploaded",
             path.display()
@@ -224,8 +249,9 @@ fn verify(
     public_key: Option<&Path>,
     expect: Option<&str>,
     format: Format,
+    show_progress: bool,
 ) -> Result<()> {
-    let (_, v) = open_and_verify(path, public_key)?;
+    let (_, v) = open_and_verify(path, public_key, show_progress)?;
     if let Some(want) = expect {
         if !v.manifest_sha256.eq_ignore_ascii_case(want.trim()) {
             bail!(

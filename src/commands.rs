@@ -1,6 +1,6 @@
 //! The commands: inspect, ls, cat.
 
-use crate::Format;
+use crate::cli::{write_json, Format};
 use anyhow::{bail, Context, Result};
 use imagefs::{show, FileKind, Filesystem, Metadata, WalkLimits};
 use inspect::{Image, Report};
@@ -13,13 +13,6 @@ use std::path::Path;
 fn open(image: &Path) -> Result<Image> {
     tracing::info!(image = %image.display(), "opening read-only");
     Image::open(image).with_context(|| format!("cannot inspect {}", image.display()))
-}
-
-fn write_json(value: &impl Serialize) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
 }
 
 pub fn inspect(image: &Path, format: Format) -> Result<()> {
@@ -293,12 +286,71 @@ pub fn ls(
     }
 }
 
-pub fn cat(image: &Path, path: &OsStr, partition: Option<u32>) -> Result<()> {
+pub fn cat(image: &Path, path: &OsStr, partition: Option<u32>, format: Format) -> Result<()> {
     let img = open(image)?;
     let fs = filesystem(&img, partition, image)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    fs.copy_to(path.as_bytes(), &mut out)
-        .with_context(|| image.display().to_string())?;
-    out.flush()?;
+    let stdout = std::io::stdout().lock();
+    match format {
+        Format::Text => {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout);
+            fs.copy_to(path.as_bytes(), &mut out)
+                .with_context(|| image.display().to_string())?;
+            out.flush()?;
+        }
+        Format::Json => {
+            // Streamed, so a large file never sits in memory: the content in base64,
+            // then its size and SHA-256.
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout);
+            write!(
+                out,
+                "{{\"path\": {}, \"content_base64\": \"",
+                serde_json::to_string(&show(path.as_bytes()))?
+            )?;
+            let mut tee = HashingWriter {
+                inner: base64::write::EncoderWriter::new(
+                    &mut out,
+                    &base64::engine::general_purpose::STANDARD,
+                ),
+                hash: sha2::Sha256::default(),
+                size: 0,
+            };
+            fs.copy_to(path.as_bytes(), &mut tee)
+                .with_context(|| image.display().to_string())?;
+            let HashingWriter {
+                mut inner,
+                hash,
+                size,
+            } = tee;
+            let out = inner.finish()?;
+            use sha2::Digest;
+            writeln!(
+                out,
+                "\", \"size\": {size}, \"sha256\": \"{:x}\"}}",
+                hash.finalize()
+            )?;
+            out.flush()?;
+        }
+    }
     Ok(())
+}
+
+/// Passes bytes on while hashing and counting them.
+struct HashingWriter<W> {
+    inner: W,
+    hash: sha2::Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }

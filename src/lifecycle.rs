@@ -1,10 +1,9 @@
 //! `amiforge ami ...`: list, share, unshare, copy, deprecate and prune AMIs.
 
-use crate::transfer::{runtime, AwsArgs};
-use crate::Format;
+use crate::cli::{emit, runtime, AwsArgs, Format};
+use crate::progress::Reporter;
 use ami::lifecycle::{self, Audience};
 use anyhow::Result;
-use serde::Serialize;
 use std::time::Duration;
 
 /// The AMI lifecycle commands.
@@ -18,6 +17,10 @@ pub enum AmiCommand {
         /// Only this family (the amiforge:family tag).
         #[arg(long)]
         family: Option<String>,
+        /// Also show the SSM parameters under this path (e.g. /images) that name
+        /// each image.
+        #[arg(long, value_name = "PATH")]
+        ssm_path: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -70,8 +73,34 @@ pub enum AmiCommand {
         #[command(flatten)]
         aws: AwsArgs,
     },
-    /// Deregister a family's images beyond the newest N (and older than D days), and
-    /// delete their snapshots.
+    /// Disable the AMI: it can no longer be launched and leaves listings and
+    /// sharing, until `ami enable`.
+    Disable(ImageArgs),
+    /// Enable a disabled AMI again.
+    Enable(ImageArgs),
+    /// Turn on deregistration protection: the AMI cannot be deregistered (prune
+    /// leaves it alone) until `ami unprotect`.
+    Protect {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// Keep the protection for 24 hours after it is turned off.
+        #[arg(long)]
+        cooldown: bool,
+    },
+    /// Turn deregistration protection off (with a cooldown it lasts 24 hours more).
+    Unprotect(ImageArgs),
+    /// Point SSM parameters (data type aws:ec2:image) at the AMI, e.g. move
+    /// /images/web/latest to the new version; prints what each named before.
+    Promote {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// The parameter; repeat for more.
+        #[arg(long = "ssm-parameter", value_name = "NAME", required = true)]
+        parameters: Vec<String>,
+    },
+    /// Deregister a family's images beyond the newest N (and older than D days, and
+    /// not launched for U days), and delete their snapshots. Images with
+    /// deregistration protection are never touched.
     Prune {
         /// The family (the amiforge:family tag).
         #[arg(long)]
@@ -82,6 +111,10 @@ pub enum AmiCommand {
         /// Only remove images older than this many days.
         #[arg(long, value_name = "DAYS")]
         older_than: Option<u64>,
+        /// Only remove images no instance was launched from in this many days (their
+        /// lastLaunchedTime; never-launched images qualify).
+        #[arg(long, value_name = "DAYS")]
+        unused_for: Option<u64>,
         /// Show what would go; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -91,6 +124,21 @@ pub enum AmiCommand {
         #[command(flatten)]
         aws: AwsArgs,
     },
+}
+
+/// One AMI, and the settings of a command that changes it.
+#[derive(clap::Args, Debug)]
+pub struct ImageArgs {
+    /// The AMI.
+    pub image_id: String,
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// Whom to share with.
@@ -120,14 +168,6 @@ pub struct ShareArgs {
     pub aws: AwsArgs,
 }
 
-fn print<T: Serialize>(format: Format, value: &T, text: impl FnOnce() -> String) -> Result<()> {
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Format::Text => println!("{}", text()),
-    }
-    Ok(())
-}
-
 fn share(args: ShareArgs, add: bool) -> Result<()> {
     let who = Audience {
         accounts: args.accounts,
@@ -148,7 +188,7 @@ fn share(args: ShareArgs, add: bool) -> Result<()> {
         (true, true) => "would share",
         (false, true) => "would unshare",
     };
-    print(
+    emit(
         args.format,
         &serde_json::json!({ "result": &done, "audience": &who }),
         || {
@@ -161,25 +201,125 @@ fn share(args: ShareArgs, add: bool) -> Result<()> {
     )
 }
 
-pub fn run(cmd: AmiCommand) -> Result<()> {
+/// The future of one change to one image.
+type Change<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ami::Result<()>> + 'a>>;
+
+/// Runs a change to one image (disable, enable, protect, unprotect) and reports it.
+fn change(
+    args: ImageArgs,
+    done: &str,
+    call: impl for<'a> FnOnce(&'a ami::Client, &'a str, bool) -> Change<'a>,
+) -> Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = ami::client(&args.aws.options(), &args.aws.retry()).await?;
+        Ok::<_, anyhow::Error>(call(&client, &args.image_id, args.dry_run).await?)
+    })?;
+    let id = &args.image_id;
+    let value = serde_json::json!({ "image_id": id, "result": done, "dry_run": args.dry_run });
+    emit(args.format, &value, || {
+        if args.dry_run {
+            format!("{id} would be {done}")
+        } else {
+            format!("{id} {done}")
+        }
+    })
+}
+
+pub fn run(cmd: AmiCommand, show_progress: bool) -> Result<()> {
     match cmd {
         AmiCommand::List {
             name_prefix,
             family,
+            ssm_path,
             format,
             aws,
         } => {
             let rt = runtime()?;
-            let images = rt.block_on(async {
+            let (images, parameters) = rt.block_on(async {
                 let client = ami::client(&aws.options(), &aws.retry()).await?;
-                Ok::<_, anyhow::Error>(
-                    lifecycle::list(&client, name_prefix.as_deref(), family.as_deref()).await?,
-                )
+                let images =
+                    lifecycle::list(&client, name_prefix.as_deref(), family.as_deref()).await?;
+                let parameters = match &ssm_path {
+                    Some(path) => {
+                        let ssm = ami::parameters::client(&aws.options(), &aws.retry()).await?;
+                        ami::parameters::under(&ssm, path).await?
+                    }
+                    None => Vec::new(),
+                };
+                Ok::<_, anyhow::Error>((images, parameters))
             })?;
-            print(format, &images, || {
+            let named = |id: &str| -> Vec<String> {
+                parameters
+                    .iter()
+                    .filter(|(_, v)| v == id)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            };
+            let listed: Vec<serde_json::Value> = images
+                .iter()
+                .map(|i| {
+                    let mut v = serde_json::to_value(i).unwrap_or_default();
+                    if ssm_path.is_some() {
+                        v["ssm_parameters"] = named(&i.image_id).into();
+                    }
+                    v
+                })
+                .collect();
+            emit(format, &listed, || {
                 images
                     .iter()
-                    .map(|i| format!("{}  {}  {}  {}", i.image_id, i.created, i.state, i.name))
+                    .map(|i| {
+                        let params = named(&i.image_id);
+                        let params = if params.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  [{}]", params.join(", "))
+                        };
+                        format!(
+                            "{}  {}  {}  {}{params}",
+                            i.image_id, i.created, i.state, i.name
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        AmiCommand::Promote { image, parameters } => {
+            let rt = runtime()?;
+            let moved = rt.block_on(async {
+                let client = ami::client(&image.aws.options(), &image.aws.retry()).await?;
+                // The image must exist before anything is made to point at it.
+                lifecycle::describe(&client, &image.image_id).await?;
+                if image.dry_run {
+                    return Ok::<_, anyhow::Error>(Vec::new());
+                }
+                let ssm = ami::parameters::client(&image.aws.options(), &image.aws.retry()).await?;
+                let mut moved = Vec::new();
+                for p in &parameters {
+                    moved.push(ami::parameters::point(&ssm, p, &image.image_id).await?);
+                }
+                Ok(moved)
+            })?;
+            emit(image.format, &moved, || {
+                if image.dry_run {
+                    return format!(
+                        "would point {} at {}",
+                        parameters.join(", "),
+                        image.image_id
+                    );
+                }
+                moved
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{} -> {} (was {}, version {})",
+                            m.name,
+                            m.image_id,
+                            m.previous.as_deref().unwrap_or("unset"),
+                            m.version
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             })
@@ -196,21 +336,31 @@ pub fn run(cmd: AmiCommand) -> Result<()> {
             aws,
         } => {
             let rt = runtime()?;
+            let progress = Reporter::new(show_progress, "copies available");
+            progress.start(
+                &format!("copying {image_id} to {}", to_regions.join(", ")),
+                to_regions.len() as u64,
+            );
             let copies = rt.block_on(async {
-                let config = awsapi::load(&aws.options()).await?;
+                let client = ami::client(&aws.options(), &aws.retry()).await?;
                 Ok::<_, anyhow::Error>(
                     lifecycle::copy(
-                        &config,
+                        &client,
                         &image_id,
                         &to_regions,
                         encrypted,
                         kms_key,
                         Duration::from_secs(timeout_minutes * 60),
+                        &|c| {
+                            progress.say(&format!("{} available in {}", c.image_id, c.region));
+                            progress.advance(0);
+                        },
                     )
                     .await?,
                 )
             })?;
-            print(format, &copies, || {
+            progress.finish();
+            emit(format, &copies, || {
                 copies
                     .iter()
                     .map(|c| format!("{}  {}", c.region, c.image_id))
@@ -235,17 +385,41 @@ pub fn run(cmd: AmiCommand) -> Result<()> {
                 )
             })?;
             let value = serde_json::json!({ "image_id": image_id, "deprecate_at": when, "cancelled": cancel, "dry_run": dry_run });
-            print(format, &value, || match (&when, dry_run) {
+            emit(format, &value, || match (&when, dry_run) {
                 (Some(t), false) => format!("{image_id} deprecates at {t}"),
                 (Some(t), true) => format!("{image_id} would deprecate at {t}"),
                 (None, false) => format!("{image_id}: deprecation cancelled"),
                 (None, true) => format!("{image_id}: deprecation would be cancelled"),
             })
         }
+        AmiCommand::Disable(a) => change(a, "disabled", |c, id, dry| {
+            Box::pin(async move { lifecycle::set_enabled(c, id, false, dry).await })
+        }),
+        AmiCommand::Enable(a) => change(a, "enabled", |c, id, dry| {
+            Box::pin(async move { lifecycle::set_enabled(c, id, true, dry).await })
+        }),
+        AmiCommand::Protect { image, cooldown } => {
+            let what = if cooldown {
+                "protected from deregistration (with a 24-hour cooldown)"
+            } else {
+                "protected from deregistration"
+            };
+            change(image, what, move |c, id, dry| {
+                Box::pin(async move { lifecycle::protect(c, id, true, cooldown, dry).await })
+            })
+        }
+        AmiCommand::Unprotect(a) => change(
+            a,
+            "no longer protected from deregistration",
+            |c, id, dry| {
+                Box::pin(async move { lifecycle::protect(c, id, false, false, dry).await })
+            },
+        ),
         AmiCommand::Prune {
             family,
             keep,
             older_than,
+            unused_for,
             dry_run,
             format,
             aws,
@@ -258,10 +432,21 @@ pub fn run(cmd: AmiCommand) -> Result<()> {
             let pruned = rt.block_on(async {
                 let client = ami::client(&aws.options(), &aws.retry()).await?;
                 Ok::<_, anyhow::Error>(
-                    lifecycle::prune(&client, &family, keep, older_than, now, dry_run).await?,
+                    lifecycle::prune(
+                        &client,
+                        &family,
+                        lifecycle::PruneRules {
+                            keep,
+                            older_than_days: older_than,
+                            unused_for_days: unused_for,
+                        },
+                        now,
+                        dry_run,
+                    )
+                    .await?,
                 )
             })?;
-            print(format, &pruned, || {
+            emit(format, &pruned, || {
                 let verb = if pruned.dry_run {
                     "would remove"
                 } else {
@@ -269,6 +454,12 @@ pub fn run(cmd: AmiCommand) -> Result<()> {
                 };
                 let mut lines: Vec<String> =
                     pruned.kept.iter().map(|k| format!("keep    {k}")).collect();
+                lines.extend(
+                    pruned
+                        .spared
+                        .iter()
+                        .map(|s| format!("spare   {}: {}", s.image_id, s.reason)),
+                );
                 lines.extend(pruned.removed.iter().map(|r| {
                     format!(
                         "{verb} {} ({}) and snapshots {}",

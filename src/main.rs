@@ -7,12 +7,15 @@
 
 mod audit;
 mod bundle;
+mod cli;
 mod commands;
 mod lifecycle;
+mod progress;
 mod publish;
 mod transfer;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use cli::Format;
 use std::process::ExitCode;
 
 /// Exit code for success.
@@ -31,17 +34,11 @@ struct Cli {
     /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// No progress bar and no progress lines on stderr (logs and errors stay).
+    #[arg(long, global = true)]
+    no_progress: bool,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Output format of a command.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Format {
-    /// Human-readable text.
-    Text,
-    /// One JSON document on stdout.
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +81,10 @@ enum Command {
         /// Partition number (default: the root filesystem; 0 for a bare filesystem).
         #[arg(long)]
         partition: Option<u32>,
+        /// Output format: the raw bytes (text), or JSON with the path, size, SHA-256
+        /// and the content in base64.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Audit an image before it ships: packages, secrets (in files, compressed files
     /// and unallocated space), hygiene, EC2 boot readiness. Exit 1 when a finding is
@@ -110,19 +111,33 @@ enum Command {
     Register(publish::RegisterArgs),
     /// The whole pipeline: inspect → gate → upload → register. Prints the AMI id.
     Publish(publish::PublishArgs),
-    /// Manage AMIs: list, share, unshare, copy, deprecate, prune.
+    /// Manage AMIs: list, share, unshare, copy, deprecate, disable, protect, promote,
+    /// prune.
     #[command(subcommand)]
     Ami(lifecycle::AmiCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+        /// Output format: the script (text), or JSON with the shell and the script.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Write manual pages (roff), one per command, into a directory.
+    Man {
+        /// The directory (created if missing).
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+        /// Output format of the list of pages written.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    let show_progress = !cli.no_progress;
     let result = match cli.command {
         Command::Inspect { image, format } => commands::inspect(&image, format),
         Command::Ls {
@@ -137,42 +152,35 @@ fn main() -> ExitCode {
             image,
             path,
             partition,
-        } => commands::cat(&image, &path, partition),
-        Command::Audit(args) => match audit::audit_command(args) {
+            format,
+        } => commands::cat(&image, &path, partition, format),
+        Command::Audit(args) => match audit::audit_command(args, show_progress) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
             Err(e) => Err(e),
         },
         Command::Sbom(args) => audit::sbom_command(args),
-        Command::Bundle(args) => match bundle::run(args) {
+        Command::Bundle(args) => match bundle::run(args, show_progress) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
             Err(e) => Err(e),
         },
-        Command::Upload(args) => transfer::upload(args),
-        Command::Download(args) => transfer::download(args),
-        Command::Verify(args) => match transfer::verify(args) {
+        Command::Upload(args) => transfer::upload(args, show_progress),
+        Command::Download(args) => transfer::download(args, show_progress),
+        Command::Verify(args) => match transfer::verify(args, show_progress) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
             Err(e) => Err(e),
         },
         Command::Register(args) => publish::register(args),
-        Command::Publish(args) => match publish::publish(args) {
+        Command::Publish(args) => match publish::publish(args, show_progress) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
             Err(e) => Err(e),
         },
-        Command::Ami(cmd) => lifecycle::run(cmd),
-        Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "amiforge",
-                &mut std::io::stdout(),
-            );
-            Ok(())
-        }
+        Command::Ami(cmd) => lifecycle::run(cmd, show_progress),
+        Command::Completions { shell, format } => completions(shell, format),
+        Command::Man { out, format } => man(&out, format),
     };
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
@@ -182,6 +190,51 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+fn completions(shell: clap_complete::Shell, format: Format) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "amiforge", &mut script);
+    match format {
+        Format::Text => {
+            use std::io::Write;
+            std::io::stdout().write_all(&script)?;
+            Ok(())
+        }
+        Format::Json => cli::write_json(&serde_json::json!({
+            "shell": shell.to_string(),
+            "script": String::from_utf8_lossy(&script),
+        })),
+    }
+}
+
+/// Writes one manual page per command and subcommand into `out`.
+fn man(out: &std::path::Path, format: Format) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    fn pages(
+        cmd: clap::Command,
+        out: &std::path::Path,
+        written: &mut Vec<std::path::PathBuf>,
+    ) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            pages(sub.clone(), out, written)?;
+        }
+        written.push(clap_mangen::Man::new(cmd).generate_to(out)?);
+        Ok(())
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut written = Vec::new();
+    pages(cmd, out, &mut written)
+        .with_context(|| format!("cannot write manual pages into {}", out.display()))?;
+    written.sort();
+    let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    cli::emit(format, &serde_json::json!({ "pages": names }), || {
+        names.join("\n")
+    })
 }
 
 /// The error and its causes, each cause shown only when the message so far does not

@@ -1,7 +1,7 @@
 //! register (snapshot → AMI) and publish (image → inspect → gate → upload → AMI).
 
-use crate::transfer::{parse_tags, run_upload, runtime, AwsArgs, UploadArgs};
-use crate::Format;
+use crate::cli::{parse_tags, runtime, AwsArgs, Format};
+use crate::transfer::{run_upload, UploadArgs};
 use ami::{Architecture, BootMode, RegisterSpec};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -251,6 +251,14 @@ pub struct PublishArgs {
     /// The version within the family (tag amiforge:image-version).
     #[arg(long)]
     pub image_version: Option<String>,
+    /// Turn on deregistration protection for the new AMI (`ami unprotect` turns it
+    /// off; `ami prune` leaves protected AMIs alone).
+    #[arg(long)]
+    pub protect: bool,
+    /// Point this SSM parameter (data type aws:ec2:image) at the AMI, e.g.
+    /// /images/web/latest; repeat for more.
+    #[arg(long = "ssm-parameter", value_name = "NAME")]
+    pub ssm_parameters: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -275,7 +283,7 @@ fn sha256_of(path: &Path) -> Result<String> {
 }
 
 /// Returns false when the gate failed (exit 1).
-pub fn publish(args: PublishArgs) -> Result<bool> {
+pub fn publish(args: PublishArgs, show_progress: bool) -> Result<bool> {
     let input = args.upload.image.clone();
     let user_tags = parse_tags(&args.upload.tags)?;
     let mut common_tags = user_tags.clone();
@@ -288,7 +296,8 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
     }
     // 1. Audit and gate, before anything is sent; 2. the registration, validated.
     let (draft, identity) = if crate::bundle::is_bundle(&input) {
-        let b = crate::bundle::open_verified(&input, args.upload.public_key.as_deref())?;
+        let b =
+            crate::bundle::open_verified(&input, args.upload.public_key.as_deref(), show_progress)?;
         let (failing, os) = crate::bundle::bundled_gate(&b, args.gate.fail_on)?;
         if !failing.is_empty() {
             for f in &failing {
@@ -325,7 +334,10 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
             .clone()
             .context("--name is required when publishing an image (a bundle carries its own)")?;
         let detected = detect(&input)?;
-        let Some(report) = args.gate.audit(&input, "nothing was uploaded")? else {
+        let Some(report) = args
+            .gate
+            .audit(&input, "nothing was uploaded", show_progress)?
+        else {
             return Ok(false);
         };
         let os = report
@@ -380,18 +392,40 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
             .unwrap_or("")
             .to_string();
         eprintln!("amiforge: {id} was already published from this image; nothing to do");
+        if args.protect && existing.deregistration_protection().unwrap_or("disabled") == "disabled"
+        {
+            rt.block_on(ami::lifecycle::protect(&client, &id, true, false, false))?;
+            eprintln!("amiforge: {id} is protected from deregistration");
+        }
+        point_parameters(&args, &id, &rt)?;
         return print_publish(&args, &id, true, &snapshot, &image_sha256, &draft, None)
             .map(|_| true);
     }
 
     // 4. Upload, then register; clean up the snapshot if registration fails.
-    let outcome = run_upload(&args.upload, std::slice::from_ref(&identity), &rt)?;
+    let outcome = run_upload(
+        &args.upload,
+        std::slice::from_ref(&identity),
+        &rt,
+        show_progress,
+    )?;
     let spec = RegisterSpec {
         root_snapshot: outcome.snapshot_id.clone(),
         ..draft.clone()
     };
     match rt.block_on(ami::register(&client, &spec, timeout)) {
         Ok(r) => {
+            if args.protect {
+                rt.block_on(ami::lifecycle::protect(
+                    &client,
+                    &r.image_id,
+                    true,
+                    false,
+                    false,
+                ))?;
+                eprintln!("amiforge: {} is protected from deregistration", r.image_id);
+            }
+            point_parameters(&args, &r.image_id, &rt)?;
             print_publish(
                 &args,
                 &r.image_id,
@@ -426,6 +460,31 @@ pub fn publish(args: PublishArgs) -> Result<bool> {
             Err(e.into())
         }
     }
+}
+
+/// Points the --ssm-parameter names at the published image.
+fn point_parameters(
+    args: &PublishArgs,
+    image_id: &str,
+    rt: &tokio::runtime::Runtime,
+) -> Result<()> {
+    if args.ssm_parameters.is_empty() {
+        return Ok(());
+    }
+    let aws = &args.upload.aws;
+    rt.block_on(async {
+        let ssm = ami::parameters::client(&aws.options(), &aws.retry()).await?;
+        for name in &args.ssm_parameters {
+            let p = ami::parameters::point(&ssm, name, image_id).await?;
+            eprintln!(
+                "amiforge: SSM parameter {} -> {image_id} (was {}, version {})",
+                p.name,
+                p.previous.as_deref().unwrap_or("unset"),
+                p.version
+            );
+        }
+        Ok(())
+    })
 }
 
 fn print_publish(

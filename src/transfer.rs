@@ -1,74 +1,15 @@
 //! The commands that move blocks: upload, download, verify.
 
-use crate::Format;
+use crate::cli::{parse_tags, runtime, AwsArgs, Format};
+use crate::progress::Reporter;
 use anyhow::{bail, Context, Result};
 use blockio::{BlockSource, FileSource};
-use ebs::{Manifest, Progress, RetryPolicy, UploadOptions};
+use ebs::{Manifest, UploadOptions};
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// The standard AWS settings every command that talks to AWS takes.
-#[derive(clap::Args, Debug, Clone)]
-pub struct AwsArgs {
-    /// AWS region (default: AWS_REGION or the profile's region).
-    #[arg(long)]
-    pub region: Option<String>,
-    /// Named profile from ~/.aws/config (default: AWS_PROFILE or "default").
-    #[arg(long)]
-    pub profile: Option<String>,
-    /// Endpoint URL for every service (default: AWS_ENDPOINT_URL), e.g. a local test server.
-    #[arg(long)]
-    pub endpoint_url: Option<String>,
-    /// Seconds before one attempt of one call is abandoned and retried.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
-    pub attempt_timeout: u64,
-    /// Attempts per call, the first included.
-    #[arg(long, default_value_t = 10)]
-    pub max_attempts: u32,
-}
-
-impl AwsArgs {
-    pub fn retry(&self) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: self.max_attempts.max(1),
-            attempt_timeout: Duration::from_secs(self.attempt_timeout.max(1)),
-            ..RetryPolicy::default()
-        }
-    }
-
-    pub fn options(&self) -> awsapi::AwsOptions {
-        awsapi::AwsOptions {
-            region: self.region.clone(),
-            profile: self.profile.clone(),
-            endpoint_url: self.endpoint_url.clone(),
-        }
-    }
-
-    async fn client(&self) -> Result<Arc<awsapi::SdkEbs>> {
-        let config = awsapi::load(&self.options()).await?;
-        Ok(Arc::new(awsapi::SdkEbs::new(&config)))
-    }
-
-    /// These settings as command-line arguments, for the resume command.
-    fn as_args(&self) -> Vec<String> {
-        let mut a = Vec::new();
-        for (flag, v) in [
-            ("--region", &self.region),
-            ("--profile", &self.profile),
-            ("--endpoint-url", &self.endpoint_url),
-        ] {
-            if let Some(v) = v {
-                a.push(flag.to_string());
-                a.push(v.clone());
-            }
-        }
-        a
-    }
-}
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// `amiforge upload` arguments.
 #[derive(clap::Args, Debug)]
@@ -120,114 +61,8 @@ pub struct UploadArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// No progress bar or progress log lines.
-    #[arg(long)]
-    pub no_progress: bool,
     #[command(flatten)]
     pub aws: AwsArgs,
-}
-
-pub fn parse_tags(tags: &[String]) -> Result<Vec<(String, String)>> {
-    tags.iter()
-        .map(|t| match t.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => bail!("--tag {t:?} is not KEY=VALUE"),
-        })
-        .collect()
-}
-
-/// Progress on stderr: a bar on a terminal, periodic log lines otherwise.
-struct Reporter {
-    bar: Option<indicatif::ProgressBar>,
-    quiet: bool,
-    total: AtomicU64,
-    done: AtomicU64,
-    sent: AtomicU64,
-    started: Instant,
-    last_line: Mutex<Instant>,
-}
-
-/// How often plain progress lines are printed when stderr is not a terminal.
-const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(5);
-
-impl Reporter {
-    fn new(quiet: bool) -> Self {
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::new(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} blocks {msg} ETA {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b
-        });
-        Self {
-            bar,
-            quiet,
-            total: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-            started: Instant::now(),
-            last_line: Mutex::new(Instant::now()),
-        }
-    }
-
-    fn rate(&self) -> f64 {
-        self.sent.load(Ordering::Relaxed) as f64
-            / (1 << 20) as f64
-            / self.started.elapsed().as_secs_f64().max(1e-3)
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
-}
-
-impl Progress for Reporter {
-    fn started(&self, snapshot_id: &str, blocks: u64) {
-        self.total.store(blocks, Ordering::Relaxed);
-        if let Some(b) = &self.bar {
-            b.set_length(blocks);
-        } else if !self.quiet {
-            eprintln!("amiforge: {snapshot_id}: looking at {blocks} blocks");
-        }
-    }
-
-    fn block(&self, bytes: u64) {
-        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
-        self.sent.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(b) = &self.bar {
-            b.set_position(done);
-            b.set_message(format!("{:.1} MiB/s", self.rate()));
-        } else if !self.quiet {
-            let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
-            if last.elapsed() >= PROGRESS_LINE_EVERY {
-                *last = Instant::now();
-                eprintln!(
-                    "amiforge: {done}/{} blocks, {:.1} MiB sent, {:.1} MiB/s",
-                    self.total.load(Ordering::Relaxed),
-                    self.sent.load(Ordering::Relaxed) as f64 / (1 << 20) as f64,
-                    self.rate()
-                );
-            }
-        }
-    }
-
-    fn sealing(&self) {
-        self.finish();
-        if !self.quiet {
-            eprintln!("amiforge: all blocks sent; completing the snapshot");
-        }
-    }
-}
-
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
 }
 
 /// Quotes an argument for a POSIX shell, when it needs it.
@@ -275,6 +110,7 @@ pub fn run_upload(
     args: &UploadArgs,
     extra_tags: &[(String, String)],
     rt: &tokio::runtime::Runtime,
+    show_progress: bool,
 ) -> Result<ebs::UploadOutcome> {
     let mut tags = parse_tags(&args.tags)?;
     tags.extend(extra_tags.iter().cloned());
@@ -303,7 +139,8 @@ pub fn run_upload(
     // A bundle is verified whole before anything is sent; its blocks are then checked
     // again against the manifest as they are read.
     let image: Arc<dyn BlockSource> = if crate::bundle::is_bundle(&args.image) {
-        let b = crate::bundle::open_verified(&args.image, args.public_key.as_deref())?;
+        let b =
+            crate::bundle::open_verified(&args.image, args.public_key.as_deref(), show_progress)?;
         Arc::new(bundle::BundleSource::new(b))
     } else {
         Arc::new(
@@ -323,7 +160,7 @@ pub fn run_upload(
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let reporter = Arc::new(Reporter::new(args.no_progress));
+    let reporter = Reporter::new(show_progress, "blocks");
     let opts = UploadOptions {
         workers: args.workers,
         description: args.description.clone(),
@@ -342,7 +179,7 @@ pub fn run_upload(
         on_started: Box::new(|id| eprintln!("amiforge: snapshot {id} started")),
     };
     let result = rt.block_on(async {
-        let api = args.aws.client().await?;
+        let api = args.aws.ebs_client().await?;
         let stop = stop.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -377,9 +214,9 @@ pub fn run_upload(
     Ok(outcome)
 }
 
-pub fn upload(args: UploadArgs) -> Result<()> {
+pub fn upload(args: UploadArgs, show_progress: bool) -> Result<()> {
     let rt = runtime()?;
-    let outcome = run_upload(&args, &[], &rt)?;
+    let outcome = run_upload(&args, &[], &rt, show_progress)?;
     match args.format {
         Format::Json => {
             let mut v = serde_json::to_value(&outcome)?;
@@ -421,10 +258,11 @@ pub struct DownloadArgs {
     pub aws: AwsArgs,
 }
 
-pub fn download(args: DownloadArgs) -> Result<()> {
+pub fn download(args: DownloadArgs, show_progress: bool) -> Result<()> {
     let rt = runtime()?;
+    let reporter = Reporter::new(show_progress, "blocks");
     let outcome = rt.block_on(async {
-        let api = args.aws.client().await?;
+        let api = args.aws.ebs_client().await?;
         Ok::<_, anyhow::Error>(
             ebs::download(
                 api,
@@ -432,10 +270,12 @@ pub fn download(args: DownloadArgs) -> Result<()> {
                 &args.out,
                 args.workers,
                 args.aws.retry(),
+                reporter.clone(),
             )
             .await?,
         )
     })?;
+    reporter.finish();
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),
         Format::Text => println!(
@@ -467,15 +307,25 @@ pub struct VerifyArgs {
 }
 
 /// Returns whether every block matched.
-pub fn verify(args: VerifyArgs) -> Result<bool> {
+pub fn verify(args: VerifyArgs, show_progress: bool) -> Result<bool> {
     let image: Arc<dyn BlockSource> = Arc::new(FileSource::open(&args.image)?);
     let rt = runtime()?;
+    let reporter = Reporter::new(show_progress, "blocks");
     let outcome = rt.block_on(async {
-        let api = args.aws.client().await?;
+        let api = args.aws.ebs_client().await?;
         Ok::<_, anyhow::Error>(
-            ebs::verify(api, image, &args.snapshot, args.workers, args.aws.retry()).await?,
+            ebs::verify(
+                api,
+                image,
+                &args.snapshot,
+                args.workers,
+                args.aws.retry(),
+                reporter.clone(),
+            )
+            .await?,
         )
     })?;
+    reporter.finish();
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),
         Format::Text => {

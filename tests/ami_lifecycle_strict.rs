@@ -1,5 +1,6 @@
 //! The AMI lifecycle calls as they reach the wire, recorded by the strict test server:
-//! sharing (and block public access), deprecation, and --dry-run sending nothing.
+//! sharing (and block public access), deprecation, copies, disabling, deregistration
+//! protection, pruning, retries under EC2 faults, and --dry-run sending nothing.
 
 mod common;
 use common::*;
@@ -10,13 +11,19 @@ fn field<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 fn published(server: &ebs_testserver::Server) -> (String, String) {
+    published_as(server, "amiforge-lifecycle", &[])
+}
+
+/// Publishes the bare ext4 fixture as `name` in family "web"; (image, snapshot).
+fn published_as(server: &ebs_testserver::Server, name: &str, extra: &[&str]) -> (String, String) {
     let (code, stdout, stderr) = outcome(
         amiforge_at(&server.endpoint())
             .arg("publish")
             .arg(fixture("bare-ext4.img"))
+            .args(extra)
             .args([
                 "--name",
-                "amiforge-lifecycle",
+                name,
                 "--boot-mode",
                 "uefi",
                 "--fail-on",
@@ -149,12 +156,13 @@ fn deprecate_sends_the_time_and_dry_run_sends_nothing() {
 }
 
 #[test]
-fn ec2_throttling_and_503s_are_retried_by_publish_share_and_deprecate() {
+fn ec2_throttling_503s_and_dropped_connections_are_retried_by_every_lifecycle_command() {
     let server = start_background(Config {
         completion_delay_ms: 50,
         faults: ebs_testserver::Faults {
             ec2_throttle_rate: 0.25,
             ec2_unavailable_rate: 0.05,
+            ec2_drop_rate: 0.05,
             ..Default::default()
         },
         ..Default::default()
@@ -164,15 +172,199 @@ fn ec2_throttling_and_503s_are_retried_by_publish_share_and_deprecate() {
     for args in [
         vec!["ami", "share", &ami, "--account", "111111111111"],
         vec!["ami", "deprecate", &ami, "--at", "2027-01-31T00:00:00Z"],
+        vec!["ami", "copy", &ami, "--to-region", "us-west-2"],
+        vec!["ami", "disable", &ami],
+        vec!["ami", "enable", &ami],
+        // The copy is the family's newest: the original goes.
+        vec!["ami", "prune", "--family", "web", "--keep", "1"],
     ] {
         let (code, _, stderr) = outcome(amiforge_at(&server.endpoint()).args(&args));
         assert_eq!(code, Some(0), "{args:?}: {stderr}");
     }
     let stats = server.stats();
-    let retried = stats.requests.get("throttled").copied().unwrap_or(0)
-        + stats.requests.get("unavailable").copied().unwrap_or(0);
-    assert!(retried > 0, "some EC2 requests were refused: {stats:?}");
-    assert!(!server.ec2_requests("EnableImageDeprecation").is_empty());
+    let refused: u64 = ["throttled", "unavailable", "dropped"]
+        .iter()
+        .map(|k| stats.requests.get(*k).copied().unwrap_or(0))
+        .sum();
+    assert!(refused > 0, "some EC2 requests were refused: {stats:?}");
+    for call in [
+        "EnableImageDeprecation",
+        "CopyImage",
+        "DisableImage",
+        "EnableImage",
+        "DeregisterImage",
+    ] {
+        assert!(!server.ec2_requests(call).is_empty(), "{call} was made");
+    }
+    assert!(
+        server.image_state(&ami).is_none(),
+        "the original was pruned"
+    );
+}
+
+#[test]
+fn prune_never_touches_protected_or_recently_launched_images() {
+    let server = start_background(Config {
+        completion_delay_ms: 50,
+        ..Default::default()
+    })
+    .unwrap();
+    let (protected, _) = published_as(&server, "web-1", &["--protect"]);
+    let (launched, _) = published_as(&server, "web-2", &[]);
+    let (unused, _) = published_as(&server, "web-3", &[]);
+    let (_newest, _) = published_as(&server, "web-4", &[]);
+    assert_eq!(
+        server.image_state(&protected).unwrap().1,
+        "enabled",
+        "publish --protect"
+    );
+    // Launched a moment ago; the other old one never was.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let recent = aws_like_time(now - 3600);
+    server.set_last_launched(&launched, &recent);
+    server.set_last_launched(&unused, "2020-01-01T00:00:00Z");
+    let prune = |extra: &[&str]| {
+        let (code, stdout, stderr) = outcome(
+            amiforge_at(&server.endpoint())
+                .args(["ami", "prune", "--family", "web", "--keep", "1"])
+                .args(["--unused-for", "30", "--format", "json"])
+                .args(extra),
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+    };
+    let planned = prune(&["--dry-run"]);
+    let spared: Vec<(&str, &str)> = planned["spared"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["image_id"].as_str().unwrap(),
+                s["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        spared
+            .iter()
+            .any(|(id, why)| *id == protected && why.contains("protection is enabled")),
+        "{spared:?}"
+    );
+    assert!(
+        spared
+            .iter()
+            .any(|(id, why)| *id == launched && why.contains("within 30 days")),
+        "{spared:?}"
+    );
+    let removed: Vec<&str> = planned["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["image_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(removed, [unused.as_str()]);
+    assert!(server.ec2_requests("DeregisterImage").is_empty(), "dry run");
+    prune(&[]);
+    assert!(server.image_state(&unused).is_none());
+    assert!(server.image_state(&protected).is_some());
+    assert!(server.image_state(&launched).is_some());
+    // Unprotected, it goes; protection with a cooldown outlasts `unprotect`.
+    let ami = |args: &[&str]| {
+        let (code, _, stderr) = outcome(amiforge_at(&server.endpoint()).arg("ami").args(args));
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+    };
+    ami(&["unprotect", &protected]);
+    ami(&["protect", &launched, "--cooldown"]);
+    ami(&["unprotect", &launched]);
+    let after = prune(&[]);
+    assert!(server.image_state(&protected).is_none(), "{after}");
+    assert!(
+        server
+            .image_state(&launched)
+            .unwrap()
+            .1
+            .starts_with("disabled-until"),
+        "still protected during the cooldown"
+    );
+    let cooldown = &server.ec2_requests("EnableImageDeregistrationProtection");
+    assert_eq!(
+        field(cooldown.last().unwrap(), "WithCooldown"),
+        Some("true")
+    );
+}
+
+#[test]
+fn disable_and_enable_change_the_image_state() {
+    let server = start_background(Config {
+        completion_delay_ms: 50,
+        ..Default::default()
+    })
+    .unwrap();
+    let (ami, _) = published(&server);
+    let run = |cmd: &str| {
+        let (code, _, stderr) = outcome(amiforge_at(&server.endpoint()).args(["ami", cmd, &ami]));
+        assert_eq!(code, Some(0), "{cmd}: {stderr}");
+        server.image_state(&ami).unwrap().0
+    };
+    assert_eq!(run("disable"), "disabled");
+    assert_eq!(run("enable"), "available");
+}
+
+#[test]
+fn public_sharing_reports_the_snapshot_block_public_access_state() {
+    let server = start_background(Config {
+        completion_delay_ms: 50,
+        snapshot_block_public_access: "block-all-sharing".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let (ami, _) = published(&server);
+    let (code, stdout, stderr) = outcome(
+        amiforge_at(&server.endpoint())
+            .args(["ami", "share", &ami, "--public", "--format", "json"]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        v["result"]["snapshot_block_public_access"],
+        "block-all-sharing"
+    );
+    let img = &server.ec2_requests("ModifyImageAttribute")[0];
+    assert_eq!(
+        field(img, "LaunchPermission.Add.1.Group"),
+        Some("all"),
+        "{img:?}"
+    );
+    assert!(
+        server.ec2_requests("ModifySnapshotAttribute").is_empty(),
+        "EC2 would refuse public snapshots: none are asked for"
+    );
+}
+
+/// An RFC 3339 UTC time from seconds since the epoch.
+fn aws_like_time(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 #[test]
@@ -197,6 +389,10 @@ fn unauthorized_operation_fails_after_one_attempt_and_names_the_call() {
     assert!(
         stderr.contains("EnableImageDeprecation"),
         "the call is named: {stderr}"
+    );
+    assert!(
+        stderr.contains("attempt 1 of up to 10: not retried"),
+        "the attempt is named: {stderr}"
     );
     let stats = server.stats();
     let calls: u64 = stats.requests.values().sum();

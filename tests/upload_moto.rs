@@ -242,6 +242,69 @@ fn registered_family(moto: &Moto, family: &str, names: &[&str]) -> (String, Vec<
 }
 
 #[test]
+fn publish_and_promote_point_an_ssm_parameter_at_the_ami_as_boto3_reads_it() {
+    let moto = Moto::start();
+    let image = fixture("bare-ext4.img");
+    let publish = |name: &str| {
+        let (code, stdout, stderr) = outcome(
+            amiforge_at(&moto.endpoint)
+                .arg("publish")
+                .arg(&image)
+                .args([
+                    "--name",
+                    name,
+                    "--boot-mode",
+                    "uefi",
+                    "--fail-on",
+                    "critical",
+                ])
+                .args(["--ssm-parameter", "/images/web/latest", "--no-progress"]),
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+        stdout.trim().to_string()
+    };
+    let parameter = || {
+        ec2_call(
+            &moto.endpoint,
+            "us-east-1",
+            "ssm:get_parameter",
+            serde_json::json!({ "Name": "/images/web/latest" }),
+        )["Parameter"]
+            .clone()
+    };
+    let first = publish("amiforge-ssm-1");
+    let p = parameter();
+    assert_eq!(p["Value"], first.as_str());
+    assert_eq!(p["DataType"], "aws:ec2:image");
+    assert_eq!(p["Version"], 1);
+    let second = publish("amiforge-ssm-2");
+    assert_eq!(parameter()["Value"], second.as_str());
+    // Rolling back is a promote of the earlier image.
+    let moved = ami_cmd(
+        &moto,
+        &["promote", &first, "--ssm-parameter", "/images/web/latest"],
+    );
+    assert_eq!(moved[0]["previous"], second.as_str(), "{moved}");
+    let p = parameter();
+    assert_eq!(
+        (p["Value"].as_str(), p["Version"].as_i64()),
+        (Some(first.as_str()), Some(3))
+    );
+    let listed = ami_cmd(&moto, &["list", "--ssm-path", "/images"]);
+    let names_of = |id: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["image_id"] == id)
+            .map(|i| i["ssm_parameters"].clone())
+            .unwrap()
+    };
+    assert_eq!(names_of(&first), serde_json::json!(["/images/web/latest"]));
+    assert_eq!(names_of(&second), serde_json::json!([]));
+}
+
+#[test]
 fn share_sets_launch_permissions_that_boto3_sees() {
     let moto = Moto::start();
     let (_, ids) = registered_family(&moto, "share-fam", &["amiforge-share"]);

@@ -8,7 +8,11 @@
 //! it calls RegisterImage, tags the image and its snapshots, and waits until the
 //! image is available.
 
+mod attempts;
+/// The EC2 client every function here takes (made by [`client`]).
+pub use aws_sdk_ec2::Client;
 pub mod lifecycle;
+pub mod parameters;
 
 use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter,
@@ -270,7 +274,7 @@ pub(crate) fn sdk_message<E>(
 where
     E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match e.as_service_error() {
+    let what = match e.as_service_error() {
         Some(se) => format!(
             "{}: {}",
             se.code().unwrap_or("error"),
@@ -286,11 +290,40 @@ where
             }
             s
         }
-    }
+    };
+    what + &attempts::describe_last()
 }
 
-/// How often waits ask EC2.
-const POLL: Duration = Duration::from_secs(2);
+/// How soon a wait asks EC2 again, at first; each wait then backs off by half
+/// again, up to [`POLL_MAX`], and never past its deadline.
+const POLL_FIRST: Duration = Duration::from_secs(2);
+/// The longest pause between two questions of a wait.
+const POLL_MAX: Duration = Duration::from_secs(15);
+
+/// Polling with backoff until a total deadline.
+struct Poll {
+    deadline: Instant,
+    next: Duration,
+}
+
+impl Poll {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + timeout,
+            next: POLL_FIRST,
+        }
+    }
+
+    fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    async fn pause(&mut self) {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(self.next.min(left)).await;
+        self.next = (self.next * 3 / 2).min(POLL_MAX);
+    }
+}
 
 /// Waits until every snapshot is "completed".
 pub async fn wait_snapshots(
@@ -298,7 +331,7 @@ pub async fn wait_snapshots(
     ids: &[String],
     timeout: Duration,
 ) -> Result<()> {
-    let deadline = Instant::now() + timeout;
+    let mut poll = Poll::new(timeout);
     loop {
         let out = client
             .describe_snapshots()
@@ -339,13 +372,13 @@ pub async fn wait_snapshots(
         if pending.is_empty() {
             return Ok(());
         }
-        if Instant::now() > deadline {
+        if poll.expired() {
             return Err(Error::Timeout {
                 resource: pending.join(", "),
                 what: format!("not completed within {timeout:?}"),
             });
         }
-        tokio::time::sleep(POLL).await;
+        poll.pause().await;
     }
 }
 
@@ -389,7 +422,7 @@ pub async fn wait_available(
     image_id: &str,
     timeout: Duration,
 ) -> Result<String> {
-    let deadline = Instant::now() + timeout;
+    let mut poll = Poll::new(timeout);
     loop {
         let out = client.describe_images().image_ids(image_id).send().await;
         match out {
@@ -420,13 +453,13 @@ pub async fn wait_available(
                 }
             }
         }
-        if Instant::now() > deadline {
+        if poll.expired() {
             return Err(Error::Timeout {
                 resource: image_id.into(),
                 what: format!("not available within {timeout:?}"),
             });
         }
-        tokio::time::sleep(POLL).await;
+        poll.pause().await;
     }
 }
 
@@ -602,24 +635,31 @@ pub async fn client(
     opts: &awsapi::AwsOptions,
     retry: &ebs::RetryPolicy,
 ) -> std::result::Result<aws_sdk_ec2::Client, awsapi::Error> {
-    use aws_config::retry::RetryConfig;
-    use aws_config::timeout::TimeoutConfig;
     let sdk = awsapi::load(opts).await?;
     let config = aws_sdk_ec2::config::Builder::from(&sdk)
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(retry.max_attempts.max(1))
-                .with_initial_backoff(retry.base_delay)
-                .with_max_backoff(retry.max_delay),
-        )
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(retry.attempt_timeout)
-                .build(),
-        )
+        .retry_config(retry_config(retry))
+        .timeout_config(timeout_config(retry))
+        .interceptor(attempts::AttemptCounter {
+            max: retry.max_attempts.max(1),
+        })
         .build();
     Ok(aws_sdk_ec2::Client::from_conf(config))
+}
+
+/// The SDK's standard retry strategy, set from `retry`.
+pub(crate) fn retry_config(retry: &ebs::RetryPolicy) -> aws_config::retry::RetryConfig {
+    aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(retry.max_attempts.max(1))
+        .with_initial_backoff(retry.base_delay)
+        .with_max_backoff(retry.max_delay)
+}
+
+/// The connect timeout and `retry`'s per-attempt timeout.
+pub(crate) fn timeout_config(retry: &ebs::RetryPolicy) -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(retry.attempt_timeout)
+        .build()
 }
 
 /// Whether EC2 answered that the resource does not exist (`InvalidAMIID.NotFound`,

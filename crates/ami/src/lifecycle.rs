@@ -1,5 +1,6 @@
 //! The life of an AMI after registration: sharing, copies across regions,
-//! deprecation, listing by family and pruning.
+//! deprecation, disabling, deregistration protection, listing by family and pruning
+//! (which never touches protected or recently launched images).
 
 use crate::{sdk_message, wait_available, Error, Result};
 use aws_sdk_ec2::types::{
@@ -73,6 +74,10 @@ pub struct Shared {
     pub added: bool,
     /// Nothing was changed (--dry-run).
     pub dry_run: bool,
+    /// For public sharing: the account's snapshot block public access state
+    /// ("unblocked", "block-new-sharing", "block-all-sharing"), or why it is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_block_public_access: Option<String>,
 }
 
 /// Describes one image.
@@ -113,6 +118,19 @@ async fn public_sharing_blocked(client: &aws_sdk_ec2::Client) -> Option<bool> {
     Some(out.image_block_public_access_state() == Some("block-new-sharing"))
 }
 
+/// The account's snapshot block public access state, which decides whether the
+/// snapshots of a public AMI can be made public too ("block-all-sharing" also hides
+/// snapshots shared before).
+async fn snapshot_sharing_state(client: &aws_sdk_ec2::Client) -> String {
+    match client.get_snapshot_block_public_access_state().send().await {
+        Ok(out) => out
+            .state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|| "unknown (not in the answer)".into()),
+        Err(e) => format!("unknown ({})", sdk_message(&e)),
+    }
+}
+
 /// Adds (or removes) launch permissions on the image and createVolumePermission on its
 /// snapshots.
 pub async fn share(
@@ -129,6 +147,11 @@ pub async fn share(
     }
     let image = describe(client, image_id).await?;
     let snapshots = snapshots_of(&image);
+    let snapshot_block_public_access = if who.public {
+        Some(snapshot_sharing_state(client).await)
+    } else {
+        None
+    };
     if add && who.public {
         match public_sharing_blocked(client).await {
             Some(true) => return Err(Error::Invalid(
@@ -148,6 +171,7 @@ pub async fn share(
             snapshots,
             added: add,
             dry_run,
+            snapshot_block_public_access,
         });
     }
     let perms = who.launch_permissions();
@@ -173,7 +197,19 @@ pub async fn share(
         })?;
     // createVolumePermission in the flat form (OperationType with UserId.N / Group.N):
     // AWS accepts it, and so do implementations that lack the structured form.
-    if !who.accounts.is_empty() || who.public {
+    // With snapshot block public access on, EC2 refuses public snapshots: the AMI is
+    // still launchable by everyone, its snapshots stay private, and the result says so.
+    let public_snapshots = who.public
+        && !snapshot_block_public_access
+            .as_deref()
+            .is_some_and(|s| s.starts_with("block-"));
+    if who.public && !public_snapshots && add {
+        tracing::warn!(
+            "snapshot block public access is on ({}): the AMI is public, its snapshots stay private",
+            snapshot_block_public_access.as_deref().unwrap_or("")
+        );
+    }
+    if !who.accounts.is_empty() || public_snapshots {
         let op = if add {
             OperationType::Add
         } else {
@@ -186,7 +222,7 @@ pub async fn share(
                 .attribute(SnapshotAttributeName::CreateVolumePermission)
                 .operation_type(op.clone())
                 .set_user_ids((!who.accounts.is_empty()).then(|| who.accounts.clone()));
-            if who.public {
+            if public_snapshots {
                 req = req.group_names("all");
             }
             req.send().await.map_err(|e| Error::Api {
@@ -201,6 +237,7 @@ pub async fn share(
         snapshots,
         added: add,
         dry_run,
+        snapshot_block_public_access,
     })
 }
 
@@ -213,24 +250,30 @@ pub struct Copied {
     pub image_id: String,
 }
 
-/// Copies an image into each region in parallel and waits for every copy.
+/// Copies an image into each region in parallel and waits for every copy; `on_done`
+/// hears of each finished copy. The regional clients keep `client`'s settings (its
+/// retries and timeouts), with only the region changed.
 pub async fn copy(
-    config: &aws_config::SdkConfig,
+    client: &aws_sdk_ec2::Client,
     image_id: &str,
     regions: &[String],
     encrypted: bool,
     kms_key: Option<String>,
     timeout: Duration,
+    on_done: &(dyn Fn(&Copied) + Sync),
 ) -> Result<Vec<Copied>> {
-    let source_region = config
+    let source_region = client
+        .config()
         .region()
         .map(|r| r.to_string())
         .ok_or_else(|| Error::Invalid("no source region".into()))?;
-    let source = describe(&aws_sdk_ec2::Client::new(config), image_id).await?;
+    let source = describe(client, image_id).await?;
     let name = source.name().unwrap_or(image_id).to_string();
     let mut tasks = tokio::task::JoinSet::new();
     for region in regions {
-        let conf = aws_sdk_ec2::config::Builder::from(config)
+        let conf = client
+            .config()
+            .to_builder()
             .region(aws_config::Region::new(region.clone()))
             .build();
         let client = aws_sdk_ec2::Client::from_conf(conf);
@@ -274,7 +317,9 @@ pub async fn copy(
     }
     let mut copies = Vec::new();
     while let Some(r) = tasks.join_next().await {
-        copies.push(r.map_err(|e| Error::Invalid(e.to_string()))??);
+        let copied = r.map_err(|e| Error::Invalid(e.to_string()))??;
+        on_done(&copied);
+        copies.push(copied);
     }
     copies.sort_by(|a, b| a.region.cmp(&b.region));
     Ok(copies)
@@ -329,6 +374,104 @@ pub async fn deprecate(
     Ok(())
 }
 
+/// Turns deregistration protection on (optionally with the 24-hour cooldown that
+/// keeps it in force for a day after it is turned off) or off.
+pub async fn protect(
+    client: &aws_sdk_ec2::Client,
+    image_id: &str,
+    on: bool,
+    with_cooldown: bool,
+    dry_run: bool,
+) -> Result<()> {
+    if dry_run {
+        describe(client, image_id).await?;
+        return Ok(());
+    }
+    if on {
+        client
+            .enable_image_deregistration_protection()
+            .image_id(image_id)
+            .with_cooldown(with_cooldown)
+            .send()
+            .await
+            .map_err(|e| Error::Api {
+                op: "EnableImageDeregistrationProtection",
+                resource: image_id.into(),
+                message: sdk_message(&e),
+            })?;
+    } else {
+        client
+            .disable_image_deregistration_protection()
+            .image_id(image_id)
+            .send()
+            .await
+            .map_err(|e| Error::Api {
+                op: "DisableImageDeregistrationProtection",
+                resource: image_id.into(),
+                message: sdk_message(&e),
+            })?;
+    }
+    Ok(())
+}
+
+/// Disables the image (it can no longer be launched, and leaves listings and
+/// sharing) or enables it again.
+pub async fn set_enabled(
+    client: &aws_sdk_ec2::Client,
+    image_id: &str,
+    enabled: bool,
+    dry_run: bool,
+) -> Result<()> {
+    if dry_run {
+        describe(client, image_id).await?;
+        return Ok(());
+    }
+    if enabled {
+        client
+            .enable_image()
+            .image_id(image_id)
+            .send()
+            .await
+            .map_err(|e| Error::Api {
+                op: "EnableImage",
+                resource: image_id.into(),
+                message: sdk_message(&e),
+            })?;
+    } else {
+        client
+            .disable_image()
+            .image_id(image_id)
+            .send()
+            .await
+            .map_err(|e| Error::Api {
+                op: "DisableImage",
+                resource: image_id.into(),
+                message: sdk_message(&e),
+            })?;
+    }
+    Ok(())
+}
+
+/// When an instance was last launched from the image (RFC 3339), if ever.
+pub async fn last_launched(client: &aws_sdk_ec2::Client, image_id: &str) -> Result<Option<String>> {
+    let out = client
+        .describe_image_attribute()
+        .image_id(image_id)
+        .attribute(aws_sdk_ec2::types::ImageAttributeName::LastLaunchedTime)
+        .send()
+        .await
+        .map_err(|e| Error::Api {
+            op: "DescribeImageAttribute",
+            resource: image_id.into(),
+            message: sdk_message(&e),
+        })?;
+    Ok(out
+        .last_launched_time()
+        .and_then(|v| v.value())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string))
+}
+
 /// An image in a listing.
 #[derive(Debug, Clone, Serialize)]
 pub struct Listed {
@@ -346,6 +489,9 @@ pub struct Listed {
     pub state: String,
     /// Its deprecation time, if any.
     pub deprecation_time: Option<String>,
+    /// Its deregistration protection: "disabled", "enabled", "enabled-with-cooldown"
+    /// or "disabled-until TIME".
+    pub protection: String,
     /// Its snapshots.
     pub snapshots: Vec<String>,
 }
@@ -395,6 +541,10 @@ pub async fn list(
                 .map(|s| s.as_str().to_string())
                 .unwrap_or_default(),
             deprecation_time: i.deprecation_time().map(str::to_string),
+            protection: i
+                .deregistration_protection()
+                .unwrap_or("disabled")
+                .to_string(),
             snapshots: snapshots_of(i),
         })
         .collect();
@@ -402,50 +552,105 @@ pub async fn list(
     Ok(v)
 }
 
+/// An image prune would have removed but left alone, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spared {
+    /// The image.
+    pub image_id: String,
+    /// Why it stays.
+    pub reason: String,
+}
+
+/// Which images prune may remove, beyond the newest `keep` of the family.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PruneRules {
+    /// How many of the newest images to keep.
+    pub keep: usize,
+    /// Only images created more than this many days ago.
+    pub older_than_days: Option<u64>,
+    /// Only images not launched within this many days (their lastLaunchedTime).
+    pub unused_for_days: Option<u64>,
+}
+
 /// What prune did (or would do).
 #[derive(Debug, Clone, Serialize)]
 pub struct Pruned {
     /// Images kept.
     pub kept: Vec<String>,
+    /// Images that were candidates but stay: deregistration protection, or launched
+    /// too recently.
+    pub spared: Vec<Spared>,
     /// Images deregistered, with their deleted snapshots.
     pub removed: Vec<Listed>,
     /// Nothing was changed (--dry-run).
     pub dry_run: bool,
 }
 
-/// Keeps the `keep` newest images of a family; deregisters the others that are older
-/// than `older_than_days` (if given) and deletes their snapshots.
+/// Seconds since the epoch of an RFC 3339 time, or None when it is not one.
+fn unix_seconds(time: &str) -> Option<i64> {
+    aws_sdk_ec2::primitives::DateTime::from_str(
+        time,
+        aws_sdk_ec2::primitives::DateTimeFormat::DateTime,
+    )
+    .ok()
+    .map(|d| d.secs())
+}
+
+const SECONDS_PER_DAY: i64 = 86_400;
+
+/// Keeps the newest `rules.keep` images of a family; deregisters the others that are
+/// older than `rules.older_than_days` and unused for `rules.unused_for_days` (when
+/// given) and deletes their snapshots. Protected images are never touched: they are
+/// listed in `spared`, as are images launched too recently.
 pub async fn prune(
     client: &aws_sdk_ec2::Client,
     family: &str,
-    keep: usize,
-    older_than_days: Option<u64>,
+    rules: PruneRules,
     now_unix: i64,
     dry_run: bool,
 ) -> Result<Pruned> {
     let images = list(client, None, Some(family)).await?;
-    let cutoff = older_than_days.map(|d| now_unix - (d as i64) * 86_400);
+    let days_ago = |d: u64| now_unix - (d as i64) * SECONDS_PER_DAY;
     let mut kept = Vec::new();
+    let mut spared = Vec::new();
     let mut removed = Vec::new();
     for (i, img) in images.into_iter().enumerate() {
-        let created = aws_sdk_ec2::primitives::DateTime::from_str(
-            &img.created,
-            aws_sdk_ec2::primitives::DateTimeFormat::DateTime,
-        )
-        .map(|d| d.secs())
-        .unwrap_or(i64::MAX);
-        let old_enough = cutoff.is_none_or(|c| created < c);
-        if i < keep || !old_enough {
+        let created = unix_seconds(&img.created).unwrap_or(i64::MAX);
+        let old_enough = rules.older_than_days.is_none_or(|d| created < days_ago(d));
+        if i < rules.keep || !old_enough {
             kept.push(img.image_id);
-        } else {
-            removed.push(img);
+            continue;
         }
+        if img.protection != "disabled" {
+            spared.push(Spared {
+                image_id: img.image_id,
+                reason: format!("deregistration protection is {}", img.protection),
+            });
+            continue;
+        }
+        if let Some(days) = rules.unused_for_days {
+            if let Some(t) = last_launched(client, &img.image_id).await? {
+                // A time that cannot be read counts as recent: keep rather than guess.
+                if unix_seconds(&t).is_none_or(|s| s >= days_ago(days)) {
+                    spared.push(Spared {
+                        image_id: img.image_id,
+                        reason: format!("last launched {t}, within {days} days"),
+                    });
+                    continue;
+                }
+            }
+        }
+        removed.push(img);
     }
+    let kept_ids: Vec<&String> = kept
+        .iter()
+        .chain(spared.iter().map(|s| &s.image_id))
+        .collect();
     // A snapshot still used by a kept image stays (EC2 would refuse to delete it).
     let kept_snapshots: Vec<String> = list(client, None, Some(family))
         .await?
         .into_iter()
-        .filter(|i| kept.contains(&i.image_id))
+        .filter(|i| kept_ids.contains(&&i.image_id))
         .flat_map(|i| i.snapshots)
         .collect();
     for img in &mut removed {
@@ -475,6 +680,7 @@ pub async fn prune(
     }
     Ok(Pruned {
         kept,
+        spared,
         removed,
         dry_run,
     })

@@ -367,6 +367,10 @@ impl Auditor for PackagesAuditor {
 
 /// Progress of a long audit.
 pub trait Progress: Sync {
+    /// The audit will run this many auditors.
+    fn planned(&self, auditors: usize) {
+        let _ = auditors;
+    }
     /// An auditor started.
     fn started(&self, id: &str);
     /// An auditor finished.
@@ -394,6 +398,7 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
         scanner: &scanner,
     };
     let auditors = registry();
+    progress.planned(auditors.len());
     let results: Vec<(AuditorRun, Output)> = std::thread::scope(|s| {
         let handles: Vec<_> = auditors
             .iter()

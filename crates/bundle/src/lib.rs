@@ -217,9 +217,11 @@ pub fn create(
     name: &str,
     files: &[(&str, Vec<u8>)],
     key: Option<&ed25519_dalek::SigningKey>,
+    progress: &dyn ebs::Progress,
 ) -> Result<Created> {
     std::fs::create_dir(dir).map_err(io(dir))?;
     let plan = ebs::plan(image)?;
+    progress.started(&dir.display().to_string(), plan.data_blocks.len() as u64);
     let blocks_path = dir.join(BLOCKS);
     let mut out = BufWriter::new(File::create(&blocks_path).map_err(io(&blocks_path))?);
     let mut entries: Vec<BlockEntry> = Vec::new();
@@ -246,7 +248,9 @@ pub fn create(
             })
             .collect();
         for d in done {
-            let Some((index, digest, frame)) = d? else {
+            let packed = d?;
+            progress.block(packed.as_ref().map_or(0, |_| BLOCK_SIZE));
+            let Some((index, digest, frame)) = packed else {
                 continue;
             };
             out.write_all(&frame).map_err(io(&blocks_path))?;
@@ -444,7 +448,11 @@ impl Bundle {
 
     /// Checks the signature (when a key is given), every file, every block and the
     /// aggregate. Stops at the first problem, naming it.
-    pub fn verify(&self, key: Option<&ed25519_dalek::VerifyingKey>) -> Result<Verified> {
+    pub fn verify(
+        &self,
+        key: Option<&ed25519_dalek::VerifyingKey>,
+        progress: &dyn ebs::Progress,
+    ) -> Result<Verified> {
         let sig_path = self.dir.join(SIGNATURE);
         let signature = match key {
             Some(key) => {
@@ -471,12 +479,17 @@ impl Bundle {
             self.file(name)?;
             files.push(name.clone());
         }
+        progress.started(
+            &self.dir.display().to_string(),
+            self.manifest.blocks.len() as u64,
+        );
         let digests: Vec<Result<[u8; 32]>> = self
             .manifest
             .blocks
             .par_iter()
             .map(|e| {
                 self.read_entry(e)?;
+                progress.block(BLOCK_SIZE);
                 digest_of(e)
             })
             .collect();
@@ -516,9 +529,13 @@ impl Bundle {
     }
 
     /// Writes the raw image to `out` as a sparse file: zero blocks are holes.
-    pub fn extract(&self, out: &Path) -> Result<u64> {
+    pub fn extract(&self, out: &Path, progress: &dyn ebs::Progress) -> Result<u64> {
         let f = File::create(out).map_err(io(out))?;
         f.set_len(self.manifest.image_size).map_err(io(out))?;
+        progress.started(
+            &self.dir.display().to_string(),
+            self.manifest.blocks.len() as u64,
+        );
         let image_size = self.manifest.image_size;
         for batch in self.manifest.blocks.chunks(BATCH) {
             let blocks: Vec<Result<(u64, Vec<u8>)>> = batch
@@ -530,6 +547,7 @@ impl Bundle {
                 let start = index * BLOCK_SIZE;
                 let n = (image_size - start).min(BLOCK_SIZE) as usize;
                 f.write_all_at(&data[..n], start).map_err(io(out))?;
+                progress.block(BLOCK_SIZE);
             }
         }
         f.sync_all().map_err(io(out))?;
@@ -576,13 +594,14 @@ mod tests {
             "t",
             &[("x.json", b"{}".to_vec())],
             None,
+            &ebs::NoProgress,
         )
         .unwrap();
         assert_eq!(c.blocks, 3, "blocks 1, 4 and the partial last block 5");
         let b = Bundle::open(&dir.join("b")).unwrap();
-        let v = b.verify(None).unwrap();
+        let v = b.verify(None, &ebs::NoProgress).unwrap();
         assert_eq!(v.signature, "unsigned");
-        b.extract(&dir.join("out.img")).unwrap();
+        b.extract(&dir.join("out.img"), &ebs::NoProgress).unwrap();
         let mut original = vec![0u8; img.len() as usize];
         img.read_exact_at(&mut original, 0).unwrap();
         assert_eq!(std::fs::read(dir.join("out.img")).unwrap(), original);

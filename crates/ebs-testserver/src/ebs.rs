@@ -105,7 +105,7 @@ fn roll_fault(st: &mut State, data_plane: bool) -> Fault {
 }
 
 /// A response whose body fails mid-way: the client sees the connection drop.
-fn reset() -> Response {
+pub(crate) fn reset() -> Response {
     let stream = futures_util::stream::once(async {
         Err::<Bytes, std::io::Error>(std::io::Error::other("injected connection reset"))
     });

@@ -97,6 +97,10 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
             "Request limit exceeded.",
         );
     }
+    if dice >= 1.0 - faults.ec2_drop_rate {
+        *st.stats.requests.entry("dropped".into()).or_default() += 1;
+        return crate::ebs::reset();
+    }
     if dice < faults.ec2_throttle_rate + faults.ec2_unavailable_rate {
         *st.stats.requests.entry("unavailable".into()).or_default() += 1;
         return ec2_error_with_status(
@@ -153,13 +157,89 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
         }
         "DeregisterImage" => {
             let id = get("ImageId").unwrap_or_default();
-            if st.images.remove(&id).is_none() {
+            match st.images.get(&id) {
+                None => {
+                    return ec2_error(
+                        "InvalidAMIID.NotFound",
+                        &format!("The image id '[{id}]' does not exist"),
+                    )
+                }
+                Some(i) if i.protection != "disabled" => {
+                    return ec2_error(
+                        "OperationNotPermitted",
+                        &format!(
+                        "Image {id} has deregistration protection ({}) and cannot be deregistered.",
+                        i.protection
+                    ),
+                    )
+                }
+                Some(_) => {}
+            }
+            st.images.remove(&id);
+            ok_response("DeregisterImage")
+        }
+        "CopyImage" => copy_image(&mut st, &form),
+        "EnableImageDeregistrationProtection"
+        | "DisableImageDeregistrationProtection"
+        | "EnableImage"
+        | "DisableImage" => {
+            let id = get("ImageId").unwrap_or_default();
+            let cooldown = get("WithCooldown").as_deref() == Some("true");
+            let Some(image) = st.images.get_mut(&id) else {
                 return ec2_error(
                     "InvalidAMIID.NotFound",
                     &format!("The image id '[{id}]' does not exist"),
                 );
+            };
+            match action.as_str() {
+                "EnableImageDeregistrationProtection" => {
+                    image.protection = if cooldown {
+                        "enabled-with-cooldown".into()
+                    } else {
+                        "enabled".into()
+                    };
+                }
+                "DisableImageDeregistrationProtection" => {
+                    // The cooldown keeps the image protected for 24 hours more.
+                    image.protection = if image.protection == "enabled-with-cooldown" {
+                        "disabled-until 2026-01-02T00:00:00Z".into()
+                    } else {
+                        "disabled".into()
+                    };
+                }
+                "EnableImage" => image.disabled = false,
+                _ => image.disabled = true,
             }
-            ok_response("DeregisterImage")
+            ok_response(&action)
+        }
+        "DescribeImageAttribute" => {
+            let id = get("ImageId").unwrap_or_default();
+            let attribute = get("Attribute").unwrap_or_default();
+            let Some(image) = st.images.get(&id) else {
+                return ec2_error(
+                    "InvalidAMIID.NotFound",
+                    &format!("The image id '[{id}]' does not exist"),
+                );
+            };
+            let value = match attribute.as_str() {
+                "lastLaunchedTime" => image
+                    .last_launched
+                    .as_ref()
+                    .map(|t| format!("<lastLaunchedTime><value>{t}</value></lastLaunchedTime>"))
+                    .unwrap_or_else(|| "<lastLaunchedTime/>".into()),
+                other => {
+                    return ec2_error(
+                        "InvalidRequest",
+                        &format!("this server answers lastLaunchedTime only, not {other}"),
+                    )
+                }
+            };
+            let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeImageAttributeResponse xmlns=\"{XMLNS}\"><requestId>req-1</requestId><imageId>{id}</imageId>{value}</DescribeImageAttributeResponse>");
+            (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
+        }
+        "GetSnapshotBlockPublicAccessState" => {
+            let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<GetSnapshotBlockPublicAccessStateResponse xmlns=\"{XMLNS}\"><requestId>req-1</requestId><state>{}</state></GetSnapshotBlockPublicAccessStateResponse>", st.config.snapshot_block_public_access);
+            (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
         }
         "DescribeSnapshots" => {
             let ids: Vec<String> = form
@@ -320,23 +400,76 @@ fn register_image(st: &mut State, form: &[(String, String)]) -> Response {
     let id = format!("ami-{:017x}", st.next_id);
     st.next_id += 1;
     let tags = tag_pairs(form, "TagSpecification.1.Tag");
+    insert_image(st, &id, name, form.to_vec(), tags);
+    let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<RegisterImageResponse xmlns=\"{XMLNS}\"><requestId>req-1</requestId><imageId>{id}</imageId></RegisterImageResponse>");
+    (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
+}
+
+fn insert_image(
+    st: &mut State,
+    id: &str,
+    name: String,
+    fields: Vec<(String, String)>,
+    tags: Vec<(String, String)>,
+) {
+    // One second apart, in registration order.
+    let n = st.images.len() as u64 + st.next_id;
+    let created = format!(
+        "2026-01-01T{:02}:{:02}:{:02}.000Z",
+        (n / 3600) % 24,
+        (n / 60) % 60,
+        n % 60
+    );
     st.images.insert(
-        id.clone(),
+        id.to_string(),
         Image {
-            id: id.clone(),
+            id: id.to_string(),
             name,
             registered: Instant::now(),
-            fields: form.to_vec(),
+            created,
+            fields,
             tags,
+            protection: "disabled".into(),
+            disabled: false,
+            last_launched: None,
         },
     );
-    let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<RegisterImageResponse xmlns=\"{XMLNS}\"><requestId>req-1</requestId><imageId>{id}</imageId></RegisterImageResponse>");
+}
+
+/// CopyImage: every region is this one server, so the copy is a new image here with
+/// the source's mappings and (with CopyImageTags) its tags.
+fn copy_image(st: &mut State, form: &[(String, String)]) -> Response {
+    let source = field(form, "SourceImageId").unwrap_or_default().to_string();
+    let Some(src) = st.images.get(&source) else {
+        return ec2_error(
+            "InvalidAMIID.NotFound",
+            &format!("The image id '[{source}]' does not exist"),
+        );
+    };
+    let Some(name) = field(form, "Name").map(str::to_string) else {
+        return ec2_error(
+            "MissingParameter",
+            "The request must contain the parameter Name",
+        );
+    };
+    let fields = src.fields.clone();
+    let tags = if field(form, "CopyImageTags") == Some("true") {
+        src.tags.clone()
+    } else {
+        Vec::new()
+    };
+    let id = format!("ami-{:017x}", st.next_id);
+    st.next_id += 1;
+    insert_image(st, &id, name, fields, tags);
+    let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CopyImageResponse xmlns=\"{XMLNS}\"><requestId>req-1</requestId><imageId>{id}</imageId></CopyImageResponse>");
     (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
 }
 
 fn image_xml(st: &State, i: &Image) -> String {
     let f = |k: &str| field(&i.fields, k).unwrap_or_default().to_string();
-    let state = if i.registered.elapsed() >= Duration::from_millis(st.config.completion_delay_ms) {
+    let state = if i.disabled {
+        "disabled"
+    } else if i.registered.elapsed() >= Duration::from_millis(st.config.completion_delay_ms) {
         "available"
     } else {
         "pending"
@@ -366,6 +499,7 @@ fn image_xml(st: &State, i: &Image) -> String {
         "<item><imageId>{}</imageId><name>{}</name><imageState>{state}</imageState><imageOwnerId>111122223333</imageOwnerId>\
          <architecture>{}</architecture><rootDeviceType>ebs</rootDeviceType><rootDeviceName>{}</rootDeviceName>\
          <virtualizationType>hvm</virtualizationType><bootMode>{}</bootMode><enaSupport>{}</enaSupport>\
+         <creationDate>{}</creationDate><deregistrationProtection>{}</deregistrationProtection>\
          <blockDeviceMapping>{mappings}</blockDeviceMapping><tagSet>{tags}</tagSet></item>",
         i.id,
         xml_escape(&i.name),
@@ -373,6 +507,8 @@ fn image_xml(st: &State, i: &Image) -> String {
         f("RootDeviceName"),
         f("BootMode"),
         f("EnaSupport"),
+        i.created,
+        xml_escape(&i.protection),
     )
 }
 

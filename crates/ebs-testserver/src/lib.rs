@@ -66,6 +66,8 @@ pub struct Faults {
     pub ec2_unauthorized: bool,
     /// Every EC2 answer waits this many milliseconds first.
     pub ec2_delay_ms: u64,
+    /// Share (0..1) of EC2 requests whose connection is closed without an answer.
+    pub ec2_drop_rate: f64,
 }
 
 /// Server settings.
@@ -81,6 +83,10 @@ pub struct Config {
     pub seed: u64,
     /// The account blocks public sharing of AMIs (GetImageBlockPublicAccessState).
     pub block_public_access: bool,
+    /// The account's snapshot block public access state
+    /// (GetSnapshotBlockPublicAccessState): "unblocked", "block-new-sharing" or
+    /// "block-all-sharing".
+    pub snapshot_block_public_access: String,
     /// The secret key every request must be SigV4-signed with, whatever its access
     /// key id; `None` accepts unsigned requests.
     pub secret_access_key: Option<String>,
@@ -97,6 +103,7 @@ impl Default for Config {
             faults: Faults::default(),
             seed: 1,
             block_public_access: false,
+            snapshot_block_public_access: "unblocked".into(),
             secret_access_key: Some(TEST_SECRET_ACCESS_KEY.to_string()),
         }
     }
@@ -145,8 +152,17 @@ pub(crate) struct Image {
     pub id: String,
     pub name: String,
     pub registered: Instant,
+    /// creationDate, RFC 3339; later registrations have later dates.
+    pub created: String,
     pub fields: Vec<(String, String)>,
     pub tags: Vec<(String, String)>,
+    /// deregistrationProtection: "disabled", "enabled", "enabled-with-cooldown", or
+    /// "disabled-until TIME" after protection with cooldown was turned off.
+    pub protection: String,
+    /// DisableImage was called (and EnableImage not since).
+    pub disabled: bool,
+    /// lastLaunchedTime, as DescribeImageAttribute reports it.
+    pub last_launched: Option<String>,
 }
 
 pub(crate) struct State {
@@ -257,6 +273,23 @@ impl Server {
             .get(resource)
             .map(|s| s.tags.clone())
             .unwrap_or_default()
+    }
+
+    /// Records that an instance was launched from the image at `time` (RFC 3339), as
+    /// DescribeImageAttribute lastLaunchedTime then reports.
+    pub fn set_last_launched(&self, image_id: &str, time: &str) {
+        if let Some(i) = lock(&self.state).images.get_mut(image_id) {
+            i.last_launched = Some(time.to_string());
+        }
+    }
+
+    /// The image's (state, deregistration protection), or None when it is gone.
+    pub fn image_state(&self, image_id: &str) -> Option<(String, String)> {
+        let st = lock(&self.state);
+        st.images.get(image_id).map(|i| {
+            let state = if i.disabled { "disabled" } else { "available" };
+            (state.to_string(), i.protection.clone())
+        })
     }
 
     /// A snapshot's status ("pending", "completed", "error"), its encryption flag

@@ -30,6 +30,9 @@ struct Args {
     /// Share of EC2 calls answered 503 Unavailable (0..1).
     #[arg(long, default_value_t = 0.0)]
     ec2_unavailable_rate: f64,
+    /// Share of EC2 calls whose connection drops without an answer (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    ec2_drop_rate: f64,
     /// The secret key every request must be SigV4-signed with (an empty value
     /// accepts unsigned requests).
     #[arg(long, default_value = ebs_testserver::TEST_SECRET_ACCESS_KEY)]
@@ -48,6 +51,7 @@ async fn main() -> std::io::Result<()> {
             access_denied: a.access_denied,
             ec2_throttle_rate: a.ec2_throttle_rate,
             ec2_unavailable_rate: a.ec2_unavailable_rate,
+            ec2_drop_rate: a.ec2_drop_rate,
             ..Default::default()
         },
         secret_access_key: Some(a.secret_access_key).filter(|k| !k.is_empty()),

@@ -2,7 +2,7 @@
 //! against an image.
 
 use crate::api::EbsApi;
-use crate::{block_checksum, Error, Result, RetryPolicy, BLOCK_SIZE, GIB};
+use crate::{block_checksum, Error, Progress, Result, RetryPolicy, BLOCK_SIZE, GIB};
 use blockio::BlockSource;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -123,8 +123,10 @@ pub async fn download<A: EbsApi>(
     out: &Path,
     workers: usize,
     retry: RetryPolicy,
+    progress: Arc<dyn Progress>,
 ) -> Result<DownloadOutcome> {
     let (blocks, volume_size_gib) = list_all(&*api, snapshot_id, &retry).await?;
+    progress.started(snapshot_id, blocks.len() as u64);
     let io = |e: std::io::Error| Error::State {
         path: out.into(),
         reason: e.to_string(),
@@ -149,22 +151,26 @@ pub async fn download<A: EbsApi>(
             .acquire_owned()
             .await
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        let (api, file, id, out) = (
+        let (api, file, id, out, progress) = (
             api.clone(),
             file.clone(),
             snapshot_id.to_string(),
             out.to_path_buf(),
+            progress.clone(),
         );
         tasks.spawn(async move {
             let _permit = permit;
             let data = fetch(&*api, &id, index, &token, &retry).await?;
+            let bytes = data.len() as u64;
             tokio::task::spawn_blocking(move || file.write_all_at(&data, index * BLOCK_SIZE))
                 .await
                 .map_err(|e| Error::Invalid(e.to_string()))?
                 .map_err(|e| Error::State {
                     path: out,
                     reason: format!("writing block {index}: {e}"),
-                })
+                })?;
+            progress.block(bytes);
+            Ok::<_, Error>(())
         });
         if let Some(r) = tasks.try_join_next() {
             r.map_err(|e| Error::Invalid(e.to_string()))??;
@@ -190,6 +196,7 @@ pub async fn verify<A: EbsApi>(
     snapshot_id: &str,
     workers: usize,
     retry: RetryPolicy,
+    progress: Arc<dyn Progress>,
 ) -> Result<VerifyOutcome> {
     let (blocks, _) = list_all(&*api, snapshot_id, &retry).await?;
     let image_blocks = image.len().div_ceil(BLOCK_SIZE);
@@ -198,6 +205,7 @@ pub async fn verify<A: EbsApi>(
         .next_back()
         .map_or(0, |l| l + 1)
         .max(image_blocks);
+    progress.started(snapshot_id, last);
     let blocks = Arc::new(blocks);
     let sem = Arc::new(Semaphore::new(workers.max(1)));
     let zero = block_checksum(&vec![0u8; BLOCK_SIZE as usize]);
@@ -208,12 +216,13 @@ pub async fn verify<A: EbsApi>(
             .acquire_owned()
             .await
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        let (api, image, blocks, id, zero) = (
+        let (api, image, blocks, id, zero, progress) = (
             api.clone(),
             image.clone(),
             blocks.clone(),
             snapshot_id.to_string(),
             zero.clone(),
+            progress.clone(),
         );
         tasks.spawn(async move {
             let _permit = permit;
@@ -237,6 +246,11 @@ pub async fn verify<A: EbsApi>(
             })
             .await
             .map_err(|e| Error::Invalid(e.to_string()))??;
+            progress.block(if blocks.contains_key(&index) {
+                BLOCK_SIZE
+            } else {
+                0
+            });
             Ok::<_, Error>((index, ours == theirs))
         });
     }

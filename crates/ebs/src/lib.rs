@@ -32,7 +32,7 @@ pub use journal::{Journal, JournalHeader};
 pub use manifest::{linear_aggregate, Manifest};
 pub use plan::{plan, Plan};
 pub use retry::RetryPolicy;
-pub use upload::{upload, Progress, UploadOptions, UploadOutcome};
+pub use upload::{upload, NoProgress, Progress, UploadOptions, UploadOutcome};
 
 use std::path::PathBuf;
 

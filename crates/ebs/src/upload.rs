@@ -18,12 +18,20 @@ use tokio::task::JoinSet;
 
 /// Progress callbacks, for a bar or log lines.
 pub trait Progress: Send + Sync {
-    /// The snapshot exists and `blocks` blocks will be looked at.
-    fn started(&self, snapshot_id: &str, blocks: u64);
-    /// One block is done: sent (`bytes` > 0) or skipped.
+    /// `blocks` blocks of `what` (a snapshot id, a bundle) will be looked at.
+    fn started(&self, what: &str, blocks: u64);
+    /// One block is done: moved (`bytes` > 0) or skipped.
     fn block(&self, bytes: u64);
     /// Everything is sent; the snapshot is being sealed.
-    fn sealing(&self);
+    fn sealing(&self) {}
+}
+
+/// Progress that is not shown.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn started(&self, _: &str, _: u64) {}
+    fn block(&self, _: u64) {}
 }
 
 /// How to upload.
@@ -818,13 +826,6 @@ mod tests {
         }
     }
 
-    struct Quiet;
-    impl Progress for Quiet {
-        fn started(&self, _: &str, _: u64) {}
-        fn block(&self, _: u64) {}
-        fn sealing(&self) {}
-    }
-
     fn options(workers: usize, journal_path: PathBuf) -> UploadOptions {
         UploadOptions {
             workers,
@@ -867,7 +868,7 @@ mod tests {
             image,
             &path,
             options(WORKERS, dir.join("journal")),
-            Arc::new(Quiet),
+            Arc::new(NoProgress),
         )
         .await
         .unwrap();
