@@ -368,7 +368,7 @@ fn aws_like_time(unix: u64) -> String {
 }
 
 #[test]
-fn unauthorized_operation_fails_after_one_attempt_and_names_the_call() {
+fn unauthorized_operation_fails_every_command_after_one_attempt_and_names_the_call() {
     let server = start_background(Config {
         faults: ebs_testserver::Faults {
             ec2_unauthorized: true,
@@ -377,26 +377,90 @@ fn unauthorized_operation_fails_after_one_attempt_and_names_the_call() {
         ..Default::default()
     })
     .unwrap();
-    let (code, _, stderr) = outcome(amiforge_at(&server.endpoint()).args([
-        "ami",
-        "deprecate",
-        "ami-0123456789abcdef0",
-        "--at",
-        "2027-01-31T00:00:00Z",
-    ]));
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("UnauthorizedOperation"), "{stderr}");
+    let image = fixture("bare-ext4.img");
+    let image = image.to_str().unwrap();
+    let ami = "ami-0123456789abcdef0";
+    for (args, call) in [
+        (
+            vec!["ami", "deprecate", ami, "--at", "2027-01-31T00:00:00Z"],
+            "EnableImageDeprecation",
+        ),
+        (
+            vec!["ami", "share", ami, "--account", "111111111111"],
+            "DescribeImages",
+        ),
+        (
+            vec!["ami", "copy", ami, "--to-region", "us-west-2"],
+            "DescribeImages",
+        ),
+        (
+            vec!["ami", "prune", "--family", "web", "--keep", "1"],
+            "DescribeImages",
+        ),
+        (vec!["ami", "disable", ami], "DisableImage"),
+        (
+            vec!["ami", "protect", ami],
+            "EnableImageDeregistrationProtection",
+        ),
+        (
+            vec![
+                "publish",
+                image,
+                "--name",
+                "x-1",
+                "--boot-mode",
+                "uefi",
+                "--fail-on",
+                "critical",
+            ],
+            "DescribeImages",
+        ),
+    ] {
+        let before: u64 = server.stats().requests.values().sum();
+        let (code, _, stderr) = outcome(amiforge_at(&server.endpoint()).args(&args));
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("UnauthorizedOperation"), "{stderr}");
+        assert!(
+            stderr.contains(call),
+            "{args:?}: the call is named: {stderr}"
+        );
+        assert!(
+            stderr.contains("attempt 1 of up to 10: not retried"),
+            "{args:?}: the attempt is named: {stderr}"
+        );
+        let after: u64 = server.stats().requests.values().sum();
+        assert_eq!(after - before, 1, "{args:?}: exactly one attempt");
+    }
+}
+
+#[test]
+fn a_dropped_ec2_connection_is_retried() {
+    let server = start_background(Config {
+        completion_delay_ms: 50,
+        ..Default::default()
+    })
+    .unwrap();
+    let (ami, _) = published(&server);
+    server.set_faults(ebs_testserver::Faults {
+        ec2_drop_rate: 0.75,
+        ..Default::default()
+    });
+    for _ in 0..4 {
+        let (code, _, stderr) = outcome(amiforge_at(&server.endpoint()).args([
+            "ami",
+            "deprecate",
+            &ami,
+            "--at",
+            "2027-01-31T00:00:00Z",
+        ]));
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+    let dropped = server.stats().requests.get("dropped").copied().unwrap_or(0);
     assert!(
-        stderr.contains("EnableImageDeprecation"),
-        "the call is named: {stderr}"
+        dropped > 0,
+        "connections were dropped and retried: {:?}",
+        server.stats()
     );
-    assert!(
-        stderr.contains("attempt 1 of up to 10: not retried"),
-        "the attempt is named: {stderr}"
-    );
-    let stats = server.stats();
-    let calls: u64 = stats.requests.values().sum();
-    assert_eq!(calls, 1, "exactly one attempt: {stats:?}");
 }
 
 #[test]

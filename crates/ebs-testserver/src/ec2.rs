@@ -97,10 +97,7 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
             "Request limit exceeded.",
         );
     }
-    if dice >= 1.0 - faults.ec2_drop_rate {
-        *st.stats.requests.entry("dropped".into()).or_default() += 1;
-        return crate::ebs::reset();
-    }
+    // The faults lie end to end on the dice: throttled, unavailable, dropped.
     if dice < faults.ec2_throttle_rate + faults.ec2_unavailable_rate {
         *st.stats.requests.entry("unavailable".into()).or_default() += 1;
         return ec2_error_with_status(
@@ -108,6 +105,10 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
             "Unavailable",
             "The service is unavailable. Please try again shortly.",
         );
+    }
+    if dice < faults.ec2_throttle_rate + faults.ec2_unavailable_rate + faults.ec2_drop_rate {
+        *st.stats.requests.entry("dropped".into()).or_default() += 1;
+        return crate::ebs::reset();
     }
     match action.as_str() {
         "RegisterImage" => register_image(&mut st, &form),
