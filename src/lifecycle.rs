@@ -115,6 +115,10 @@ pub enum AmiCommand {
         /// lastLaunchedTime; never-launched images qualify).
         #[arg(long, value_name = "DAYS")]
         unused_for: Option<u64>,
+        /// Remove nothing unless Recycle Bin retention rules (region-wide) keep
+        /// deregistered AMIs and deleted snapshots, so a mistake can be undone.
+        #[arg(long)]
+        require_recycle_bin: bool,
         /// Show what would go; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -420,6 +424,7 @@ pub fn run(cmd: AmiCommand, show_progress: bool) -> Result<()> {
             keep,
             older_than,
             unused_for,
+            require_recycle_bin,
             dry_run,
             format,
             aws,
@@ -431,6 +436,11 @@ pub fn run(cmd: AmiCommand, show_progress: bool) -> Result<()> {
                 .unwrap_or(0);
             let pruned = rt.block_on(async {
                 let client = ami::client(&aws.options(), &aws.retry()).await?;
+                let rbin = if require_recycle_bin {
+                    Some(ami::recycle_bin::client(&aws.options(), &aws.retry()).await?)
+                } else {
+                    None
+                };
                 Ok::<_, anyhow::Error>(
                     lifecycle::prune(
                         &client,
@@ -440,6 +450,7 @@ pub fn run(cmd: AmiCommand, show_progress: bool) -> Result<()> {
                             older_than_days: older_than,
                             unused_for_days: unused_for,
                         },
+                        rbin.as_ref(),
                         now,
                         dry_run,
                     )
@@ -460,6 +471,12 @@ pub fn run(cmd: AmiCommand, show_progress: bool) -> Result<()> {
                         .iter()
                         .map(|s| format!("spare   {}: {}", s.image_id, s.reason)),
                 );
+                lines.extend(pruned.retained_by.iter().map(|(kind, r)| {
+                    format!(
+                        "{kind}: kept {} in the Recycle Bin by rule {}",
+                        r.keeps_for, r.rule_id
+                    )
+                }));
                 lines.extend(pruned.removed.iter().map(|r| {
                     format!(
                         "{verb} {} ({}) and snapshots {}",

@@ -298,6 +298,77 @@ fn prune_never_touches_protected_or_recently_launched_images() {
 }
 
 #[test]
+fn prune_with_require_recycle_bin_removes_only_what_a_region_wide_rule_keeps() {
+    use ebs_testserver::RecycleBinRule;
+    let server = start_background(Config {
+        completion_delay_ms: 50,
+        ..Default::default()
+    })
+    .unwrap();
+    let (old, _) = published_as(&server, "bin-1", &[]);
+    published_as(&server, "bin-2", &[]);
+    let rule = |id: &str, kind: &str, tags: &[(&str, &str)]| RecycleBinRule {
+        id: id.into(),
+        resource_type: kind.into(),
+        retention_days: 7,
+        resource_tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let prune = || {
+        outcome(amiforge_at(&server.endpoint()).args([
+            "ami",
+            "prune",
+            "--family",
+            "web",
+            "--keep",
+            "1",
+            "--require-recycle-bin",
+            "--format",
+            "json",
+        ]))
+    };
+    // No rule; a rule for images only; a snapshot rule that depends on tags.
+    for (rules, missing) in [
+        (vec![], "EC2_IMAGE"),
+        (vec![rule("img", "EC2_IMAGE", &[])], "EBS_SNAPSHOT"),
+        (
+            vec![
+                rule("img", "EC2_IMAGE", &[]),
+                rule("snap", "EBS_SNAPSHOT", &[("team", "web")]),
+            ],
+            "EBS_SNAPSHOT",
+        ),
+    ] {
+        server.set_recycle_bin_rules(rules);
+        let (code, _, stderr) = prune();
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("no Recycle Bin rule retains every {missing}")),
+            "{stderr}"
+        );
+        assert!(server.ec2_requests("DeregisterImage").is_empty());
+    }
+    server.set_recycle_bin_rules(vec![
+        rule("img", "EC2_IMAGE", &[]),
+        rule("snap", "EBS_SNAPSHOT", &[]),
+    ]);
+    let (code, stdout, stderr) = prune();
+    assert_eq!(code, Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["removed"][0]["image_id"], old.as_str());
+    assert_eq!(
+        v["retained_by"],
+        serde_json::json!([
+            ["EC2_IMAGE", { "rule_id": "img", "keeps_for": "7 DAYS" }],
+            ["EBS_SNAPSHOT", { "rule_id": "snap", "keeps_for": "7 DAYS" }]
+        ])
+    );
+    assert!(server.image_state(&old).is_none());
+}
+
+#[test]
 fn disable_and_enable_change_the_image_state() {
     let server = start_background(Config {
         completion_delay_ms: 50,

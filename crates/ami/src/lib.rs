@@ -13,6 +13,7 @@ mod attempts;
 pub use aws_sdk_ec2::Client;
 pub mod lifecycle;
 pub mod parameters;
+pub mod recycle_bin;
 
 use aws_sdk_ec2::types::{
     ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter,
@@ -622,6 +623,24 @@ pub async fn delete_snapshot(client: &aws_sdk_ec2::Client, id: &str) -> Result<(
     Ok(())
 }
 
+/// A client of one AWS SDK crate (`aws_sdk_ec2`, `aws_sdk_ssm`...) from the standard
+/// configuration, with the retries, timeouts and attempt counting of [`client`]. A
+/// macro, because each SDK crate has its own config builder type.
+macro_rules! retried_client {
+    ($sdk:ident, $opts:expr, $retry:expr) => {{
+        let shared = awsapi::load($opts).await?;
+        let config = $sdk::config::Builder::from(&shared)
+            .retry_config($crate::retry_config($retry))
+            .timeout_config($crate::timeout_config($retry))
+            .interceptor($crate::attempts::AttemptCounter {
+                max: $retry.max_attempts.max(1),
+            })
+            .build();
+        Ok($sdk::Client::from_conf(config))
+    }};
+}
+pub(crate) use retried_client;
+
 /// How long to wait for a TCP connection to EC2.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -635,15 +654,7 @@ pub async fn client(
     opts: &awsapi::AwsOptions,
     retry: &ebs::RetryPolicy,
 ) -> std::result::Result<aws_sdk_ec2::Client, awsapi::Error> {
-    let sdk = awsapi::load(opts).await?;
-    let config = aws_sdk_ec2::config::Builder::from(&sdk)
-        .retry_config(retry_config(retry))
-        .timeout_config(timeout_config(retry))
-        .interceptor(attempts::AttemptCounter {
-            max: retry.max_attempts.max(1),
-        })
-        .build();
-    Ok(aws_sdk_ec2::Client::from_conf(config))
+    retried_client!(aws_sdk_ec2, opts, retry)
 }
 
 /// The SDK's standard retry strategy, set from `retry`.

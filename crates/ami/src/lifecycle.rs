@@ -580,6 +580,10 @@ pub struct Pruned {
     /// Images that were candidates but stay: deregistration protection, or launched
     /// too recently.
     pub spared: Vec<Spared>,
+    /// With a Recycle Bin requirement: the rules that keep what was removed
+    /// (resource type → rule).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retained_by: Vec<(String, crate::recycle_bin::Retention)>,
     /// Images deregistered, with their deleted snapshots.
     pub removed: Vec<Listed>,
     /// Nothing was changed (--dry-run).
@@ -606,6 +610,7 @@ pub async fn prune(
     client: &aws_sdk_ec2::Client,
     family: &str,
     rules: PruneRules,
+    recycle_bin: Option<&aws_sdk_rbin::Client>,
     now_unix: i64,
     dry_run: bool,
 ) -> Result<Pruned> {
@@ -656,6 +661,28 @@ pub async fn prune(
     for img in &mut removed {
         img.snapshots.retain(|s| !kept_snapshots.contains(s));
     }
+    // Only what a Recycle Bin rule keeps may go, when one is required.
+    let mut retained_by = Vec::new();
+    if let (Some(rbin), false) = (recycle_bin, removed.is_empty()) {
+        use aws_sdk_rbin::types::ResourceType;
+        let mut kinds = vec![ResourceType::Ec2Image];
+        if removed.iter().any(|i| !i.snapshots.is_empty()) {
+            kinds.push(ResourceType::EbsSnapshot);
+        }
+        for kind in kinds {
+            match crate::recycle_bin::retention(rbin, kind.clone()).await? {
+                Some(r) => retained_by.push((kind.as_str().to_string(), r)),
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "no Recycle Bin rule retains every {} in this region (region-wide, \
+                         available, without tag conditions), so what prune removes could not \
+                         be recovered; nothing was removed",
+                        kind.as_str()
+                    )))
+                }
+            }
+        }
+    }
     if !dry_run {
         let mut deleted: Vec<String> = Vec::new();
         for img in &removed {
@@ -681,6 +708,7 @@ pub async fn prune(
     Ok(Pruned {
         kept,
         spared,
+        retained_by,
         removed,
         dry_run,
     })

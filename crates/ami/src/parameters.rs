@@ -14,15 +14,7 @@ pub async fn client(
     opts: &awsapi::AwsOptions,
     retry: &ebs::RetryPolicy,
 ) -> std::result::Result<aws_sdk_ssm::Client, awsapi::Error> {
-    let sdk = awsapi::load(opts).await?;
-    let config = aws_sdk_ssm::config::Builder::from(&sdk)
-        .retry_config(crate::retry_config(retry))
-        .timeout_config(crate::timeout_config(retry))
-        .interceptor(crate::attempts::AttemptCounter {
-            max: retry.max_attempts.max(1),
-        })
-        .build();
-    Ok(aws_sdk_ssm::Client::from_conf(config))
+    crate::retried_client!(aws_sdk_ssm, opts, retry)
 }
 
 /// A parameter set to an image.

@@ -26,6 +26,7 @@
 
 mod ebs;
 mod ec2;
+mod rbin;
 mod sigv4;
 
 use serde::{Deserialize, Serialize};
@@ -87,9 +88,24 @@ pub struct Config {
     /// (GetSnapshotBlockPublicAccessState): "unblocked", "block-new-sharing" or
     /// "block-all-sharing".
     pub snapshot_block_public_access: String,
+    /// The region's Recycle Bin retention rules (ListRules, GetRule).
+    pub recycle_bin_rules: Vec<RecycleBinRule>,
     /// The secret key every request must be SigV4-signed with, whatever its access
     /// key id; `None` accepts unsigned requests.
     pub secret_access_key: Option<String>,
+}
+
+/// A Recycle Bin retention rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecycleBinRule {
+    /// Its identifier.
+    pub id: String,
+    /// "EC2_IMAGE" or "EBS_SNAPSHOT".
+    pub resource_type: String,
+    /// How many days it keeps what is deleted.
+    pub retention_days: u32,
+    /// The tags a resource needs for the rule to apply (none: every resource).
+    pub resource_tags: Vec<(String, String)>,
 }
 
 /// The secret key the tests and benchmarks sign with.
@@ -104,6 +120,7 @@ impl Default for Config {
             seed: 1,
             block_public_access: false,
             snapshot_block_public_access: "unblocked".into(),
+            recycle_bin_rules: Vec::new(),
             secret_access_key: Some(TEST_SECRET_ACCESS_KEY.to_string()),
         }
     }
@@ -239,6 +256,11 @@ impl Server {
         lock(&self.state).config.faults = faults;
     }
 
+    /// Replaces the region's Recycle Bin rules.
+    pub fn set_recycle_bin_rules(&self, rules: Vec<RecycleBinRule>) {
+        lock(&self.state).config.recycle_bin_rules = rules;
+    }
+
     /// A copy of the counters.
     pub fn stats(&self) -> Stats {
         lock(&self.state).stats.clone()
@@ -318,6 +340,8 @@ fn router(state: Shared) -> axum::Router {
         .route("/snapshots/{id}/blocks", get(ebs::list_blocks))
         .route("/snapshots/completion/{id}", post(ebs::complete_snapshot))
         .route("/", post(ec2::query))
+        .route("/list-rules", post(rbin::list_rules))
+        .route("/rules/{id}", get(rbin::get_rule))
         .route("/__stats", get(stats))
         .route("/__faults", post(set_faults))
         .layer(axum::middleware::from_fn_with_state(
