@@ -110,6 +110,33 @@ fn publish_sends_the_parameters_the_image_implies_and_the_snapshot_reads_back_eq
 }
 
 #[test]
+fn a_registration_whose_answer_was_lost_is_found_and_reused_not_duplicated() {
+    let server = start_background(Config {
+        faults: Faults {
+            ec2_lose_answer_of: ["RegisterImage".to_string()].into(),
+            ..Default::default()
+        },
+        ..quiet()
+    })
+    .unwrap();
+    let (code, stdout, stderr) = publish(
+        &server.endpoint(),
+        &fixture("gpt-uefi.img"),
+        "amiforge-lost-answer",
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let stats = server.stats();
+    assert_eq!(stats.requests.get("lost"), Some(&1), "{stats:?}");
+    // The retry met InvalidAMIName.Duplicate and took the image it had made.
+    assert_eq!(server.ec2_requests("RegisterImage").len(), 2);
+    assert!(server
+        .image_state(r["image_id"].as_str().unwrap())
+        .is_some());
+}
+
+#[test]
 fn publishing_again_returns_the_same_ami_without_uploading() {
     let server = start_background(quiet()).unwrap();
     let image = fixture("gpt-bios.img");

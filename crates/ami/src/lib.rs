@@ -471,6 +471,48 @@ fn tags(spec: &RegisterSpec) -> Vec<Tag> {
         .collect()
 }
 
+/// Returns the existing image of the spec's name after checking that it was made from
+/// the same root snapshot with the same architecture, once it is available.
+async fn reuse(
+    client: &aws_sdk_ec2::Client,
+    spec: &RegisterSpec,
+    existing: &aws_sdk_ec2::types::Image,
+    snapshots: Vec<String>,
+    timeout: Duration,
+) -> Result<Registered> {
+    let image_id = existing.image_id().unwrap_or("?").to_string();
+    let root = root_snapshot_of(existing);
+    if root.as_deref().is_some_and(|r| r != spec.root_snapshot) {
+        return Err(Error::NameTaken {
+            name: spec.name.clone(),
+            image_id,
+            reason: format!(
+                "its root snapshot is {}, not {}",
+                root.unwrap_or_default(),
+                spec.root_snapshot
+            ),
+        });
+    }
+    if let Some(arch) = existing.architecture().map(|a| a.as_str().to_string()) {
+        if arch != spec.architecture.name() {
+            return Err(Error::NameTaken {
+                name: spec.name.clone(),
+                image_id,
+                reason: format!("it is {arch}, not {}", spec.architecture.name()),
+            });
+        }
+    }
+    tracing::info!(%image_id, "an image of this name exists and matches; reusing it");
+    let state = wait_available(client, &image_id, timeout).await?;
+    Ok(Registered {
+        image_id,
+        name: spec.name.clone(),
+        existing: true,
+        state,
+        snapshots,
+    })
+}
+
 /// Registers the image, or returns the existing one of the same name after checking it.
 pub async fn register(
     client: &aws_sdk_ec2::Client,
@@ -483,37 +525,7 @@ pub async fn register(
     wait_snapshots(client, &snapshots, timeout).await?;
 
     if let Some(existing) = find_by_name(client, &spec.name).await? {
-        let image_id = existing.image_id().unwrap_or("?").to_string();
-        let root = root_snapshot_of(&existing);
-        if root.as_deref().is_some_and(|r| r != spec.root_snapshot) {
-            return Err(Error::NameTaken {
-                name: spec.name.clone(),
-                image_id,
-                reason: format!(
-                    "its root snapshot is {}, not {}",
-                    root.unwrap_or_default(),
-                    spec.root_snapshot
-                ),
-            });
-        }
-        if let Some(arch) = existing.architecture().map(|a| a.as_str().to_string()) {
-            if arch != spec.architecture.name() {
-                return Err(Error::NameTaken {
-                    name: spec.name.clone(),
-                    image_id,
-                    reason: format!("it is {arch}, not {}", spec.architecture.name()),
-                });
-            }
-        }
-        tracing::info!(%image_id, "an image of this name exists and matches; reusing it");
-        let state = wait_available(client, &image_id, timeout).await?;
-        return Ok(Registered {
-            image_id,
-            name: spec.name.clone(),
-            existing: true,
-            state,
-            snapshots,
-        });
+        return reuse(client, spec, &existing, snapshots, timeout).await;
     }
 
     let mut mappings = vec![BlockDeviceMapping::builder()
@@ -568,11 +580,37 @@ pub async fn register(
                 .build(),
         );
     }
-    let out = req.send().await.map_err(|e| Error::Api {
-        op: "RegisterImage",
-        resource: spec.name.clone(),
-        message: sdk_message(&e),
-    })?;
+    let out = match req.send().await {
+        Ok(out) => out,
+        // An earlier attempt of this call registered the image but its answer was
+        // lost (or another run got there first): the name is taken by what may well
+        // be this very image, so it is checked and reused like any existing one.
+        Err(e)
+            if e.as_service_error()
+                .and_then(|s| s.meta().code())
+                .is_some_and(|c| c == "InvalidAMIName.Duplicate") =>
+        {
+            let message = sdk_message(&e);
+            return match find_by_name(client, &spec.name).await? {
+                Some(existing) => {
+                    tracing::info!("RegisterImage: {message}; checking the image of that name");
+                    reuse(client, spec, &existing, snapshots, timeout).await
+                }
+                None => Err(Error::Api {
+                    op: "RegisterImage",
+                    resource: spec.name.clone(),
+                    message,
+                }),
+            };
+        }
+        Err(e) => {
+            return Err(Error::Api {
+                op: "RegisterImage",
+                resource: spec.name.clone(),
+                message: sdk_message(&e),
+            })
+        }
+    };
     let image_id = out
         .image_id()
         .ok_or_else(|| Error::Api {

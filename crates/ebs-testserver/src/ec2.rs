@@ -110,12 +110,29 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
         *st.stats.requests.entry("dropped".into()).or_default() += 1;
         return crate::ebs::reset();
     }
-    match action.as_str() {
-        "RegisterImage" => register_image(&mut st, &form),
-        "DescribeImages" => describe_images(&mut st, &form),
+    let answer = dispatch(&mut st, &action, &form);
+    // A lost answer: the call took effect, then the connection dropped before the
+    // client heard, as when an attempt times out after EC2 acted on it.
+    if answer.status().is_success() && st.config.faults.ec2_lose_answer_of.remove(&action) {
+        *st.stats.requests.entry("lost".into()).or_default() += 1;
+        return crate::ebs::reset();
+    }
+    answer
+}
+
+/// Carries out one EC2 action.
+fn dispatch(st: &mut State, action: &str, form: &[(String, String)]) -> Response {
+    let get = |k: &str| {
+        form.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    match action {
+        "RegisterImage" => register_image(st, form),
+        "DescribeImages" => describe_images(st, form),
         "CreateTags" => {
-            let resources: Vec<String> = indexed(&form, "ResourceId");
-            let tags = tag_pairs(&form, "Tag");
+            let resources: Vec<String> = indexed(form, "ResourceId");
+            let tags = tag_pairs(form, "Tag");
             for r in &resources {
                 if let Some(i) = st.images.get_mut(r) {
                     i.tags.extend(tags.clone());
@@ -135,7 +152,7 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
                     &format!("The image id '[{id}]' does not exist"),
                 );
             }
-            ok_response(&action)
+            ok_response(action)
         }
         "ModifySnapshotAttribute" => {
             let id = get("SnapshotId").unwrap_or_default();
@@ -145,7 +162,7 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
                     &format!("The snapshot '{id}' does not exist."),
                 );
             }
-            ok_response(&action)
+            ok_response(action)
         }
         "GetImageBlockPublicAccessState" => {
             let state = if st.config.block_public_access {
@@ -179,7 +196,7 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
             st.images.remove(&id);
             ok_response("DeregisterImage")
         }
-        "CopyImage" => copy_image(&mut st, &form),
+        "CopyImage" => copy_image(st, form),
         "EnableImageDeregistrationProtection"
         | "DisableImageDeregistrationProtection"
         | "EnableImage"
@@ -192,7 +209,7 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
                     &format!("The image id '[{id}]' does not exist"),
                 );
             };
-            match action.as_str() {
+            match action {
                 "EnableImageDeregistrationProtection" => {
                     image.protection = if cooldown {
                         "enabled-with-cooldown".into()
@@ -211,7 +228,7 @@ pub(crate) async fn query(Axum(s): Axum<Shared>, body: Bytes) -> Response {
                 "EnableImage" => image.disabled = false,
                 _ => image.disabled = true,
             }
-            ok_response(&action)
+            ok_response(action)
         }
         "DescribeImageAttribute" => {
             let id = get("ImageId").unwrap_or_default();

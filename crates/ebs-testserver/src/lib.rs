@@ -69,6 +69,9 @@ pub struct Faults {
     pub ec2_delay_ms: u64,
     /// Share (0..1) of EC2 requests whose connection is closed without an answer.
     pub ec2_drop_rate: f64,
+    /// EC2 actions whose next successful answer is lost: the action takes effect,
+    /// then the connection drops (once per action named).
+    pub ec2_lose_answer_of: std::collections::BTreeSet<String>,
 }
 
 /// Server settings.
