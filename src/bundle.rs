@@ -1,18 +1,12 @@
 //! `amiforge bundle`: carry an image across an air gap.
 
-use crate::audit::{FailOn, GateArgs};
+use crate::audit::GateArgs;
+use crate::bundled::{open_and_verify, AUDIT_FILE, REGISTER_FILE, SBOM_FILE};
 use crate::cli::{emit, parse_tags, Format};
 use crate::progress::Reporter;
-use crate::publish::{detect, spec_from, AmiParams, PLACEHOLDER_SNAPSHOT};
+use crate::spec::{detect, spec_from, AmiParams, PLACEHOLDER_SNAPSHOT};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-
-/// File names of the bundled documents.
-pub const AUDIT_FILE: &str = "audit.json";
-/// The SBOM (CycloneDX 1.6).
-pub const SBOM_FILE: &str = "sbom.cdx.json";
-/// The RegisterImage spec.
-pub const REGISTER_FILE: &str = "register.json";
 
 /// `amiforge bundle` arguments.
 #[derive(clap::Args, Debug)]
@@ -205,45 +199,6 @@ fn create(args: CreateArgs, show_progress: bool) -> Result<bool> {
     Ok(true)
 }
 
-/// Opens a bundle and checks every byte of it (and the signature, given a key).
-fn open_and_verify(
-    path: &Path,
-    public_key: Option<&Path>,
-    show_progress: bool,
-) -> Result<(bundle::Bundle, bundle::Verified)> {
-    let b = bundle::Bundle::open(path)?;
-    let key = public_key.map(bundle::load_verifying_key).transpose()?;
-    let progress = Reporter::new(show_progress, "blocks verified");
-    let v = b.verify(key.as_ref(), &*progress);
-    progress.finish();
-    Ok((b, v?))
-}
-
-/// Opens and fully verifies a bundle; the upload and publish paths call this before
-/// sending anything.
-pub fn open_verified(
-    path: &Path,
-    public_key: Option<&Path>,
-    show_progress: bool,
-) -> Result<bundle::Bundle> {
-    let (b, v) = open_and_verify(path, public_key, show_progress).with_context(|| {
-        format!(
-            "bundle {} does not verify; nothing was uploaded",
-            path.display()
-        )
-    })?;
-    eprintln!(
-        "amiforge: bundle verified: {} blocks, manifest sha256 {}, signature {}",
-        v.blocks, v.manifest_sha256, v.signature
-    );
-    Ok(b)
-}
-
-/// Whether `path` is a bundle directory.
-pub fn is_bundle(path: &Path) -> bool {
-    path.is_dir() && path.join(bundle::MANIFEST).is_file()
-}
-
 fn verify(
     path: &Path,
     public_key: Option<&Path>,
@@ -274,38 +229,4 @@ fn verify(
         ),
     }
     Ok(())
-}
-
-/// The bundled audit's findings at or above `fail_on`: (severity, rule, path).
-pub fn bundled_gate(b: &bundle::Bundle, fail_on: FailOn) -> Result<(Vec<String>, String)> {
-    let report: serde_json::Value = serde_json::from_slice(&b.file(AUDIT_FILE)?)?;
-    let os = report["os"]["pretty_name"]
-        .as_str()
-        .unwrap_or("unknown OS")
-        .to_string();
-    let Some(threshold) = fail_on.threshold() else {
-        return Ok((Vec::new(), os));
-    };
-    let mut failing = Vec::new();
-    for f in report["findings"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
-        let sev = f["severity"].as_str().and_then(audit::Severity::parse);
-        if sev.is_some_and(|s| s >= threshold) {
-            failing.push(format!(
-                "{} {} {}",
-                f["severity"].as_str().unwrap_or(""),
-                f["rule"].as_str().unwrap_or(""),
-                f["path"].as_str().unwrap_or("")
-            ));
-        }
-    }
-    Ok((failing, os))
-}
-
-/// The bundled registration spec.
-pub fn bundled_spec(b: &bundle::Bundle) -> Result<ami::RegisterSpec> {
-    Ok(serde_json::from_slice(&b.file(REGISTER_FILE)?)?)
 }

@@ -7,11 +7,13 @@
 
 mod audit;
 mod bundle;
+mod bundled;
 mod cli;
 mod commands;
 mod lifecycle;
 mod progress;
 mod publish;
+mod spec;
 mod transfer;
 
 use clap::{Parser, Subcommand};

@@ -138,9 +138,9 @@ pub fn run_upload(
     };
     // A bundle is verified whole before anything is sent; its blocks are then checked
     // again against the manifest as they are read.
-    let image: Arc<dyn BlockSource> = if crate::bundle::is_bundle(&args.image) {
+    let image: Arc<dyn BlockSource> = if crate::bundled::is_bundle(&args.image) {
         let b =
-            crate::bundle::open_verified(&args.image, args.public_key.as_deref(), show_progress)?;
+            crate::bundled::open_verified(&args.image, args.public_key.as_deref(), show_progress)?;
         Arc::new(bundle::BundleSource::new(b))
     } else {
         Arc::new(
