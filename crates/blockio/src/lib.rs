@@ -7,7 +7,9 @@
 //!
 //! Implementations:
 //! - [`FileSource`]: a raw image file, opened read-only, read with `pread`, with
-//!   hole discovery through `SEEK_DATA`/`SEEK_HOLE`;
+//!   hole discovery through `SEEK_DATA`/`SEEK_HOLE`. A disk container (qcow2, VMDK,
+//!   VHD, VHDX) is recognised by its magic and refused, naming its format: its bytes
+//!   are not the disk's, and reading them as raw would give wrong answers;
 //! - [`Window`]: a byte range of another source (a partition);
 //! - [`MemorySource`]: bytes in memory, for tests.
 //!
@@ -56,6 +58,14 @@ pub enum Error {
         /// The source's size.
         size: u64,
     },
+    /// The file is a disk container, not a raw image.
+    #[error("{path} is a {format} disk image, not a raw one; amiforge reads raw images only, so convert it first: qemu-img convert -O raw {path} disk.raw")]
+    Container {
+        /// The file.
+        path: PathBuf,
+        /// What it is ("qcow2", "VMDK (sparse)", ...).
+        format: &'static str,
+    },
     /// A window was asked for that does not fit inside its parent.
     #[error("window [{offset}, +{len}) does not fit inside a source of {size} bytes")]
     BadWindow {
@@ -66,6 +76,25 @@ pub enum Error {
         /// Size of the parent.
         size: u64,
     },
+}
+
+/// The unit of the container magics' positions.
+const SECTOR: usize = 512;
+
+/// Disk container formats by their magic: the first bytes of the file, or the VHD
+/// footer in its last 512 bytes (a fixed VHD is a raw disk with a footer).
+pub fn container_format(head: &[u8], tail: &[u8]) -> Option<&'static str> {
+    const MAGICS: [(&[u8], &str); 5] = [
+        (b"QFI\xfb", "qcow2"),
+        (b"KDMV", "VMDK (sparse)"),
+        (b"# Disk DescriptorFile", "VMDK descriptor"),
+        (b"vhdxfile", "VHDX"),
+        (b"conectix", "VHD (dynamic)"),
+    ];
+    if let Some((_, name)) = MAGICS.iter().find(|(m, _)| head.starts_with(m)) {
+        return Some(name);
+    }
+    tail.starts_with(b"conectix").then_some("VHD (fixed)")
 }
 
 /// Result alias for this crate.
@@ -157,7 +186,27 @@ impl FileSource {
                 .seek(io::SeekFrom::End(0))
                 .map_err(|e| io_err("seek", e))?
         };
-        Ok(Self { file, path, len })
+        let source = Self { file, path, len };
+        if let Some(format) = source.container_format()? {
+            return Err(Error::Container {
+                path: source.path,
+                format,
+            });
+        }
+        Ok(source)
+    }
+
+    /// The container format whose magic the file starts (or, for a fixed VHD, ends)
+    /// with, if any.
+    fn container_format(&self) -> Result<Option<&'static str>> {
+        let mut head = [0u8; SECTOR];
+        let n = self.len.min(SECTOR as u64) as usize;
+        self.read_exact_at(&mut head[..n], 0)?;
+        let mut tail = [0u8; SECTOR];
+        if self.len >= 2 * SECTOR as u64 {
+            self.read_exact_at(&mut tail, self.len - SECTOR as u64)?;
+        }
+        Ok(container_format(&head[..n], &tail))
     }
 
     /// The path this source was opened from.
