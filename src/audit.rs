@@ -111,7 +111,7 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
 /// Audits the image at `path`, showing progress unless `show_progress` is false.
 pub fn run(path: &Path, config: &Config, show_progress: bool) -> Result<Report> {
     let image = inspect::Image::open(path)?;
-    let progress = Reporter::new(show_progress, "auditors done");
+    let progress = Reporter::new(show_progress, "auditors");
     progress.label(&format!("auditing {}", path.display()));
     let report = audit::audit(&image, &path.display().to_string(), config, &*progress);
     progress.finish();

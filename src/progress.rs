@@ -65,7 +65,7 @@ impl Reporter {
             b.set_prefix(what.to_string());
             b.set_length(total);
         } else if self.show {
-            eprintln!("amiforge: {what}: {total} {}", self.unit);
+            eprintln!("amiforge: {what}: 0/{total} {}", self.unit);
         }
     }
 
@@ -94,11 +94,12 @@ impl Reporter {
             let total = self.total.load(Ordering::Relaxed);
             if last.elapsed() >= PROGRESS_LINE_EVERY || done == total {
                 *last = Instant::now();
-                eprintln!(
+                let line = format!(
                     "amiforge: {}: {done}/{total} {} {detail}",
                     lock(&self.what),
                     self.unit
                 );
+                eprintln!("{}", line.trim_end());
             }
         }
     }
