@@ -56,22 +56,14 @@ pub enum AmiCommand {
     },
     /// Schedule the AMI's deprecation, or cancel it.
     Deprecate {
-        /// The AMI.
-        image_id: String,
+        #[command(flatten)]
+        image: ImageArgs,
         /// When, in RFC 3339 (2027-01-31T00:00:00Z).
         #[arg(long, required_unless_present = "cancel")]
         at: Option<String>,
         /// Cancel a scheduled deprecation.
         #[arg(long, conflicts_with = "at")]
         cancel: bool,
-        /// Show what would change; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
-        format: Format,
-        #[command(flatten)]
-        aws: AwsArgs,
     },
     /// Disable the AMI: it can no longer be launched and leaves listings and
     /// sharing, until `ami enable`.
@@ -148,8 +140,8 @@ pub struct ImageArgs {
 /// Whom to share with.
 #[derive(clap::Args, Debug)]
 pub struct ShareArgs {
-    /// The AMI.
-    pub image_id: String,
+    #[command(flatten)]
+    pub image: ImageArgs,
     /// An AWS account id; repeat for more.
     #[arg(long = "account")]
     pub accounts: Vec<String>,
@@ -162,14 +154,6 @@ pub struct ShareArgs {
     /// Everyone (refused when the account blocks public AMI sharing).
     #[arg(long)]
     pub public: bool,
-    /// Show what would change; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-    #[command(flatten)]
-    pub aws: AwsArgs,
 }
 
 fn share(args: ShareArgs, add: bool) -> Result<()> {
@@ -179,11 +163,12 @@ fn share(args: ShareArgs, add: bool) -> Result<()> {
         organizational_units: args.ous,
         public: args.public,
     };
+    let image = &args.image;
     let rt = runtime()?;
     let done = rt.block_on(async {
-        let client = ami::client(&args.aws.options(), &args.aws.retry()).await?;
+        let client = ami::client(&image.aws.options(), &image.aws.retry()).await?;
         Ok::<_, anyhow::Error>(
-            lifecycle::share(&client, &args.image_id, &who, add, args.dry_run).await?,
+            lifecycle::share(&client, &image.image_id, &who, add, image.dry_run).await?,
         )
     })?;
     let verb = match (add, done.dry_run) {
@@ -193,7 +178,7 @@ fn share(args: ShareArgs, add: bool) -> Result<()> {
         (false, true) => "would unshare",
     };
     emit(
-        args.format,
+        image.format,
         &serde_json::json!({ "result": &done, "audience": &who }),
         || {
             format!(
@@ -372,14 +357,13 @@ pub fn run(cmd: AmiCommand, show_progress: bool) -> Result<()> {
                     .join("\n")
             })
         }
-        AmiCommand::Deprecate {
-            image_id,
-            at,
-            cancel,
-            dry_run,
-            format,
-            aws,
-        } => {
+        AmiCommand::Deprecate { image, at, cancel } => {
+            let ImageArgs {
+                image_id,
+                dry_run,
+                format,
+                aws,
+            } = image;
             let rt = runtime()?;
             let when = if cancel { None } else { at.clone() };
             rt.block_on(async {
