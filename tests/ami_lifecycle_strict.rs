@@ -10,6 +10,14 @@ fn field<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
     form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
+/// A server whose snapshots complete and images become available within 50 ms.
+fn quick() -> Config {
+    Config {
+        completion_delay_ms: 50,
+        ..Default::default()
+    }
+}
+
 fn published(server: &ebs_testserver::Server) -> (String, String) {
     published_as(server, "amiforge-lifecycle", &[])
 }
@@ -47,11 +55,7 @@ fn published_as(server: &ebs_testserver::Server, name: &str, extra: &[&str]) -> 
 
 #[test]
 fn share_modifies_the_image_and_its_snapshots_and_publish_tags_the_family() {
-    let server = start_background(Config {
-        completion_delay_ms: 50,
-        ..Default::default()
-    })
-    .unwrap();
+    let server = start_background(quick()).unwrap();
     let (ami, snap) = published(&server);
     let tags = server.tags_of(&ami);
     assert!(
@@ -93,9 +97,8 @@ fn share_modifies_the_image_and_its_snapshots_and_publish_tags_the_family() {
 #[test]
 fn public_sharing_is_refused_when_the_account_blocks_it() {
     let server = start_background(Config {
-        completion_delay_ms: 50,
         block_public_access: true,
-        ..Default::default()
+        ..quick()
     })
     .unwrap();
     let (ami, _) = published(&server);
@@ -108,11 +111,7 @@ fn public_sharing_is_refused_when_the_account_blocks_it() {
 
 #[test]
 fn deprecate_sends_the_time_and_dry_run_sends_nothing() {
-    let server = start_background(Config {
-        completion_delay_ms: 50,
-        ..Default::default()
-    })
-    .unwrap();
+    let server = start_background(quick()).unwrap();
     let (ami, _) = published(&server);
     let (code, _, _) = outcome(amiforge_at(&server.endpoint()).args([
         "ami",
@@ -158,14 +157,13 @@ fn deprecate_sends_the_time_and_dry_run_sends_nothing() {
 #[test]
 fn ec2_throttling_503s_and_dropped_connections_are_retried_by_every_lifecycle_command() {
     let server = start_background(Config {
-        completion_delay_ms: 50,
         faults: ebs_testserver::Faults {
             ec2_throttle_rate: 0.25,
             ec2_unavailable_rate: 0.05,
             ec2_drop_rate: 0.05,
             ..Default::default()
         },
-        ..Default::default()
+        ..quick()
     })
     .unwrap();
     let (ami, _) = published(&server);
@@ -204,11 +202,7 @@ fn ec2_throttling_503s_and_dropped_connections_are_retried_by_every_lifecycle_co
 
 #[test]
 fn prune_never_touches_protected_or_recently_launched_images() {
-    let server = start_background(Config {
-        completion_delay_ms: 50,
-        ..Default::default()
-    })
-    .unwrap();
+    let server = start_background(quick()).unwrap();
     let (protected, _) = published_as(&server, "web-1", &["--protect"]);
     let (launched, _) = published_as(&server, "web-2", &[]);
     let (unused, _) = published_as(&server, "web-3", &[]);
@@ -300,11 +294,7 @@ fn prune_never_touches_protected_or_recently_launched_images() {
 #[test]
 fn prune_with_require_recycle_bin_removes_only_what_a_region_wide_rule_keeps() {
     use ebs_testserver::RecycleBinRule;
-    let server = start_background(Config {
-        completion_delay_ms: 50,
-        ..Default::default()
-    })
-    .unwrap();
+    let server = start_background(quick()).unwrap();
     let (old, _) = published_as(&server, "bin-1", &[]);
     published_as(&server, "bin-2", &[]);
     let rule = |id: &str, kind: &str, tags: &[(&str, &str)]| RecycleBinRule {
@@ -370,11 +360,7 @@ fn prune_with_require_recycle_bin_removes_only_what_a_region_wide_rule_keeps() {
 
 #[test]
 fn disable_and_enable_change_the_image_state() {
-    let server = start_background(Config {
-        completion_delay_ms: 50,
-        ..Default::default()
-    })
-    .unwrap();
+    let server = start_background(quick()).unwrap();
     let (ami, _) = published(&server);
     let run = |cmd: &str| {
         let (code, _, stderr) = outcome(amiforge_at(&server.endpoint()).args(["ami", cmd, &ami]));
@@ -388,9 +374,8 @@ fn disable_and_enable_change_the_image_state() {
 #[test]
 fn public_sharing_reports_the_snapshot_block_public_access_state() {
     let server = start_background(Config {
-        completion_delay_ms: 50,
         snapshot_block_public_access: "block-all-sharing".into(),
-        ..Default::default()
+        ..quick()
     })
     .unwrap();
     let (ami, _) = published(&server);
@@ -506,11 +491,7 @@ fn unauthorized_operation_fails_every_command_after_one_attempt_and_names_the_ca
 
 #[test]
 fn a_dropped_ec2_connection_is_retried() {
-    let server = start_background(Config {
-        completion_delay_ms: 50,
-        ..Default::default()
-    })
-    .unwrap();
+    let server = start_background(quick()).unwrap();
     let (ami, _) = published(&server);
     server.set_faults(ebs_testserver::Faults {
         ec2_drop_rate: 0.75,
