@@ -615,6 +615,10 @@ pub async fn prune(
     dry_run: bool,
 ) -> Result<Pruned> {
     let images = list(client, None, Some(family)).await?;
+    let snapshots_of: std::collections::HashMap<String, Vec<String>> = images
+        .iter()
+        .map(|i| (i.image_id.clone(), i.snapshots.clone()))
+        .collect();
     let days_ago = |d: u64| now_unix - (d as i64) * SECONDS_PER_DAY;
     let mut kept = Vec::new();
     let mut spared = Vec::new();
@@ -647,19 +651,16 @@ pub async fn prune(
         }
         removed.push(img);
     }
-    let kept_ids: Vec<&String> = kept
+    // A snapshot still used by a kept or spared image stays (EC2 would refuse to
+    // delete it).
+    let kept_snapshots: Vec<&String> = kept
         .iter()
         .chain(spared.iter().map(|s| &s.image_id))
-        .collect();
-    // A snapshot still used by a kept image stays (EC2 would refuse to delete it).
-    let kept_snapshots: Vec<String> = list(client, None, Some(family))
-        .await?
-        .into_iter()
-        .filter(|i| kept_ids.contains(&&i.image_id))
-        .flat_map(|i| i.snapshots)
+        .filter_map(|id| snapshots_of.get(id))
+        .flatten()
         .collect();
     for img in &mut removed {
-        img.snapshots.retain(|s| !kept_snapshots.contains(s));
+        img.snapshots.retain(|s| !kept_snapshots.contains(&s));
     }
     // Only what a Recycle Bin rule keeps may go, when one is required.
     let mut retained_by = Vec::new();
