@@ -2,7 +2,7 @@
 # Runs one fuzz target for a while, with AddressSanitizer, from a seed corpus of small
 # real filesystems and disks made with mkfs and sgdisk.
 #
-#   scripts/fuzz-run.sh partition_table|filesystem_walk|inspect_image [SECONDS]
+#   scripts/fuzz-run.sh partition_table|filesystem_walk|inspect_image|disk_container [SECONDS]
 #
 # AddressSanitizer needs unstable compiler flags; RUSTC_BOOTSTRAP=1 lets the stable
 # toolchain accept them.
@@ -23,6 +23,19 @@ if [ -z "$(ls -A "$corpus")" ]; then
   truncate -s 64K "$tmp/gpt" && sgdisk -n 1:34:+16 -n 2:0:+16 "$tmp/gpt" >/dev/null
   truncate -s 64K "$tmp/mbr" && printf 'label: dos\nstart=1, size=8, type=83\nstart=10, size=40, type=5\nstart=12, size=4, type=83\n' | sfdisk -q "$tmp/mbr"
   cp "$tmp"/ext4 "$tmp"/ext2 "$tmp"/fat12 "$tmp"/gpt "$tmp"/mbr "$corpus/"
+  if [ "$target" = disk_container ]; then
+    # Small containers of every format, from the GPT seed with some data in it.
+    rm -f "$corpus"/*
+    truncate -s 1M "$tmp/disk" && sgdisk -n 1:34:+16 "$tmp/disk" >/dev/null
+    head -c 200000 /dev/urandom | dd of="$tmp/disk" bs=1 seek=300000 conv=notrunc status=none
+    for spec in "qcow2 -o cluster_size=4096" "qcow2 -c -o cluster_size=4096" \
+        "qcow2 -c -o compression_type=zstd,cluster_size=4096" "qcow2 -o extended_l2=on,cluster_size=16384" \
+        "qcow2 -o compat=0.10,cluster_size=4096" "vmdk" "vmdk -o subformat=streamOptimized" \
+        "vpc" "vpc -o subformat=fixed" "vhdx"; do
+      set -- $spec
+      qemu-img convert -f raw -O "$@" "$tmp/disk" "$corpus/seed-$(echo "$spec" | tr -c 'a-z0-9' '-')"
+    done
+  fi
 fi
 cd fuzz
 RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "corpus/$target" -- -max_total_time="$seconds" -max_len=1048576 -timeout=10 -rss_limit_mb=2048

@@ -59,7 +59,7 @@ pub enum AuditFormat {
 /// `amiforge audit` arguments.
 #[derive(clap::Args, Debug)]
 pub struct AuditArgs {
-    /// The raw disk image.
+    /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
     pub image: PathBuf,
     /// Output format.
     #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
@@ -89,7 +89,7 @@ pub enum SbomFormat {
 /// `amiforge sbom` arguments.
 #[derive(clap::Args, Debug)]
 pub struct SbomArgs {
-    /// The raw disk image.
+    /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
     pub image: PathBuf,
     /// Document format.
     #[arg(long, value_enum, default_value_t = SbomFormat::CyclonedxJson)]
@@ -107,13 +107,17 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
     }
 }
 
-/// Audits the image at `path`.
-/// Audits the image at `path`, showing progress unless `show_progress` is false.
-pub fn run(path: &Path, config: &Config, show_progress: bool) -> Result<Report> {
-    let image = inspect::Image::open(path)?;
+/// Audits `image` (opened from `path`), showing progress unless `show_progress` is
+/// false.
+pub fn run(
+    image: &inspect::Image,
+    path: &Path,
+    config: &Config,
+    show_progress: bool,
+) -> Result<Report> {
     let progress = Reporter::new(show_progress, "auditors");
     progress.label(&format!("auditing {}", path.display()));
-    let report = audit::audit(&image, &path.display().to_string(), config, &*progress);
+    let report = audit::audit(image, &path.display().to_string(), config, &*progress);
     progress.finish();
     Ok(report)
 }
@@ -130,7 +134,8 @@ fn writer(output: Option<&Path>) -> Result<Box<dyn Write>> {
 /// Returns false when the gate failed (exit 1).
 pub fn audit_command(args: AuditArgs, show_progress: bool) -> Result<bool> {
     let config = load_config(args.config.as_deref())?;
-    let report = run(&args.image, &config, show_progress)?;
+    let image = crate::input::image(&args.image)?;
+    let report = run(&image, &args.image, &config, show_progress)?;
     let mut out = writer(args.output.as_deref())?;
     match args.format {
         AuditFormat::Json => {
@@ -167,16 +172,17 @@ pub struct GateArgs {
 }
 
 impl GateArgs {
-    /// Audits `image`; `None` when the gate refuses (after saying why and that
-    /// `not_done` was not done).
+    /// Audits `image`, opened from `path`; `None` when the gate refuses (after
+    /// saying why and that `not_done` was not done).
     pub fn audit(
         &self,
-        image: &Path,
+        image: &inspect::Image,
+        path: &Path,
         not_done: &str,
         show_progress: bool,
     ) -> Result<Option<Report>> {
         let config = load_config(self.audit_config.as_deref())?;
-        let report = run(image, &config, show_progress)?;
+        let report = run(image, path, &config, show_progress)?;
         Ok((!gate_refuses(&report, self.fail_on, not_done)).then_some(report))
     }
 }
@@ -326,7 +332,7 @@ fn print_text(out: &mut dyn Write, r: &Report, fail_on: FailOn) -> Result<()> {
 
 /// `amiforge sbom`.
 pub fn sbom_command(args: SbomArgs) -> Result<()> {
-    let image = inspect::Image::open(&args.image)?;
+    let image = crate::input::image(&args.image)?;
     let input = sbom::Input::from_image(&image, &args.image.display().to_string())?;
     for u in &input.unread {
         eprintln!("amiforge: not examined: {}: {}", u.path, u.reason);

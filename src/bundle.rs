@@ -51,7 +51,7 @@ pub enum BundleCommand {
 /// `amiforge bundle IMAGE --out DIR`.
 #[derive(clap::Args, Debug)]
 pub struct CreateArgs {
-    /// The raw disk image.
+    /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
     #[arg(required = true)]
     pub image: Option<PathBuf>,
     /// The bundle directory to create.
@@ -138,9 +138,10 @@ fn create(args: CreateArgs, show_progress: bool) -> Result<bool> {
         .map(bundle::load_signing_key)
         .transpose()?;
     // 1. The audit gate, before anything is written.
+    let opened = crate::input::image(&image)?;
     let Some(report) = args
         .gate
-        .audit(&image, "no bundle was written", show_progress)?
+        .audit(&opened, &image, "no bundle was written", show_progress)?
     else {
         return Ok(false);
     };
@@ -153,7 +154,7 @@ fn create(args: CreateArgs, show_progress: bool) -> Result<bool> {
         unread: Vec::new(),
         created: std::time::SystemTime::now(),
     };
-    let detected = detect(&image)?;
+    let detected = detect(&opened)?;
     let spec = spec_from(
         &name,
         PLACEHOLDER_SNAPSHOT,
@@ -173,9 +174,15 @@ fn create(args: CreateArgs, show_progress: bool) -> Result<bool> {
         (REGISTER_FILE, serde_json::to_vec_pretty(&spec)?),
     ];
     // 3. The blocks.
-    let source = blockio::FileSource::open(&image)?;
     let progress = Reporter::new(show_progress, "blocks");
-    let created = bundle::create(&source, &out, &name, &files, key.as_ref(), &*progress)?;
+    let created = bundle::create(
+        &**opened.source(),
+        &out,
+        &name,
+        &files,
+        key.as_ref(),
+        &*progress,
+    )?;
     progress.finish();
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&created)?),

@@ -11,8 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 fn open(image: &Path) -> Result<Image> {
-    tracing::info!(image = %image.display(), "opening read-only");
-    Image::open(image).with_context(|| format!("cannot inspect {}", image.display()))
+    crate::input::image(image)
 }
 
 pub fn inspect(image: &Path, format: Format) -> Result<()> {

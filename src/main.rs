@@ -10,6 +10,7 @@ mod bundle;
 mod bundled;
 mod cli;
 mod commands;
+mod input;
 mod lifecycle;
 mod progress;
 mod publish;
@@ -39,6 +40,11 @@ struct Cli {
     /// No progress bar and no progress lines on stderr (logs and errors stay).
     #[arg(long, global = true)]
     no_progress: bool,
+    /// Follow the backing (parent) files that qcow2 and VMDK images name, but only
+    /// those inside DIR. Without it an image naming a backing file is refused: the
+    /// name is any path the image's author chose.
+    #[arg(long, global = true, value_name = "DIR")]
+    allow_backing: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,7 +54,7 @@ enum Command {
     /// Describe an image: partition table, filesystems, OS, architecture, boot mode,
     /// kernels, EC2 drivers, and everything that could not be examined.
     Inspect {
-        /// The raw disk image.
+        /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
         image: std::path::PathBuf,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -56,7 +62,7 @@ enum Command {
     },
     /// List a directory inside an image, like virt-ls.
     Ls {
-        /// The raw disk image.
+        /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
         image: std::path::PathBuf,
         /// Directory (or file) inside the image.
         #[arg(default_value = "/")]
@@ -76,7 +82,7 @@ enum Command {
     },
     /// Print a file from inside an image to stdout, like virt-cat.
     Cat {
-        /// The raw disk image.
+        /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
         image: std::path::PathBuf,
         /// File inside the image. Symlinks are followed inside the image only.
         path: std::ffi::OsString,
@@ -140,6 +146,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let show_progress = !cli.no_progress;
+    input::configure(cli.allow_backing);
     let result = match cli.command {
         Command::Inspect { image, format } => commands::inspect(&image, format),
         Command::Ls {

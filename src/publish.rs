@@ -5,12 +5,20 @@ use crate::spec::{detect, spec_from, AmiParams, PLACEHOLDER_SNAPSHOT};
 use crate::transfer::{run_upload, UploadArgs};
 use ami::{BootMode, RegisterSpec};
 use anyhow::{bail, Context, Result};
+use blockio::BlockSource;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Tag keys amiforge writes on what it publishes.
-const TAG_IMAGE_SHA256: &str = "amiforge:image-sha256";
+/// Threads that read a disk to learn its identity on a re-run (this is I/O and
+/// SHA-256, and the machines amiforge runs on in CI have two cores or more).
+const HASH_THREADS: usize = 2;
+
+/// Tag keys amiforge writes on what it publishes. The disk's content identity
+/// (`ebs::digest`): the same disk in any container format has the same one, and the
+/// upload computes it as it reads, so the image is read once.
+const TAG_DISK_SHA256: &str = "amiforge:disk-sha256";
 const TAG_VERSION: &str = "amiforge:version";
 const TAG_AUDIT: &str = "amiforge:audit";
 /// Tag naming the bundle an AMI was published from: its manifest's SHA-256.
@@ -53,7 +61,10 @@ struct RegisterOutput<'a> {
 }
 
 pub fn register(args: RegisterArgs) -> Result<()> {
-    let detected = args.image.as_deref().map(detect).transpose()?;
+    let detected = match &args.image {
+        Some(path) => Some(detect(&crate::input::image(path)?)?),
+        None => None,
+    };
     let tags = parse_tags(&args.tags)?;
     let spec = spec_from(
         &args.name,
@@ -150,14 +161,6 @@ struct PublishOutput<'a> {
     upload: Option<&'a ebs::UploadOutcome>,
 }
 
-fn sha256_of(path: &Path) -> Result<String> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(format!("{:x}", h.finalize()))
-}
-
 /// Returns false when the gate failed (exit 1).
 pub fn publish(args: PublishArgs, show_progress: bool) -> Result<bool> {
     let input = args.upload.image.clone();
@@ -171,7 +174,8 @@ pub fn publish(args: PublishArgs, show_progress: bool) -> Result<bool> {
         common_tags.push((ami::lifecycle::TAG_IMAGE_VERSION.into(), v.clone()));
     }
     // 1. Audit and gate, before anything is sent; 2. the registration, validated.
-    let (draft, identity) = if crate::bundled::is_bundle(&input) {
+    // The input is opened (and a bundle verified) once, here.
+    let (mut draft, source, bundle_identity) = if crate::bundled::is_bundle(&input) {
         let b = crate::bundled::open_verified(
             &input,
             args.upload.public_key.as_deref(),
@@ -206,16 +210,18 @@ pub fn publish(args: PublishArgs, show_progress: bool) -> Result<bool> {
                 args.gate.fail_on.name()
             ),
         ));
-        (spec, identity)
+        let source: Arc<dyn BlockSource> = Arc::new(bundle::BundleSource::new(b));
+        (spec, source, Some(identity))
     } else {
         let name = args
             .name
             .clone()
             .context("--name is required when publishing an image (a bundle carries its own)")?;
-        let detected = detect(&input)?;
-        let Some(report) = args
-            .gate
-            .audit(&input, "nothing was uploaded", show_progress)?
+        let image = crate::input::image(&input)?;
+        let detected = detect(&image)?;
+        let Some(report) =
+            args.gate
+                .audit(&image, &input, "nothing was uploaded", show_progress)?
         else {
             return Ok(false);
         };
@@ -230,9 +236,7 @@ pub fn publish(args: PublishArgs, show_progress: bool) -> Result<bool> {
             crate::audit::counts(&report.summary.allowed),
             args.gate.fail_on.name()
         );
-        let identity = (TAG_IMAGE_SHA256.to_string(), sha256_of(&input)?);
         let mut tags = common_tags;
-        tags.push(identity.clone());
         tags.push((TAG_AUDIT.into(), audit));
         let spec = spec_from(
             &name,
@@ -243,10 +247,9 @@ pub fn publish(args: PublishArgs, show_progress: bool) -> Result<bool> {
             args.upload.description.clone(),
             tags,
         )?;
-        (spec, identity)
+        (spec, image.source().clone(), None)
     };
     draft.validate()?;
-    let image_sha256 = identity.1.clone();
     let timeout = Duration::from_secs(args.params.register_timeout_minutes * 60);
     let rt = runtime()?;
     let client = rt.block_on(ami::client(
@@ -254,9 +257,19 @@ pub fn publish(args: PublishArgs, show_progress: bool) -> Result<bool> {
         &args.upload.aws.retry(),
     ))?;
 
-    // 3. Idempotent re-runs: the same name and the same image bytes return the AMI.
+    // 3. Idempotent re-runs: the same name and the same content return the AMI. Only
+    // then is a disk read just to learn its identity.
     if let Some(existing) = rt.block_on(ami::find_by_name(&client, &draft.name))? {
         let id = existing.image_id().unwrap_or("?").to_string();
+        let identity = match &bundle_identity {
+            Some(i) => i.clone(),
+            None => (
+                TAG_DISK_SHA256.to_string(),
+                ebs::digest::of_source(&*source, HASH_THREADS)
+                    .with_context(|| format!("cannot read {}", input.display()))?,
+            ),
+        };
+        let image_sha256 = identity.1.clone();
         let same = existing.tags().iter().any(|t| {
             t.key() == Some(identity.0.as_str()) && t.value() == Some(image_sha256.as_str())
         });
@@ -281,13 +294,24 @@ pub fn publish(args: PublishArgs, show_progress: bool) -> Result<bool> {
             .map(|_| true);
     }
 
-    // 4. Upload, then register; clean up the snapshot if registration fails.
+    // 4. Upload, then register; clean up the snapshot if registration fails. The
+    // snapshot gets the disk's identity with the image's tags, at registration.
     let outcome = run_upload(
         &args.upload,
-        std::slice::from_ref(&identity),
+        source,
+        bundle_identity.as_slice(),
         &rt,
         show_progress,
     )?;
+    let image_sha256 = match &bundle_identity {
+        Some((_, sha)) => sha.clone(),
+        None => {
+            draft
+                .tags
+                .push((TAG_DISK_SHA256.into(), outcome.disk_sha256.clone()));
+            outcome.disk_sha256.clone()
+        }
+    };
     let spec = RegisterSpec {
         root_snapshot: outcome.snapshot_id.clone(),
         ..draft.clone()

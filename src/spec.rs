@@ -3,7 +3,6 @@
 
 use ami::{Architecture, BootMode, RegisterSpec};
 use anyhow::{Context, Result};
-use std::path::Path;
 
 /// The root snapshot of a spec drafted before the upload.
 pub const PLACEHOLDER_SNAPSHOT: &str = "snap-00000000";
@@ -57,10 +56,8 @@ pub struct Detected {
     ena: Option<bool>,
 }
 
-pub fn detect(image: &Path) -> Result<Detected> {
-    let report = inspect::Image::open(image)
-        .with_context(|| format!("cannot inspect {}", image.display()))?
-        .report();
+pub fn detect(image: &inspect::Image) -> Result<Detected> {
+    let report = image.report();
     let boot = serde_json::to_value(report.boot_mode)?
         .as_str()
         .map(str::to_string)

@@ -3,7 +3,7 @@
 use crate::cli::{parse_tags, runtime, AwsArgs, Format};
 use crate::progress::Reporter;
 use anyhow::{bail, Context, Result};
-use blockio::{BlockSource, FileSource};
+use blockio::BlockSource;
 use ebs::{Manifest, UploadOptions};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,8 @@ use std::time::Duration;
 /// `amiforge upload` arguments.
 #[derive(clap::Args, Debug)]
 pub struct UploadArgs {
-    /// The raw disk image, or a bundle directory made by `amiforge bundle`.
+    /// The disk image (raw, qcow2, VMDK, VHD or VHDX), or a bundle directory made by
+    /// `amiforge bundle`.
     pub image: PathBuf,
     /// For a bundle: the ed25519 public key (PEM) its manifest must be signed with.
     #[arg(long)]
@@ -105,9 +106,25 @@ fn resume_command(args: &UploadArgs) -> String {
         .join(" ")
 }
 
-/// Runs an upload and reports the pending snapshot on failure; prints nothing else.
+/// Opens what `upload` and `publish` send: a bundle, verified whole before anything
+/// is sent (its blocks are then checked again against the manifest as they are
+/// read), or a disk image of any format.
+pub fn upload_source(args: &UploadArgs, show_progress: bool) -> Result<Arc<dyn BlockSource>> {
+    if crate::bundled::is_bundle(&args.image) {
+        let b =
+            crate::bundled::open_verified(&args.image, args.public_key.as_deref(), show_progress)?;
+        return Ok(Arc::new(bundle::BundleSource::new(b)));
+    }
+    Ok(crate::input::disk(&args.image)
+        .with_context(|| format!("cannot upload {}", args.image.display()))?
+        .source)
+}
+
+/// Uploads `image` (opened from `args.image`) and reports the pending snapshot on
+/// failure; prints nothing else.
 pub fn run_upload(
     args: &UploadArgs,
+    image: Arc<dyn BlockSource>,
     extra_tags: &[(String, String)],
     rt: &tokio::runtime::Runtime,
     show_progress: bool,
@@ -135,18 +152,6 @@ pub fn run_upload(
             }
             Some((m, path))
         }
-    };
-    // A bundle is verified whole before anything is sent; its blocks are then checked
-    // again against the manifest as they are read.
-    let image: Arc<dyn BlockSource> = if crate::bundled::is_bundle(&args.image) {
-        let b =
-            crate::bundled::open_verified(&args.image, args.public_key.as_deref(), show_progress)?;
-        Arc::new(bundle::BundleSource::new(b))
-    } else {
-        Arc::new(
-            FileSource::open(&args.image)
-                .with_context(|| format!("cannot upload {}", args.image.display()))?,
-        )
     };
     let journal_path = ebs::Journal::path_for(&args.image, args.state_dir.as_deref());
     if let Some(d) = &args.state_dir {
@@ -216,7 +221,8 @@ pub fn run_upload(
 
 pub fn upload(args: UploadArgs, show_progress: bool) -> Result<()> {
     let rt = runtime()?;
-    let outcome = run_upload(&args, &[], &rt, show_progress)?;
+    let image = upload_source(&args, show_progress)?;
+    let outcome = run_upload(&args, image, &[], &rt, show_progress)?;
     match args.format {
         Format::Json => {
             let mut v = serde_json::to_value(&outcome)?;
@@ -292,7 +298,7 @@ pub fn download(args: DownloadArgs, show_progress: bool) -> Result<()> {
 /// `amiforge verify` arguments.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// The raw disk image.
+    /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
     pub image: PathBuf,
     /// The completed snapshot to compare it with.
     pub snapshot: String,
@@ -308,7 +314,7 @@ pub struct VerifyArgs {
 
 /// Returns whether every block matched.
 pub fn verify(args: VerifyArgs, show_progress: bool) -> Result<bool> {
-    let image: Arc<dyn BlockSource> = Arc::new(FileSource::open(&args.image)?);
+    let image = crate::input::disk(&args.image)?.source;
     let rt = runtime()?;
     let reporter = Reporter::new(show_progress, "blocks");
     let outcome = rt.block_on(async {

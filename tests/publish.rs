@@ -81,7 +81,7 @@ fn publish_sends_the_parameters_the_image_implies_and_the_snapshot_reads_back_eq
             .map(|(_, v)| v.clone())
     };
     assert_eq!(tag("team").as_deref(), Some("infra"));
-    assert_eq!(tag("amiforge:image-sha256"), Some(sha256_file(&image)));
+    assert_eq!(tag("amiforge:disk-sha256"), Some(disk_identity(&image)));
     assert_eq!(
         tag("amiforge:version").as_deref(),
         Some(env!("CARGO_PKG_VERSION"))
@@ -94,7 +94,7 @@ fn publish_sends_the_parameters_the_image_implies_and_the_snapshot_reads_back_eq
         server
             .tags_of(snap)
             .iter()
-            .any(|(k, _)| k == "amiforge:image-sha256"),
+            .any(|(k, _)| k == "amiforge:disk-sha256"),
         "the snapshot is tagged too"
     );
     // The AMI's snapshot holds the image.

@@ -455,3 +455,31 @@ fn a_bundle_publishes_on_moto_with_its_bundled_spec_and_reads_back_identical() {
     readback_with_boto3(&moto.endpoint, snap, &dir.path("root.img"));
     assert_same_padded(&image, &dir.path("root.img"));
 }
+
+#[test]
+fn uploads_from_qcow2_and_stream_optimized_vmdk_read_back_from_moto_as_the_raw_image() {
+    let moto = Moto::start();
+    let dir = Scratch::new("moto-containers");
+    let raw = fixture("gpt-uefi.img");
+    for (name, options) in [
+        ("disk.qcow2", &["-O", "qcow2"][..]),
+        (
+            "disk.vmdk",
+            &["-O", "vmdk", "-o", "subformat=streamOptimized"][..],
+        ),
+    ] {
+        let container = dir.path(name);
+        qemu_convert(&raw, &container, options);
+        let (code, stdout, stderr) = outcome(
+            amiforge_at(&moto.endpoint)
+                .arg("upload")
+                .arg(&container)
+                .args(["--format", "json", "--no-progress"]),
+        );
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        let r: Value = serde_json::from_str(&stdout).unwrap();
+        let back = dir.path(&format!("{name}.back"));
+        readback_with_boto3(&moto.endpoint, r["snapshot_id"].as_str().unwrap(), &back);
+        assert_same_padded(&raw, &back);
+    }
+}

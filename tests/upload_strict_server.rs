@@ -497,3 +497,47 @@ fn unsafe_kill(pid: u32, signal: i32) {
         .unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn uploads_from_qcow2_and_stream_optimized_vmdk_send_the_virtual_disk_and_verify_against_it() {
+    let server = start_background(quiet()).unwrap();
+    let dir = Scratch::new("strict-containers");
+    let raw = fixture("gpt-uefi.img");
+    let raw_upload = upload_json(&server.endpoint(), &raw, &[]);
+    for (name, options) in [
+        ("disk.qcow2", &["-O", "qcow2"][..]),
+        ("disk-zlib.qcow2", &["-c", "-O", "qcow2"][..]),
+        (
+            "disk.vmdk",
+            &["-O", "vmdk", "-o", "subformat=streamOptimized"][..],
+        ),
+    ] {
+        let container = dir.path(name);
+        qemu_convert(&raw, &container, options);
+        let r = upload_json(&server.endpoint(), &container, &[]);
+        let id = r["snapshot_id"].as_str().unwrap();
+        assert_eq!(r["blocks_total"], raw_upload["blocks_total"], "{name}");
+        assert_eq!(
+            r["blocks_written"], raw_upload["blocks_written"],
+            "{name}: the same blocks as the raw image"
+        );
+        assert_eq!(
+            r["disk_sha256"], raw_upload["disk_sha256"],
+            "{name}: the same content identity"
+        );
+        assert_eq!(
+            r["disk_sha256"].as_str(),
+            Some(disk_identity(&raw).as_str())
+        );
+        download(&server.endpoint(), id, &dir.path("back.img"));
+        assert_same_padded(&raw, &dir.path("back.img"));
+        let (code, stdout, stderr) = outcome(
+            amiforge_at(&server.endpoint())
+                .arg("verify")
+                .arg(&container)
+                .arg(id),
+        );
+        assert_eq!(code, Some(0), "{name}: {stdout} {stderr}");
+    }
+    assert!(server.stats().rejected.is_empty(), "{:?}", server.stats());
+}

@@ -262,3 +262,40 @@ pub fn assert_same_padded(image: &Path, downloaded: &Path) {
         at += n as u64;
     }
 }
+
+/// A disk's content identity by its definition (the `amiforge:disk-sha256` tag): the
+/// SHA-256 of the SHA-256 of each 512 KiB block of the raw disk, the last one
+/// zero-padded.
+pub fn disk_identity(raw: &Path) -> String {
+    use std::io::Read;
+    let mut f = std::fs::File::open(raw).expect("open");
+    let mut outer = Sha256::new();
+    let mut block = vec![0u8; BLOCK as usize];
+    loop {
+        block.fill(0);
+        let mut n = 0;
+        while n < block.len() {
+            match f.read(&mut block[n..]).expect("read") {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        outer.update(Sha256::digest(&block));
+    }
+    format!("{:x}", outer.finalize())
+}
+
+/// Converts the raw image `raw` into `out` with qemu-img and `options` (the output
+/// format and its options, e.g. `["-O", "qcow2", "-c"]`).
+pub fn qemu_convert(raw: &Path, out: &Path, options: &[&str]) {
+    tool_output(
+        tool("qemu-img")
+            .args(["convert", "-f", "raw"])
+            .args(options)
+            .arg(raw)
+            .arg(out),
+    );
+}

@@ -6,10 +6,10 @@
 //! truncated image is always reported.
 //!
 //! Implementations:
-//! - [`FileSource`]: a raw image file, opened read-only, read with `pread`, with
-//!   hole discovery through `SEEK_DATA`/`SEEK_HOLE`. A disk container (qcow2, VMDK,
-//!   VHD, VHDX) is recognised by its magic and refused, naming its format: its bytes
-//!   are not the disk's, and reading them as raw would give wrong answers;
+//! - [`FileSource`]: a file, opened read-only, read with `pread`, with hole
+//!   discovery through `SEEK_DATA`/`SEEK_HOLE`. It reads the file's bytes as they
+//!   are: telling a raw disk from a container (qcow2, VMDK, ...) is the `diskimage`
+//!   crate's job;
 //! - [`Window`]: a byte range of another source (a partition);
 //! - [`MemorySource`]: bytes in memory, for tests.
 //!
@@ -58,13 +58,18 @@ pub enum Error {
         /// The source's size.
         size: u64,
     },
-    /// The file is a disk container, not a raw image.
-    #[error("{path} is a {format} disk image, not a raw one; amiforge reads raw images only, so convert it first: qemu-img convert -O raw {path} disk.raw")]
-    Container {
-        /// The file.
-        path: PathBuf,
-        /// What it is ("qcow2", "VMDK (sparse)", ...).
-        format: &'static str,
+    /// A structure inside the source is damaged (found while reading, such as a
+    /// compressed cluster that does not unpack).
+    #[error("{name}: {structure} at offset {offset}: {reason}")]
+    Corrupt {
+        /// A short name for the source.
+        name: String,
+        /// The structure.
+        structure: &'static str,
+        /// Where it is.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
     },
     /// A window was asked for that does not fit inside its parent.
     #[error("window [{offset}, +{len}) does not fit inside a source of {size} bytes")]
@@ -76,25 +81,6 @@ pub enum Error {
         /// Size of the parent.
         size: u64,
     },
-}
-
-/// The unit of the container magics' positions.
-const SECTOR: usize = 512;
-
-/// Disk container formats by their magic: the first bytes of the file, or the VHD
-/// footer in its last 512 bytes (a fixed VHD is a raw disk with a footer).
-pub fn container_format(head: &[u8], tail: &[u8]) -> Option<&'static str> {
-    const MAGICS: [(&[u8], &str); 5] = [
-        (b"QFI\xfb", "qcow2"),
-        (b"KDMV", "VMDK (sparse)"),
-        (b"# Disk DescriptorFile", "VMDK descriptor"),
-        (b"vhdxfile", "VHDX"),
-        (b"conectix", "VHD (dynamic)"),
-    ];
-    if let Some((_, name)) = MAGICS.iter().find(|(m, _)| head.starts_with(m)) {
-        return Some(name);
-    }
-    tail.starts_with(b"conectix").then_some("VHD (fixed)")
 }
 
 /// Result alias for this crate.
@@ -152,7 +138,7 @@ fn check_bounds(name: impl FnOnce() -> String, offset: u64, len: usize, size: u6
     }
 }
 
-/// A raw image file opened read-only.
+/// A file opened read-only.
 #[derive(Debug)]
 pub struct FileSource {
     file: File,
@@ -186,27 +172,7 @@ impl FileSource {
                 .seek(io::SeekFrom::End(0))
                 .map_err(|e| io_err("seek", e))?
         };
-        let source = Self { file, path, len };
-        if let Some(format) = source.container_format()? {
-            return Err(Error::Container {
-                path: source.path,
-                format,
-            });
-        }
-        Ok(source)
-    }
-
-    /// The container format whose magic the file starts (or, for a fixed VHD, ends)
-    /// with, if any.
-    fn container_format(&self) -> Result<Option<&'static str>> {
-        let mut head = [0u8; SECTOR];
-        let n = self.len.min(SECTOR as u64) as usize;
-        self.read_exact_at(&mut head[..n], 0)?;
-        let mut tail = [0u8; SECTOR];
-        if self.len >= 2 * SECTOR as u64 {
-            self.read_exact_at(&mut tail, self.len - SECTOR as u64)?;
-        }
-        Ok(container_format(&head[..n], &tail))
+        Ok(Self { file, path, len })
     }
 
     /// The path this source was opened from.

@@ -11,11 +11,13 @@
 //! - [`Manifest`] records block index → SHA-256. An upload against a parent snapshot
 //!   and its manifest sends only the blocks that changed.
 //! - [`download`] and [`verify`] read a snapshot back with verified checksums.
+//! - [`digest`]: a disk's content identity, which every upload computes in passing.
 //!
 //! Everything talks to the service through the [`EbsApi`] trait. One uploader serves
 //! AWS, moto, the strict test server and fakes.
 
 mod api;
+pub mod digest;
 mod download;
 mod journal;
 mod manifest;

@@ -91,6 +91,8 @@ pub struct UploadOutcome {
     pub seconds: f64,
     /// The LINEAR aggregate checksum CompleteSnapshot got.
     pub checksum: String,
+    /// The disk's content identity (see [`crate::digest`]).
+    pub disk_sha256: String,
     /// The parent snapshot, if incremental.
     pub parent_snapshot_id: Option<String>,
     /// The blocks, for `--manifest`.
@@ -121,12 +123,16 @@ const JOURNAL_INTERVAL: Duration = Duration::from_millis(20);
 const FIRST_POLL: Duration = Duration::from_millis(100);
 
 /// SHA-256 of an all-zero block.
-fn zero_digest() -> [u8; 32] {
+pub(crate) fn zero_digest() -> [u8; 32] {
     sha2::Sha256::digest(vec![0u8; BLOCK_SIZE as usize]).into()
 }
 
 /// Reads block `index` of the image into `buf`, zero-padding past the end.
-fn read_block(image: &dyn BlockSource, index: u64, buf: &mut [u8]) -> blockio::Result<()> {
+pub(crate) fn read_block(
+    image: &dyn BlockSource,
+    index: u64,
+    buf: &mut [u8],
+) -> blockio::Result<()> {
     let start = index * BLOCK_SIZE;
     let len = image.len();
     let n = len.saturating_sub(start).min(BLOCK_SIZE) as usize;
@@ -475,11 +481,14 @@ pub async fn upload<A: EbsApi>(
     // 5. The manifest: every non-zero block of the image.
     let zero = zero_digest();
     let mut manifest = Manifest::new(&snapshot_id, p.image_size, volume_size_gib);
+    let mut non_zero = BTreeMap::new();
     for (index, digest) in seen.iter().chain(resumed.iter()) {
         if *digest != zero && *index < p.image_blocks {
             manifest.blocks.insert(*index, crate::b64(digest));
+            non_zero.insert(*index, *digest);
         }
     }
+    let disk_sha256 = crate::digest::of_blocks(p.image_blocks, &non_zero);
     let zero_resumed = resumed.values().filter(|d| **d == zero).count() as u64;
     Ok(UploadOutcome {
         snapshot_id,
@@ -492,6 +501,7 @@ pub async fn upload<A: EbsApi>(
         bytes_sent: counters.sent_bytes.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         checksum: aggregate,
+        disk_sha256,
         parent_snapshot_id: journal_parent(&parent),
         manifest,
     })

@@ -1,7 +1,8 @@
 //! What is inside a disk image: partitions, filesystems, OS, architecture, boot mode,
 //! kernels and the EC2 drivers, plus an explicit list of everything not examined.
 //!
-//! [`Image::open`] reads the partition table and probes every partition;
+//! [`Image::open`] opens the image file through `diskimage` (raw, qcow2, VMDK, VHD,
+//! VHDX), reads the partition table and probes every partition;
 //! [`Image::report`] gathers the identity of the system on it. Only metadata and a few
 //! small files are read, so inspecting a large image costs milliseconds.
 //!
@@ -13,7 +14,7 @@
 
 mod identity;
 
-use blockio::{BlockSource, FileSource, Window};
+use blockio::{BlockSource, Window};
 use imagefs::raid::{RaidFormat, RaidMember};
 use imagefs::{Filesystem, FsKind};
 use partition::{Partition, PartitionTable, TableKind};
@@ -29,6 +30,10 @@ pub enum Error {
     /// The image could not be opened or read.
     #[error(transparent)]
     Source(#[from] blockio::Error),
+    /// The image file could not be opened as a disk (a damaged or unsupported
+    /// container, a refused backing file).
+    #[error(transparent)]
+    Open(#[from] diskimage::Error),
     /// The partition table is unusable.
     #[error("{path}: {source}")]
     Table {
@@ -49,6 +54,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// A disk image opened for inspection.
 pub struct Image {
     source: Arc<dyn BlockSource>,
+    /// The file the disk came from, when it was opened from one.
+    container: Option<diskimage::SourceInfo>,
     table: PartitionTable,
     volumes: Vec<Volume>,
     /// RAID metadata that covers the whole disk (firmware RAID, or md on the disk).
@@ -204,8 +211,11 @@ pub struct NotExamined {
 pub struct Report {
     /// The image path.
     pub image: String,
-    /// Its size in bytes.
+    /// The size of the disk in bytes.
     pub size: u64,
+    /// The file the disk was read from: its format, virtual size, allocated bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<diskimage::SourceInfo>,
     /// The partition table.
     pub partition_table: TableReport,
     /// The partitions.
@@ -232,11 +242,17 @@ pub struct Report {
 }
 
 impl Image {
-    /// Opens an image file read-only, reads its partition table and probes every
-    /// partition.
+    /// Opens an image file read-only, whatever its format (backing files are not
+    /// followed), reads its partition table and probes every partition.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let source: Arc<dyn BlockSource> = Arc::new(FileSource::open(path.as_ref())?);
-        Self::from_source(source)
+        Self::from_opened(diskimage::open(path, &diskimage::OpenOptions::default())?)
+    }
+
+    /// Like [`Image::open`], over an image file already opened by `diskimage`.
+    pub fn from_opened(opened: diskimage::Opened) -> Result<Self> {
+        let mut image = Self::from_source(opened.source)?;
+        image.container = Some(opened.info);
+        Ok(image)
     }
 
     /// Like [`Image::open`], over any source.
@@ -274,6 +290,7 @@ impl Image {
         };
         Ok(Self {
             source,
+            container: None,
             table,
             volumes,
             disk_raid,
@@ -293,6 +310,11 @@ impl Image {
     /// The whole image.
     pub fn source(&self) -> &Arc<dyn BlockSource> {
         &self.source
+    }
+
+    /// The file the disk was read from, when it was opened from one.
+    pub fn container(&self) -> Option<&diskimage::SourceInfo> {
+        self.container.as_ref()
     }
 
     /// Opens the filesystem on partition `number` (0 for a bare filesystem).
@@ -440,6 +462,7 @@ impl Image {
         Report {
             image: self.source.name(),
             size: self.source.len(),
+            source: self.container.clone(),
             partition_table: TableReport {
                 kind: table.kind,
                 sector_size: table.sector_size,
