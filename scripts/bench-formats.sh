@@ -18,7 +18,9 @@ size_gib=${1:-4}
 scripts/install-deps.sh
 command -v /usr/bin/time >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
 profile=${BENCH_PROFILE:-release}
-cargo build --profile "$profile" --locked --quiet -p amiforge -p ebs-testserver -p diskimage --examples
+# The whole workspace, with its tests: the same features as the test build, so that
+# BENCH_PROFILE=dev reuses it instead of rebuilding the AWS SDK.
+cargo build --profile "$profile" --locked --quiet --workspace --all-targets
 target=${CARGO_TARGET_DIR:-$PWD/target}/$([ "$profile" = dev ] && echo debug || echo "$profile")
 dir=${BENCH_DIR:-$PWD/target/bench}
 mkdir -p "$dir"

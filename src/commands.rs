@@ -44,6 +44,22 @@ fn human_size(bytes: u64) -> String {
 fn write_summary(out: &mut impl Write, r: &Report) -> Result<()> {
     let t = &r.partition_table;
     writeln!(out, "image:         {} ({})", r.image, human_size(r.size))?;
+    if let Some(c) = r.source.as_ref().filter(|c| c.format != "raw") {
+        writeln!(
+            out,
+            "container:     {}{} in a {} file, {} of the disk stored",
+            c.format,
+            c.subformat.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(),
+            human_size(c.file_size),
+            human_size(c.allocated_bytes)
+        )?;
+        for b in &c.backing {
+            writeln!(out, "  backing file: {b}")?;
+        }
+        for n in &c.notes {
+            writeln!(out, "  note: {n}")?;
+        }
+    }
     let header = t
         .gpt_header
         .map(|h| format!(", {h} header"))
