@@ -49,7 +49,10 @@ fn write_summary(out: &mut impl Write, r: &Report) -> Result<()> {
             out,
             "container:     {}{} in a {} file, {} of the disk stored",
             c.format,
-            c.subformat.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(),
+            c.subformat
+                .as_ref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default(),
             human_size(c.file_size),
             human_size(c.allocated_bytes)
         )?;
