@@ -2,7 +2,7 @@
 # Runs one fuzz target for a while, with AddressSanitizer, from a seed corpus of small
 # real filesystems and disks made with mkfs and sgdisk.
 #
-#   scripts/fuzz-run.sh partition_table|filesystem_walk|inspect_image|disk_container [SECONDS]
+#   scripts/fuzz-run.sh partition_table|filesystem_walk|inspect_image|disk_container|lvm_metadata [SECONDS]
 #
 # AddressSanitizer needs unstable compiler flags; RUSTC_BOOTSTRAP=1 lets the stable
 # toolchain accept them.
@@ -23,6 +23,17 @@ if [ -z "$(ls -A "$corpus")" ]; then
   truncate -s 64K "$tmp/gpt" && sgdisk -n 1:34:+16 -n 2:0:+16 "$tmp/gpt" >/dev/null
   truncate -s 64K "$tmp/mbr" && printf 'label: dos\nstart=1, size=8, type=83\nstart=10, size=40, type=5\nstart=12, size=4, type=83\n' | sfdisk -q "$tmp/mbr"
   cp "$tmp"/ext4 "$tmp"/ext2 "$tmp"/fat12 "$tmp"/gpt "$tmp"/mbr "$corpus/"
+  if [ "$target" = lvm_metadata ]; then
+    # The metadata of a real VG, and the first MiB of a real PV.
+    rm -f "$corpus"/*
+    truncate -s 16M "$tmp/pv" && l=$(losetup -f --show "$tmp/pv")
+    conf='devices { filter=["a|^/dev/loop|","r|.*|"] use_devicesfile=0 } backup { backup=0 archive=0 }'
+    pvcreate -q --config "$conf" -ff -y "$l" && vgcreate -q --config "$conf" -s 1M fuzzvg "$l"
+    vgcfgbackup -q --config "$conf" -f "$corpus/seed-metadata" fuzzvg
+    head -c 1M "$tmp/pv" > "$corpus/seed-pv"
+    vgremove -q -f --config "$conf" fuzzvg || true
+    losetup -d "$l"
+  fi
   if [ "$target" = disk_container ]; then
     # Small containers of every format, from the GPT seed with some data in it.
     rm -f "$corpus"/*

@@ -15,6 +15,7 @@ packages=(
   debootstrap      # a real Debian root for the package and audit tests
   rpm              # rpmbuild and rpm: a real rpm database, and rpm -qa as reference
   mdadm            # mdadm --examine: reference reader of the hand-written md superblocks
+  lvm2             # pvcreate, vgcreate, vgcfgrestore, lvs: the LVM fixtures and their layout
   qemu-utils       # qemu-img: the qcow2, VMDK, VHD and VHDX containers of the input tests
   openssh-client openssl zstd xz-utils   # planted keys, compressed logs
   python3 python3-venv

@@ -149,9 +149,14 @@ fn write_summary(out: &mut impl Write, r: &Report) -> Result<()> {
     Ok(())
 }
 
-fn filesystem(image: &Image, partition: Option<u32>, path: &Path) -> Result<Box<dyn Filesystem>> {
+fn filesystem(image: &Image, partition: Option<&str>, path: &Path) -> Result<Box<dyn Filesystem>> {
     let number = match partition {
-        Some(n) => n,
+        Some(name) => image.volume_number(name).with_context(|| {
+            format!(
+                "{}: no partition or logical volume {name:?}",
+                path.display()
+            )
+        })?,
         None => match image.root_partition() {
             Some(n) => n,
             None => {
@@ -204,7 +209,7 @@ pub fn ls(
     path: &OsStr,
     long: bool,
     recursive: bool,
-    partition: Option<u32>,
+    partition: Option<&str>,
     format: Format,
 ) -> Result<()> {
     let img = open(image)?;
@@ -304,7 +309,7 @@ pub fn ls(
     }
 }
 
-pub fn cat(image: &Path, path: &OsStr, partition: Option<u32>, format: Format) -> Result<()> {
+pub fn cat(image: &Path, path: &OsStr, partition: Option<&str>, format: Format) -> Result<()> {
     let img = open(image)?;
     let fs = filesystem(&img, partition, image)?;
     let stdout = std::io::stdout().lock();

@@ -73,9 +73,10 @@ enum Command {
         /// List subdirectories recursively (symlinks are not followed).
         #[arg(short = 'R', long)]
         recursive: bool,
-        /// Partition number (default: the root filesystem; 0 for a bare filesystem).
-        #[arg(long)]
-        partition: Option<u32>,
+        /// Partition number, or an LVM logical volume as VG/LV (default: the root
+        /// filesystem; 0 for a bare filesystem).
+        #[arg(long, visible_alias = "volume", value_name = "N|VG/LV")]
+        partition: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -86,9 +87,10 @@ enum Command {
         image: std::path::PathBuf,
         /// File inside the image. Symlinks are followed inside the image only.
         path: std::ffi::OsString,
-        /// Partition number (default: the root filesystem; 0 for a bare filesystem).
-        #[arg(long)]
-        partition: Option<u32>,
+        /// Partition number, or an LVM logical volume as VG/LV (default: the root
+        /// filesystem; 0 for a bare filesystem).
+        #[arg(long, visible_alias = "volume", value_name = "N|VG/LV")]
+        partition: Option<String>,
         /// Output format: the raw bytes (text), or JSON with the path, size, SHA-256
         /// and the content in base64.
         #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -156,13 +158,13 @@ fn main() -> ExitCode {
             recursive,
             partition,
             format,
-        } => commands::ls(&image, &path, long, recursive, partition, format),
+        } => commands::ls(&image, &path, long, recursive, partition.as_deref(), format),
         Command::Cat {
             image,
             path,
             partition,
             format,
-        } => commands::cat(&image, &path, partition, format),
+        } => commands::cat(&image, &path, partition.as_deref(), format),
         Command::Audit(args) => match audit::audit_command(args, show_progress) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),

@@ -322,6 +322,14 @@ fn mutations_of_an_md_raid1_member() {
     mutate("foreign/md-1.2-raid1.img", 12);
 }
 #[test]
+fn mutations_of_an_lvm_image_with_linear_and_striped_lvs() {
+    mutate("volumes/lvm.img", 14);
+}
+#[test]
+fn mutations_of_an_xfs_v5() {
+    mutate("volumes/xfs-v5.img", 15);
+}
+#[test]
 fn mutations_of_an_ebr_chain_in_odd_slots() {
     mutate("foreign/mbr-odd-slots.img", 13);
 }

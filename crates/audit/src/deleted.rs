@@ -26,12 +26,24 @@ impl Auditor for DeletedDataAuditor {
                 continue;
             };
             let n = v.partition.number;
-            let readable = matches!(
+            if !kind.readable() || v.problem.is_some() {
+                continue; // the coverage auditor reports the whole partition
+            }
+            let free_space_known = matches!(
                 kind,
                 FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 | FsKind::Vfat
             );
-            if !readable || v.problem.is_some() {
-                continue; // the coverage auditor reports the whole partition
+            if !free_space_known {
+                out.not_examined.push(NotExamined {
+                    kind: Gap::Unallocated,
+                    partition: Some(n),
+                    what: format!("unallocated space of {} ({})", v.label(), kind.name()),
+                    reason: format!(
+                        "deleted data on this volume was not scanned: amiforge reads {} files but not its free-space maps yet",
+                        kind.name()
+                    ),
+                });
+                continue;
             }
             let free = match imagefs::unallocated(&**window, kind) {
                 Ok(r) => r,

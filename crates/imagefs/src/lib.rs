@@ -25,6 +25,7 @@ mod probe;
 pub mod raid;
 mod unallocated;
 mod walk;
+mod xfs;
 
 use serde::Serialize;
 use std::io::Read;
@@ -370,6 +371,7 @@ pub fn open(source: Arc<dyn blockio::BlockSource>, kind: FsKind) -> Result<Box<d
     match kind {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => ext4::open(source, kind),
         FsKind::Vfat => Ok(Box::new(fat::FatFs::open(source)?)),
+        FsKind::Xfs => Ok(Box::new(xfs::Xfs::open(source)?)),
         other => Err(Error::Unsupported {
             kind: other.name(),
             reason: "no reader for this filesystem".into(),

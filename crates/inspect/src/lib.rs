@@ -13,6 +13,7 @@
 //! ```
 
 mod identity;
+mod lvm_volumes;
 
 use blockio::{BlockSource, Window};
 use imagefs::raid::{RaidFormat, RaidMember};
@@ -276,10 +277,11 @@ impl Image {
         } else {
             table.partitions.clone()
         };
-        let volumes = parts
+        let mut volumes: Vec<Volume> = parts
             .into_iter()
             .map(|p| Volume::probe(&source, p))
             .collect();
+        lvm_volumes::add(&mut volumes);
         // A bare md member is probed as volume 0; a table inside a RAID set is not.
         let disk_raid = match table.kind {
             TableKind::None => None,
@@ -315,6 +317,21 @@ impl Image {
     /// The file the disk was read from, when it was opened from one.
     pub fn container(&self) -> Option<&diskimage::SourceInfo> {
         self.container.as_ref()
+    }
+
+    /// The number of the partition or LVM logical volume `name` names: a number, or
+    /// an LV as "vg/lv".
+    pub fn volume_number(&self, name: &str) -> Option<u32> {
+        if let Ok(n) = name.parse() {
+            return Some(n);
+        }
+        self.volumes
+            .iter()
+            .find(|v| {
+                v.partition.kind == partition::PartitionType::LogicalVolume
+                    && v.partition.name.as_deref() == Some(name)
+            })
+            .map(|v| v.partition.number)
     }
 
     /// Opens the filesystem on partition `number` (0 for a bare filesystem).
@@ -362,6 +379,7 @@ impl Image {
                 }
                 .to_string();
                 let examined = v.problem.is_none();
+                let label = v.label();
                 if let Some(reason) = &v.problem {
                     // Boot loader code in a BIOS boot partition holds no files.
                     let gap = match v.kind {
@@ -371,7 +389,7 @@ impl Image {
                     not_examined.push(NotExamined {
                         kind: gap,
                         partition: Some(v.partition.number),
-                        what: format!("partition {} ({kind})", v.partition.number),
+                        what: format!("{label} ({kind})"),
                         reason: reason.clone(),
                     });
                 }
@@ -379,11 +397,7 @@ impl Image {
                     not_examined.push(NotExamined {
                         kind: Gap::AmbiguousSignature,
                         partition: Some(v.partition.number),
-                        what: format!(
-                            "partition {} ({} signature)",
-                            v.partition.number,
-                            other.name()
-                        ),
+                        what: format!("{label} ({} signature)", other.name()),
                         reason: reason.clone(),
                     });
                 }
@@ -486,6 +500,42 @@ impl Image {
 }
 
 impl Volume {
+    /// How reports name it: "partition 2", or "logical volume vg0/root (partition 5)".
+    pub fn label(&self) -> String {
+        match (&self.partition.kind, &self.partition.name) {
+            (partition::PartitionType::LogicalVolume, Some(name)) => {
+                format!(
+                    "logical volume {name} (partition {})",
+                    self.partition.number
+                )
+            }
+            _ => format!("partition {}", self.partition.number),
+        }
+    }
+
+    /// A volume that is not a window of the disk (an LVM logical volume): probed
+    /// and opened like a partition.
+    fn probe_source(source: Arc<dyn BlockSource>, partition: Partition) -> Self {
+        let mut volume = Self::unread(partition, None);
+        volume.window = Some(source.clone());
+        volume.classify(source);
+        volume
+    }
+
+    /// A volume that cannot be read, and why (`problem`), or not yet probed.
+    fn unread(partition: Partition, problem: Option<String>) -> Self {
+        Self {
+            partition,
+            window: None,
+            window_start: 0,
+            kind: None,
+            problem,
+            signatures: Vec::new(),
+            notes: Vec::new(),
+            unread_signatures: Vec::new(),
+        }
+    }
+
     fn probe(disk: &Arc<dyn BlockSource>, partition: Partition) -> Self {
         let number = partition.number;
         let window_start = partition.start;
@@ -610,7 +660,7 @@ impl Volume {
 
 fn unreadable_reason(p: &Partition, kind: FsKind) -> String {
     match kind {
-        FsKind::Lvm2 => "LVM2 physical volume: logical volumes are not read yet".into(),
+        FsKind::Lvm2 => "LVM2 physical volume: its volume group was not read".into(),
         FsKind::Luks => {
             "LUKS encrypted container: its content cannot be read without the key".into()
         }

@@ -41,6 +41,21 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The error without the device's name, for reports that already name it.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Corrupt {
+                structure,
+                offset,
+                reason,
+                ..
+            } => format!("LVM {structure} at offset {offset}: {reason}"),
+            Error::Read(e) => e.to_string(),
+        }
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -424,4 +439,89 @@ fn le64(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blockio::MemorySource;
+
+    const VG: &str = r#"vg0 {
+    id = "x"
+    seqno = 7
+    extent_size = 8
+    physical_volumes {
+        pv0 { id = "aaaaaa-aaaa-aaaa-aaaa-aaaa-aaaa-aaaaaa" pe_start = 1 pe_count = 8 }
+        pv1 { id = "bbbbbb-bbbb-bbbb-bbbb-bbbb-bbbb-bbbbbb" pe_start = 1 pe_count = 8 }
+    }
+    logical_volumes {
+        striped {
+            status = ["READ", "WRITE", "VISIBLE"]
+            segment1 { start_extent = 0 extent_count = 4 type = "striped" stripe_count = 2 stripe_size = 2 stripes = [ "pv0", 1, "pv1", 3 ] }
+        }
+        thin { status = ["VISIBLE"] segment1 { start_extent = 0 extent_count = 1 type = "thin" } }
+    }
+}"#;
+
+    #[test]
+    fn lvm_crc_starts_from_its_own_initial_value() {
+        assert_eq!(crc(b""), INITIAL_CRC);
+        assert_ne!(crc(b"a"), crc(b"b"));
+    }
+
+    /// A PV whose every byte names itself: PV letter, then the byte offset.
+    fn pv(tag: u8) -> Arc<dyn BlockSource> {
+        let mut b = vec![0u8; 512 + 8 * 4096];
+        for (i, chunk) in b.chunks_mut(8).enumerate() {
+            chunk[0] = tag;
+            chunk[1..8].copy_from_slice(&(i as u64 * 8).to_le_bytes()[..7]);
+        }
+        Arc::new(MemorySource::new(b))
+    }
+
+    #[test]
+    fn a_striped_lv_alternates_between_its_pvs_chunk_by_chunk() {
+        let vg = volume_group(VG).unwrap();
+        assert_eq!(vg.seqno, 7);
+        assert_eq!(vg.extent_size, 4096);
+        let (a, b) = (pv(b'a'), pv(b'b'));
+        let found = |uuid: &str| match uuid.as_bytes()[0] {
+            b'a' => Some(a.clone()),
+            b'b' => Some(b.clone()),
+            _ => None,
+        };
+        let lv = assemble(&vg, &vg.lvs[0], &found).unwrap();
+        assert_eq!(lv.len(), 4 * 4096);
+        // Chunks of 1 KiB: chunk 0 on pv0 at extent 1, chunk 1 on pv1 at extent 3,
+        // chunk 2 back on pv0 right after chunk 0.
+        let at = |lv_offset: u64| {
+            let mut x = [0u8; 8];
+            lv.read_exact_at(&mut x, lv_offset).unwrap();
+            let mut off = [0u8; 8];
+            off[..7].copy_from_slice(&x[1..]);
+            (x[0], u64::from_le_bytes(off))
+        };
+        assert_eq!(at(0), (b'a', 512 + 4096));
+        assert_eq!(at(1024), (b'b', 512 + 3 * 4096));
+        assert_eq!(at(2048), (b'a', 512 + 4096 + 1024));
+        assert_eq!(at(3 * 1024 + 8), (b'b', 512 + 3 * 4096 + 1024 + 8));
+        // A read across chunks is split correctly.
+        let mut whole = vec![0u8; 4096];
+        lv.read_exact_at(&mut whole, 1020).unwrap();
+        assert_eq!(whole[4], b'b');
+        assert!(lv.read_exact_at(&mut [0u8; 1], 4 * 4096).is_err());
+    }
+
+    #[test]
+    fn segment_types_not_read_and_missing_pvs_are_reasons_not_guesses() {
+        let vg = volume_group(VG).unwrap();
+        let none = |_: &str| None;
+        let thin = assemble(&vg, &vg.lvs[1], &none).err().unwrap();
+        assert!(thin.contains("\"thin\""), "{thin}");
+        let missing = assemble(&vg, &vg.lvs[0], &none).err().unwrap();
+        assert!(
+            missing.contains("pv0") && missing.contains("not in the image"),
+            "{missing}"
+        );
+    }
 }

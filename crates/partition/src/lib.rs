@@ -73,6 +73,8 @@ pub enum PartitionType {
     Gpt(String),
     /// MBR system id.
     Mbr(u8),
+    /// Not a partition: an LVM logical volume, listed with the partitions.
+    LogicalVolume,
 }
 
 impl std::fmt::Display for PartitionType {
@@ -80,6 +82,7 @@ impl std::fmt::Display for PartitionType {
         match self {
             PartitionType::Gpt(g) => f.write_str(g),
             PartitionType::Mbr(b) => write!(f, "0x{b:02x}"),
+            PartitionType::LogicalVolume => f.write_str("lvm-logical-volume"),
         }
     }
 }
@@ -128,6 +131,7 @@ impl Partition {
         match &self.kind {
             PartitionType::Gpt(g) => g == ESP_TYPE,
             PartitionType::Mbr(b) => *b == 0xef,
+            PartitionType::LogicalVolume => false,
         }
     }
 

@@ -1,0 +1,296 @@
+//! LVM2 volumes made by LVM's own tools (scripts/make-volume-fixtures.sh): a GPT
+//! image with an ext4 /boot and two PVs of one VG holding a linear LV in two
+//! segments (the root, on both PVs), a striped LV and a swap LV. LVM's own account
+//! of the layout (`lvs -o seg_pe_ranges`, saved beside the image) and the trees the
+//! filesystems were made from are the independent ground truth.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+const EXTENT: u64 = 4 << 20;
+
+fn lvm_image() -> std::path::PathBuf {
+    fixture("volumes/lvm.img")
+}
+
+/// LV name → extents, from LVM's `lvs` account.
+fn lvm_account() -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(fixture("volumes/lvm.segments")).unwrap();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(';').collect();
+        let extents: u64 = fields[2]
+            .split_whitespace()
+            .map(|r| {
+                let (a, b) = r.split_once(':').unwrap().1.split_once('-').unwrap();
+                b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1
+            })
+            .sum();
+        *out.entry(fields[0].to_string()).or_default() += extents;
+    }
+    out
+}
+
+/// Every regular file under `tree`, relative path → SHA-256.
+fn tree_files(tree: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![tree.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                let rel = e
+                    .path()
+                    .strip_prefix(tree)
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                out.insert(format!("/{rel}"), sha256_file(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn logical_volumes_are_listed_after_the_partitions_with_the_sizes_lvm_gives_them() {
+    let r = json(&["inspect", lvm_image().to_str().unwrap(), "--format", "json"]);
+    let parts = r["partitions"].as_array().unwrap();
+    let lvs: BTreeMap<String, &Value> = parts
+        .iter()
+        .filter(|p| p["type"] == "lvm-logical-volume")
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p))
+        .collect();
+    let account = lvm_account();
+    assert_eq!(
+        lvs.keys().cloned().collect::<Vec<_>>(),
+        ["vg0/data", "vg0/root", "vg0/swap"]
+    );
+    for (name, extents) in &account {
+        let p = lvs[&format!("vg0/{name}")];
+        assert_eq!(p["size"].as_u64(), Some(extents * EXTENT), "{name}");
+        assert!(
+            p["number"].as_u64().unwrap() > 3,
+            "numbered after the partitions"
+        );
+    }
+    assert_eq!(lvs["vg0/root"]["filesystem"]["kind"], "ext4");
+    assert_eq!(lvs["vg0/data"]["filesystem"]["kind"], "ext4");
+    assert_eq!(lvs["vg0/swap"]["filesystem"]["kind"], "swap");
+    // The PVs are examined: their content is the LVs.
+    for n in [2, 3] {
+        let pv = &parts[n - 1];
+        assert_eq!(pv["filesystem"]["kind"], "lvm2");
+        assert_eq!(pv["filesystem"]["examined"], true, "{pv}");
+        assert!(
+            pv["filesystem"]["notes"][0]
+                .as_str()
+                .unwrap()
+                .contains("vg0/root"),
+            "{pv}"
+        );
+    }
+    // The root is the LV, found by its os-release.
+    assert_eq!(r["root_partition"], lvs["vg0/root"]["number"]);
+    assert_eq!(r["os"]["id"], "rocky");
+    let not_examined = r["not_examined"].to_string();
+    assert!(!not_examined.contains("lvm2"), "{not_examined}");
+    assert!(
+        not_examined.contains("vg0/swap"),
+        "swap is listed as swap: {not_examined}"
+    );
+}
+
+#[test]
+fn the_files_on_a_linear_lv_in_two_segments_and_on_a_striped_lv_match_their_trees() {
+    let image = lvm_image();
+    let image = image.to_str().unwrap();
+    for (lv, tree) in [
+        ("vg0/root", "volumes/lvm-root.tree"),
+        ("vg0/data", "volumes/lvm-data.tree"),
+    ] {
+        for (path, sha) in tree_files(&fixture(tree)) {
+            let bytes = ok(&["cat", image, &path, "--partition", lv]);
+            assert_eq!(sha256(&bytes), sha, "{lv}:{path}");
+        }
+        let listed = json(&[
+            "ls",
+            image,
+            "/",
+            "-R",
+            "--partition",
+            lv,
+            "--format",
+            "json",
+        ]);
+        assert!(listed.as_array().unwrap().len() > 1, "{lv}: {listed}");
+    }
+    // By default, cat reads the root filesystem: the LV.
+    assert_eq!(ok(&["cat", image, "/etc/hostname"]), b"lvm-host\n");
+}
+
+#[test]
+fn the_audit_reads_inside_the_logical_volumes() {
+    let image = lvm_image();
+    let (code, stdout, stderr) = outcome(
+        amiforge()
+            .args([
+                "audit",
+                image.to_str().unwrap(),
+                "--format",
+                "json",
+                "--fail-on",
+                "none",
+            ])
+            .env("AWS_EC2_METADATA_DISABLED", "true"),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let findings = r["findings"].to_string();
+    assert!(
+        findings.contains("/home/user/.aws-credentials"),
+        "{findings}"
+    );
+}
+
+#[test]
+fn a_missing_pv_is_named_for_the_lvs_that_need_it_and_the_rest_are_read() {
+    let dir = Scratch::new("lvm-missing-pv");
+    let image = dir.path("lvm.img");
+    tool_output(
+        tool("cp")
+            .arg("--sparse=always")
+            .arg(lvm_image())
+            .arg(&image),
+    );
+    // Partition 3 (pv1) starts at 125 MiB: its label gone, the PV is not in the image.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    f.write_all_at(&[0u8; 2048], 125 << 20).unwrap();
+    let r = json(&["inspect", image.to_str().unwrap(), "--format", "json"]);
+    let not_examined = r["not_examined"].to_string();
+    for lv in ["vg0/root", "vg0/data"] {
+        assert!(
+            not_examined.contains(&format!("LVM logical volume {lv}: its PV pv1")),
+            "{lv}: {not_examined}"
+        );
+    }
+    let swap = r["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "vg0/swap")
+        .unwrap();
+    assert_eq!(
+        swap["filesystem"]["kind"], "swap",
+        "the LV on pv0 alone is read"
+    );
+}
+
+/// Every entry under `tree`: relative path → (kind letter, size or link target).
+fn tree_entries(tree: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![tree.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            let rel = format!(
+                "/{}",
+                e.path().strip_prefix(tree).unwrap().to_str().unwrap()
+            );
+            let what = if t.is_dir() {
+                stack.push(e.path());
+                "dir".to_string()
+            } else if t.is_symlink() {
+                format!("link {}", std::fs::read_link(e.path()).unwrap().display())
+            } else {
+                format!("file {}", e.metadata().unwrap().len())
+            };
+            out.insert(rel, what);
+        }
+    }
+    out
+}
+
+#[test]
+fn xfs_v5_and_v4_trees_read_as_mkfs_wrote_them_in_every_directory_format() {
+    let tree = fixture("volumes/xfs.tree");
+    let expected = tree_entries(&tree);
+    for name in ["volumes/xfs-v5.img", "volumes/xfs-v4.img"] {
+        let image = fixture(name);
+        let image = image.to_str().unwrap();
+        let r = json(&["inspect", image, "--format", "json"]);
+        assert_eq!(r["partitions"][0]["filesystem"]["kind"], "xfs", "{name}");
+        assert_eq!(
+            r["partitions"][0]["filesystem"]["examined"], true,
+            "{name}: {r}"
+        );
+        assert_eq!(r["os"]["id"], "rocky", "{name}");
+        let listed = json(&["ls", image, "/", "-R", "-l", "--format", "json"]);
+        let mut seen = BTreeMap::new();
+        for e in listed.as_array().unwrap() {
+            let path = e["path"].as_str().unwrap().to_string();
+            let what = match e["kind"].as_str().unwrap() {
+                "dir" => "dir".to_string(),
+                "symlink" => format!("link {}", e["target"].as_str().unwrap()),
+                _ => format!("file {}", e["size"]),
+            };
+            seen.insert(path, what);
+        }
+        seen.remove("/");
+        assert_eq!(
+            seen, expected,
+            "{name}: names, kinds, sizes and link targets"
+        );
+        // Every file outside the big directories, and a sample of those (their
+        // names and sizes are compared above).
+        for (i, (path, sha)) in tree_files(&tree).into_iter().enumerate() {
+            let big_dir = path.starts_with("/node/") || path.starts_with("/leaf/");
+            if !big_dir || i % 97 == 0 {
+                assert_eq!(sha256(&ok(&["cat", image, &path])), sha, "{name}:{path}");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_xfs_directory_in_node_format_lists_what_xfs_db_lists() {
+    let image = fixture("volumes/xfs-v5.img");
+    let out = tool_output(tool("xfs_db").args(["-r", "-c", "ls /node"]).arg(&image));
+    let xfs_db: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5).map(str::to_string))
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    assert_eq!(xfs_db.len(), 3000);
+    let listed = json(&["ls", image.to_str().unwrap(), "/node", "--format", "json"]);
+    let mut ours: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["path"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("/node/")
+                .to_string()
+        })
+        .collect();
+    let mut theirs = xfs_db;
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs);
+}
