@@ -30,18 +30,17 @@ pub(crate) fn assemble(
     let mut pieces = Vec::new();
     let mut next_extent = 0u64;
     for (i, seg) in lv.segments.iter().enumerate() {
-        let SegmentKind::Striped {
-            stripe_size,
-            stripes,
-        } = &seg.kind
-        else {
-            let SegmentKind::Other(t) = &seg.kind else {
-                unreachable!()
-            };
-            return Err(format!(
-                "segment {} is of type {t:?}, which amiforge does not read",
-                i + 1
-            ));
+        let (stripe_size, stripes) = match &seg.kind {
+            SegmentKind::Striped {
+                stripe_size,
+                stripes,
+            } => (stripe_size, stripes),
+            SegmentKind::Other(t) => {
+                return Err(format!(
+                    "segment {} is of type {t:?}, which amiforge does not read",
+                    i + 1
+                ))
+            }
         };
         if seg.start_extent != next_extent {
             return Err(format!(
