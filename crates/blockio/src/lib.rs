@@ -125,8 +125,14 @@ impl<T: BlockSource + ?Sized> BlockSource for Arc<T> {
     }
 }
 
-/// Checks that `[offset, offset + len)` lies inside a source of `size` bytes.
-fn check_bounds(name: impl FnOnce() -> String, offset: u64, len: usize, size: u64) -> Result<()> {
+/// Checks that `[offset, offset + len)` lies inside a source of `size` bytes: what
+/// every [`BlockSource::read_exact_at`] checks first.
+pub fn check_bounds(
+    name: impl FnOnce() -> String,
+    offset: u64,
+    len: usize,
+    size: u64,
+) -> Result<()> {
     match offset.checked_add(len as u64) {
         Some(end) if end <= size => Ok(()),
         _ => Err(Error::OutOfBounds {

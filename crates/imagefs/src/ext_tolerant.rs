@@ -790,18 +790,7 @@ impl TolerantExt {
 
     /// The inode of `path`, following symlinks before its last component only.
     fn lstat(&self, path: &[u8]) -> Result<Inode> {
-        if let Some(inode) = self.lookup(path)? {
-            return Ok(inode);
-        }
-        let cut = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
-        let (parent, name) = path.split_at(cut);
-        let mut resolved = crate::resolve(self, if parent.is_empty() { b"/" } else { parent })?;
-        if !resolved.ends_with(b"/") {
-            resolved.push(b'/');
-        }
-        resolved.extend_from_slice(name.strip_prefix(b"/").unwrap_or(name));
-        self.lookup(&resolved)?
-            .ok_or_else(|| Error::NotFound { path: show(path) })
+        crate::lstat_with(self, path, |p| self.lookup(p))
     }
 }
 

@@ -293,6 +293,27 @@ pub fn show(path: &[u8]) -> String {
 
 /// Linux's limit on symlinks followed while resolving one path (MAXSYMLINKS).
 pub const MAX_SYMLINK_HOPS: usize = 40;
+/// Looks `path` up without following its last component. `walk` finds it directly,
+/// or answers `None` when a component on the way is a symlink or `..`; then the
+/// parent is resolved (inside the image) and the name walked from there.
+pub(crate) fn lstat_with<F: Filesystem + ?Sized, T>(
+    fs: &F,
+    path: &[u8],
+    walk: impl Fn(&[u8]) -> Result<Option<T>>,
+) -> Result<T> {
+    if let Some(found) = walk(path)? {
+        return Ok(found);
+    }
+    let cut = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
+    let (parent, name) = path.split_at(cut);
+    let mut resolved = resolve(fs, if parent.is_empty() { b"/" } else { parent })?;
+    if !resolved.ends_with(b"/") {
+        resolved.push(b'/');
+    }
+    resolved.extend_from_slice(name.strip_prefix(b"/").unwrap_or(name));
+    walk(&resolved)?.ok_or_else(|| Error::NotFound { path: show(path) })
+}
+
 /// Linux's PATH_MAX.
 pub const MAX_PATH_LEN: usize = 4096;
 

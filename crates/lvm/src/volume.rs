@@ -120,17 +120,7 @@ impl BlockSource for LvSource {
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> blockio::Result<()> {
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|end| end > self.len)
-        {
-            return Err(blockio::Error::OutOfBounds {
-                name: self.name(),
-                offset,
-                len: buf.len(),
-                size: self.len,
-            });
-        }
+        blockio::check_bounds(|| self.name(), offset, buf.len(), self.len)?;
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
