@@ -35,8 +35,16 @@ pub(crate) trait Layout: Send + Sync + 'static {
     fn unit_size(&self) -> u64;
     /// Where unit `index` comes from.
     fn unit(&self, index: u64) -> Unit;
-    /// The bytes of compressed unit `key`.
-    fn unpack(&self, file: &FileSource, key: u64) -> blockio::Result<Vec<u8>>;
+    /// The bytes of compressed unit `key`. Only layouts that answer
+    /// [`Unit::Packed`] have any; for the others this is never called.
+    fn unpack(&self, file: &FileSource, key: u64) -> blockio::Result<Vec<u8>> {
+        Err(blockio::Error::Corrupt {
+            name: file.name(),
+            structure: "compressed unit",
+            offset: key,
+            reason: "this container format has no compressed units".into(),
+        })
+    }
     /// The ranges of the virtual disk the container stores, in order, merged.
     fn stored(&self) -> Vec<Range<u64>>;
 }

@@ -55,15 +55,6 @@ impl Layout for Blocks {
             _ => Unit::Backing,
         }
     }
-    fn unpack(&self, file: &FileSource, key: u64) -> blockio::Result<Vec<u8>> {
-        // Never called: no VHD unit is Packed.
-        Err(blockio::Error::Corrupt {
-            name: file.name(),
-            structure: "VHD block",
-            offset: key,
-            reason: "VHD blocks are never compressed".into(),
-        })
-    }
     fn stored(&self) -> Vec<Range<u64>> {
         let mut out = Ranges::default();
         for (i, &s) in self.bat.iter().enumerate() {

@@ -146,15 +146,6 @@ impl Layout for Blocks {
             _ => Unit::Backing,
         }
     }
-    fn unpack(&self, file: &FileSource, key: u64) -> blockio::Result<Vec<u8>> {
-        // Never called: no VHDX unit is Packed.
-        Err(blockio::Error::Corrupt {
-            name: file.name(),
-            structure: "VHDX block",
-            offset: key,
-            reason: "VHDX blocks are never compressed".into(),
-        })
-    }
     fn stored(&self) -> Vec<Range<u64>> {
         let mut out = Ranges::default();
         for b in 0..self.blocks {
