@@ -2,7 +2,7 @@
 # Runs one fuzz target for a while, with AddressSanitizer, from a seed corpus of small
 # real filesystems and disks made with mkfs and sgdisk.
 #
-#   scripts/fuzz-run.sh partition_table|filesystem_walk|inspect_image|disk_container|lvm_metadata [SECONDS]
+#   scripts/fuzz-run.sh partition_table|filesystem_walk|inspect_image|disk_container|lvm_metadata|sparse_filesystem [SECONDS]
 #
 # AddressSanitizer needs unstable compiler flags; RUSTC_BOOTSTRAP=1 lets the stable
 # toolchain accept them.
@@ -46,6 +46,43 @@ if [ -z "$(ls -A "$corpus")" ]; then
       set -- $spec
       qemu-img convert -f raw -O "$@" "$tmp/disk" "$corpus/seed-$(echo "$spec" | tr -c 'a-z0-9' '-')"
     done
+  fi
+  if [ "$target" = sparse_filesystem ]; then
+    # Real XFS (v5, v4) and btrfs (uncompressed, zlib, LZO, zstd, a subvolume)
+    # volumes in the target's sparse form: only their non-zero 4 KiB blocks, and not
+    # XFS's log, which nothing reads.
+    rm -f "$corpus"/*
+    btrfs_progs=${AMIFORGE_TOOLS:-$HOME/.cache/amiforge/tools}/btrfs-progs
+    mkdir -p "$tmp/tree/many" && for i in $(seq 300); do echo "$i" > "$tmp/tree/many/entry-$i"; done
+    seq 1 30000 > "$tmp/tree/numbers" && head -c 300000 /dev/urandom > "$tmp/tree/random"
+    printf '/dev/null\n0 0\nd--755 0 0\ndir d--755 0 0\nfile ---644 0 0 %s\nlink l--777 0 0 dir\n$\n$\n' "$tmp/tree/numbers" > "$tmp/proto"
+    truncate -s 300M "$tmp/xfs5" && mkfs.xfs -q -f -p "$tmp/proto" "$tmp/xfs5"
+    truncate -s 300M "$tmp/xfs4" && mkfs.xfs -q -f -m crc=0 -p "$tmp/proto" "$tmp/xfs4" 2>/dev/null
+    for c in no zlib lzo zstd; do
+      truncate -s 128M "$tmp/btrfs-$c"
+      "$btrfs_progs/sbin/mkfs.btrfs" -q -f --rootdir "$tmp/tree" --compress "$c" -u rw:many "$tmp/btrfs-$c"
+    done
+    python3 - "$corpus" "$tmp"/xfs5 "$tmp"/xfs4 "$tmp"/btrfs-* <<'PY'
+import os, struct, sys
+corpus, images = sys.argv[1], sys.argv[2:]
+for path in images:
+    size = os.path.getsize(path)
+    skip = range(0)
+    with open(path, "rb") as f:
+        sb = f.read(4096)
+        if sb[:4] == b"XFSB":  # the log: an fsblock number (AG, block in AG) and a length
+            block, agblocks, agblklog = struct.unpack(">I", sb[4:8])[0], struct.unpack(">I", sb[84:88])[0], sb[124]
+            start = struct.unpack(">Q", sb[48:56])[0]
+            first = ((start >> agblklog) * agblocks + (start & ((1 << agblklog) - 1))) * block // 4096
+            skip = range(first, first + struct.unpack(">I", sb[96:100])[0] * block // 4096)
+        out = [struct.pack("<I", size // 4096)]
+        f.seek(0)
+        for n in range(size // 4096):
+            b = f.read(4096)
+            if n not in skip and b.count(0) != 4096:
+                out.append(struct.pack("<I", n) + b)
+    open(os.path.join(corpus, "seed-" + os.path.basename(path)), "wb").write(b"".join(out))
+PY
   fi
 fi
 cd fuzz

@@ -32,6 +32,31 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# btrfs-progs of at least 6.11 for the btrfs fixtures: `mkfs.btrfs --rootdir` with
+# --compress (zlib, lzo, zstd) and --subvol, which the release's 6.2 lacks. The
+# backports build is unpacked into a private directory (nothing on the system changes)
+# from the same Debian mirror apt is configured with.
+tools=${AMIFORGE_TOOLS:-$HOME/.cache/amiforge/tools}
+btrfs_dir="$tools/btrfs-progs"
+if ! "$btrfs_dir/sbin/mkfs.btrfs" --help 2>&1 | grep -q -- '--compress'; then
+  codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+  mirror=$(apt-get indextargets --format '$(RELEASE) $(REPO_URI)' \
+    | awk -v r="$codename" '$1 == r { print $2; exit }')
+  [ -n "$mirror" ] || { echo "no apt source for $codename to take backports from" >&2; exit 2; }
+  apt_dir=$(mktemp -d)
+  mkdir -p "$apt_dir/lists/partial" "$btrfs_dir"
+  echo "deb $mirror $codename-backports main" > "$apt_dir/sources.list"
+  apt_opts=(-o Dir::Etc::sourcelist="$apt_dir/sources.list" -o Dir::Etc::sourceparts=-
+            -o Dir::State::Lists="$apt_dir/lists" -o APT::Sandbox::User=root)
+  echo "fetching btrfs-progs from $codename-backports into $btrfs_dir" >&2
+  apt-get "${apt_opts[@]}" update -qq
+  (cd "$apt_dir" && apt-get "${apt_opts[@]}" download -qq "btrfs-progs/$codename-backports")
+  dpkg-deb -x "$apt_dir"/btrfs-progs_*.deb "$apt_dir/x"
+  rm -rf "${btrfs_dir:?}"/* && cp -a "$apt_dir/x/sbin" "$apt_dir/x/bin" "$btrfs_dir/"
+  rm -rf "$apt_dir"
+  "$btrfs_dir/sbin/mkfs.btrfs" --help 2>&1 | grep -q -- '--compress'
+fi
+
 # moto (an independent implementation of the EBS, EC2 and S3 APIs) and boto3 (an
 # independent client) for the upload tests, in a venv that survives between runs.
 venv=${AMIFORGE_VENV:-$HOME/.cache/amiforge/venv}

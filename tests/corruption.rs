@@ -40,6 +40,10 @@ struct Bench {
     sector_size: u64,
     /// MBR extended partitions' first EBR, if any.
     first_ebr: Option<u64>,
+    /// btrfs tree blocks (offset in the image, size): mutated with their CRC-32C
+    /// recomputed half the time, so that the damage gets past the checksum into
+    /// the tree's parsing.
+    btrfs_blocks: Vec<(u64, usize)>,
     /// An audit configuration that skips the 1 GiB sparse file: the mutations are in
     /// metadata, and reading a gigabyte of zeros per run would only cost time.
     audit_config: PathBuf,
@@ -64,8 +68,14 @@ impl Bench {
         let sector_size = report["partition_table"]["sector_size"].as_u64().unwrap();
         let mut metadata = vec![0, sector_size, sector_size * 2];
         let mut first_ebr = None;
+        let src = FileSource::open(&path).unwrap();
+        let pristine_data = src.data_ranges().unwrap();
+        let mut btrfs_blocks = btrfs_tree_blocks(&src, 0, &pristine_data);
         for p in report["partitions"].as_array().unwrap() {
             let start = p["start"].as_u64().unwrap();
+            if start != 0 {
+                btrfs_blocks.extend(btrfs_tree_blocks(&src, start, &pristine_data));
+            }
             metadata.extend([start, start + 1024, start + 4096]);
             if p["extended"] == true {
                 first_ebr = Some(start);
@@ -73,8 +83,6 @@ impl Bench {
         }
         let len = std::fs::metadata(&path).unwrap().len();
         metadata.push(len.saturating_sub(sector_size));
-        let src = FileSource::open(&path).unwrap();
-        let pristine_data = src.data_ranges().unwrap();
         let audit_config = work.with_extension("audit.toml");
         std::fs::write(&audit_config, "[skip]\npaths = [\"/data/sparse-1g\"]\n").unwrap();
         Self {
@@ -85,6 +93,7 @@ impl Bench {
             metadata,
             sector_size,
             first_ebr,
+            btrfs_blocks,
             audit_config,
         }
     }
@@ -116,6 +125,7 @@ impl Bench {
                 let at = rng.u64(..self.len.min(MIB));
                 flips(rng, at)
             }
+            4 | 5 if !self.btrfs_blocks.is_empty() && rng.bool() => self.btrfs_block(rng),
             4 | 5 => {
                 let at = near_metadata(rng);
                 flips(rng, at)
@@ -154,6 +164,29 @@ impl Bench {
         // group), FAT BPB (root entries, sectors per FAT).
         let field = [1024u64, 1028, 1048, 1056, 1064, 17, 22, 36][rng.usize(..8)];
         Mutation::Write((base + field).min(self.len - 4), big.to_le_bytes().to_vec())
+    }
+
+    /// A btrfs tree block with a few bytes flipped or a field set huge, and its
+    /// CRC-32C made to match again half the time.
+    fn btrfs_block(&self, rng: &mut fastrand::Rng) -> Mutation {
+        let (at, size) = self.btrfs_blocks[rng.usize(..self.btrfs_blocks.len())];
+        let mut block = self.read(at, size);
+        // The header (item count, level, owner) and the first items are where the
+        // counts and offsets are.
+        let from = rng.usize(0x30..(0x65 + 40 * 25).min(size - 8));
+        if rng.bool() {
+            for b in &mut block[from..from + rng.usize(1..=8)] {
+                *b ^= rng.u8(1..);
+            }
+        } else {
+            let v = [u32::MAX, 0x8000_0000, 0xFFFF, rng.u32(..)][rng.usize(..4)];
+            block[from..from + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        if rng.bool() {
+            let crc = CRC32C.checksum(&block[32..]);
+            block[..4].copy_from_slice(&crc.to_le_bytes());
+        }
+        Mutation::Write(at, block)
     }
 
     /// Points an EBR's next-link back at itself or at the first EBR.
@@ -201,6 +234,39 @@ impl Bench {
             }
         }
     }
+}
+
+/// CRC-32C, as btrfs checksums its tree blocks.
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// The most btrfs tree blocks looked for in one volume.
+const MAX_BTRFS_BLOCKS: usize = 256;
+
+/// The tree blocks of a btrfs that starts at `start` in the image, if one does:
+/// blocks whose header carries the superblock's fsid and whose CRC-32C matches.
+fn btrfs_tree_blocks(src: &FileSource, start: u64, data: &[Range<u64>]) -> Vec<(u64, usize)> {
+    let mut sb = vec![0u8; 4096];
+    if src.read_exact_at(&mut sb, start + 65536).is_err() || &sb[0x40..0x48] != b"_BHRfS_M" {
+        return Vec::new();
+    }
+    let fsid = sb[0x20..0x30].to_vec();
+    let nodesize = u32::from_le_bytes(sb[0x94..0x98].try_into().unwrap()) as usize;
+    let mut out = Vec::new();
+    let mut block = vec![0u8; nodesize];
+    for r in data {
+        let mut at = r.start.max(start).next_multiple_of(4096);
+        while at + nodesize as u64 <= r.end && out.len() < MAX_BTRFS_BLOCKS {
+            if src.read_exact_at(&mut block, at).is_ok()
+                && block[0x20..0x30] == fsid[..]
+                && CRC32C.checksum(&block[32..]).to_le_bytes() == block[..4]
+            {
+                out.push((at, nodesize));
+                at += nodesize as u64;
+            } else {
+                at += 4096;
+            }
+        }
+    }
+    out
 }
 
 impl Drop for Bench {
@@ -328,6 +394,14 @@ fn mutations_of_an_lvm_image_with_linear_and_striped_lvs() {
 #[test]
 fn mutations_of_an_xfs_v5() {
     mutate("volumes/xfs-v5.img", 15);
+}
+#[test]
+fn mutations_of_a_zstd_compressed_btrfs_with_a_subvolume() {
+    mutate("volumes/btrfs-zstd.img", 16);
+}
+#[test]
+fn mutations_of_a_fedora_layout_with_root_and_home_subvolumes() {
+    mutate("volumes/fedora-btrfs.img", 17);
 }
 #[test]
 fn mutations_of_an_ebr_chain_in_odd_slots() {

@@ -163,8 +163,8 @@ fn errors_name_what_and_where_and_exit_2() {
     );
     assert!(fails(&["ls", &img("gpt-bios.img"), "/", "--partition", "1"]).contains("BIOS boot"));
     assert!(fails(&["inspect", "/definitely/not/here.img"]).contains("/definitely/not/here.img"));
-    let err = fails(&["ls", &img("gpt-containers.img"), "/", "--partition", "5"]);
-    assert!(err.contains("btrfs"), "{err}");
+    let err = fails(&["ls", &img("gpt-containers.img"), "/", "--partition", "7"]);
+    assert!(err.contains("squashfs"), "{err}");
     let err = fails(&["ls", &img("gpt-uefi.img"), "/", "--partition", "vg0/root"]);
     assert!(
         err.contains("no partition or logical volume \"vg0/root\""),

@@ -1,10 +1,9 @@
-//! Secrets in unallocated space: what deleted files left behind in ext and FAT
-//! volumes. A deleted key is still a leaked key: the snapshot carries every block.
+//! Secrets in unallocated space: what deleted files left behind in ext, FAT, XFS
+//! and btrfs volumes. A deleted key is still a leaked key: the snapshot carries every block.
 
 use crate::scan::{CHUNK, OVERLAP};
 use crate::{Auditor, Category, Context, Finding, Gap, NotExamined, Output};
 use blockio::BlockSource;
-use imagefs::FsKind;
 use std::ops::Range;
 
 pub(crate) struct DeletedDataAuditor;
@@ -17,7 +16,7 @@ impl Auditor for DeletedDataAuditor {
         "deleted-data"
     }
     fn version(&self) -> &'static str {
-        "1"
+        "2"
     }
     fn run(&self, ctx: &Context<'_>) -> Result<Output, String> {
         let mut out = Output::default();
@@ -29,29 +28,13 @@ impl Auditor for DeletedDataAuditor {
             if !kind.readable() || v.problem.is_some() {
                 continue; // the coverage auditor reports the whole partition
             }
-            let free_space_known = matches!(
-                kind,
-                FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 | FsKind::Vfat
-            );
-            if !free_space_known {
-                out.not_examined.push(NotExamined {
-                    kind: Gap::Unallocated,
-                    partition: Some(n),
-                    what: format!("unallocated space of {} ({})", v.label(), kind.name()),
-                    reason: format!(
-                        "deleted data on this volume was not scanned: amiforge reads {} files but not its free-space maps yet",
-                        kind.name()
-                    ),
-                });
-                continue;
-            }
-            let free = match imagefs::unallocated(&**window, kind) {
+            let free = match imagefs::unallocated(window, kind) {
                 Ok(r) => r,
                 Err(e) => {
                     out.not_examined.push(NotExamined {
                         kind: Gap::Unallocated,
                         partition: Some(n),
-                        what: format!("unallocated space of partition {n} ({})", kind.name()),
+                        what: format!("unallocated space of {} ({})", v.label(), kind.name()),
                         reason: e.to_string(),
                     });
                     continue;

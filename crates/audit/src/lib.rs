@@ -535,7 +535,7 @@ fn volume_coverage(
         let n = p.partition.number;
         let volume = image.volumes().iter().find(|v| v.partition.number == n);
         let window = volume.and_then(|v| v.window.as_ref());
-        let holds = volume.and_then(|v| imagefs::usage(&**window?, v.kind?).ok());
+        let holds = volume.and_then(|v| imagefs::usage(window?, v.kind?).ok());
         if let (Some(h), Some(w), true) = (&holds, window, p.filesystem.examined) {
             if h.span > w.len() {
                 not_examined.push(NotExamined {

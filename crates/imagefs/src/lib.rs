@@ -1,12 +1,14 @@
 //! Read-only filesystems inside disk images.
 //!
 //! - [`probe`] names the filesystem on a partition by its on-disk magic, including the
-//!   ones amiforge recognises but cannot read (XFS, btrfs, LVM2, LUKS, swap, squashfs,
+//!   ones amiforge recognises but cannot read (LVM2, LUKS, swap, squashfs,
 //!   erofs, NTFS, ISO9660).
 //! - [`open`] gives a [`Filesystem`] for the readable kinds: ext2/3/4 through
 //!   `ext4-view`, or through amiforge's own tolerant reader for the old and unusual
 //!   layouts `ext4-view` refuses (128-byte inodes, no filetype, inline data...), and
-//!   FAT12/16/32 through a reader of our own that follows the Linux kernel's rules.
+//!   FAT12/16/32 through a reader of our own that follows the Linux kernel's rules,
+//!   XFS v4/v5 and single-device btrfs (subvolumes, zlib/LZO/zstd extents) through
+//!   readers of our own.
 //!   Sources are read-only, and data past the end of the image is an error, never a
 //!   short file.
 //! - [`unallocated`] lists the bytes of an ext or FAT volume that no file owns, where
@@ -18,6 +20,7 @@
 //! filesystem's own root: `..` at the root stays at the root, so no link can reach
 //! outside the image.
 
+mod btrfs;
 mod ext4;
 mod ext_tolerant;
 mod fat;
@@ -187,6 +190,13 @@ pub trait Filesystem {
     /// What was unusual about the volume but did not stop it being read: a layout
     /// another reader would refuse, a journal not replayed.
     fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Parts of the volume that no path under `/` reaches, so that a walk does not
+    /// read them, each with the reason: (what, why). A btrfs subvolume that the
+    /// chosen root's /etc/fstab mounts nowhere, say.
+    fn unreachable(&self) -> Vec<(String, String)> {
         Vec::new()
     }
 
@@ -393,6 +403,7 @@ pub fn open(source: Arc<dyn blockio::BlockSource>, kind: FsKind) -> Result<Box<d
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => ext4::open(source, kind),
         FsKind::Vfat => Ok(Box::new(fat::FatFs::open(source)?)),
         FsKind::Xfs => Ok(Box::new(xfs::Xfs::open(source)?)),
+        FsKind::Btrfs => Ok(Box::new(btrfs::Btrfs::open(source)?)),
         other => Err(Error::Unsupported {
             kind: other.name(),
             reason: "no reader for this filesystem".into(),

@@ -73,7 +73,7 @@ impl FsKind {
     pub fn readable(self) -> bool {
         matches!(
             self,
-            FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 | FsKind::Vfat | FsKind::Xfs
+            FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 | FsKind::Vfat | FsKind::Xfs | FsKind::Btrfs
         )
     }
 

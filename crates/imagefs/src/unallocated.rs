@@ -4,10 +4,14 @@
 //! ext2/3/4: the block bitmaps named by the group descriptors. A group whose bitmap
 //! was never initialised (BLOCK_UNINIT) counts as wholly unallocated.
 //! FAT12/16/32: the clusters whose FAT entry is zero.
+//! XFS: the records of each AG's by-block free-space btree, and its free list.
+//! btrfs: the space of each chunk that the extent tree does not list, and the device
+//! space outside every chunk.
 
 use crate::{Error, FsKind, Result};
 use blockio::BlockSource;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// ext superblock offset and magic.
 const EXT_SUPERBLOCK: u64 = 1024;
@@ -20,18 +24,21 @@ const EXT_BG_BLOCK_UNINIT: u16 = 0x2;
 const FAT_TABLE_LIMIT: u64 = 512 << 20;
 
 /// The unallocated byte ranges of the filesystem on `source`, relative to its start,
-/// merged and in order. Only ext2/3/4 and FAT are understood.
-pub fn unallocated(source: &dyn BlockSource, kind: FsKind) -> Result<Vec<Range<u64>>> {
-    let ranges = match kind {
-        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => ext(source, kind)?,
-        FsKind::Vfat => fat(source)?,
+/// merged and in order. ext2/3/4, FAT, XFS and btrfs are understood.
+pub fn unallocated(source: &Arc<dyn BlockSource>, kind: FsKind) -> Result<Vec<Range<u64>>> {
+    let mut ranges = match kind {
+        FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => ext(&**source, kind)?,
+        FsKind::Vfat => fat(&**source)?,
+        FsKind::Xfs => crate::xfs::Xfs::open(source.clone())?.free_space()?,
+        FsKind::Btrfs => crate::btrfs::Btrfs::open(source.clone())?.free_space()?,
         other => {
             return Err(Error::Unsupported {
                 kind: other.name(),
-                reason: "unallocated space is read for ext2/3/4 and FAT only".into(),
+                reason: "unallocated space is read for ext2/3/4, FAT, XFS and btrfs only".into(),
             })
         }
     };
+    ranges.sort_by_key(|r| r.start);
     let len = source.len();
     let mut merged: Vec<Range<u64>> = Vec::new();
     for r in ranges {
@@ -39,7 +46,11 @@ pub fn unallocated(source: &dyn BlockSource, kind: FsKind) -> Result<Vec<Range<u
         if r.is_empty() {
             continue;
         }
-        push_merged(&mut merged, r);
+        match merged.last_mut() {
+            // Overlapping ranges (a damaged map) merge too.
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => merged.push(r),
+        }
     }
     Ok(merged)
 }
@@ -60,8 +71,10 @@ pub struct Usage {
 }
 
 /// What the filesystem on `source` says it holds: the ext superblock's counts, or
-/// the FAT's free entries counted. Only ext2/3/4 and FAT are understood.
-pub fn usage(source: &dyn BlockSource, kind: FsKind) -> Result<Usage> {
+/// the FAT's free entries counted, the XFS or btrfs superblock's counts.
+pub fn usage(source: &Arc<dyn BlockSource>, kind: FsKind) -> Result<Usage> {
+    let source_arc = source;
+    let source = &**source;
     match kind {
         FsKind::Ext2 | FsKind::Ext3 | FsKind::Ext4 => {
             let (sb, bs) = ext_superblock(source, kind)?;
@@ -94,9 +107,27 @@ pub fn usage(source: &dyn BlockSource, kind: FsKind) -> Result<Usage> {
                 span: l.data_offset + total,
             })
         }
+        FsKind::Xfs => {
+            let (blocks, free, block) = crate::xfs::Xfs::open(source_arc.clone())?.counts();
+            Ok(Usage {
+                bytes_used: blocks.saturating_sub(free).saturating_mul(block),
+                bytes_total: blocks.saturating_mul(block),
+                inodes_used: None,
+                span: blocks.saturating_mul(block),
+            })
+        }
+        FsKind::Btrfs => {
+            let (used, device) = crate::btrfs::Btrfs::open(source_arc.clone())?.counts();
+            Ok(Usage {
+                bytes_used: used,
+                bytes_total: device,
+                inodes_used: None,
+                span: device,
+            })
+        }
         other => Err(Error::Unsupported {
             kind: other.name(),
-            reason: "usage is read for ext2/3/4 and FAT only".into(),
+            reason: "usage is read for ext2/3/4, FAT, XFS and btrfs only".into(),
         }),
     }
 }

@@ -33,6 +33,10 @@ const MAX_EXTENTS: usize = 4 << 20;
 const MAX_BTREE_BLOCKS: usize = 1 << 16;
 /// Directory data blocks live below this logical byte offset.
 const DIR_LEAF_OFFSET: u64 = 32 << 30;
+/// More allocation groups than this is damage (a 64 TiB XFS has a few hundred).
+const MAX_AGS: u64 = 1 << 16;
+/// The most free-space btree blocks read for one volume.
+const MAX_FREE_SPACE_BLOCKS: usize = 1 << 20;
 /// Symlink targets are at most 1024 bytes.
 const MAX_SYMLINK: u64 = 1024;
 
@@ -126,6 +130,10 @@ pub struct Xfs {
     block: u64,
     dir_block: u64,
     ag_blocks: u64,
+    ag_count: u64,
+    sector: u64,
+    data_blocks: u64,
+    free_blocks: u64,
     ag_block_log: u32,
     inode_size: u64,
     inodes_per_block_log: u32,
@@ -210,6 +218,10 @@ impl Xfs {
             block,
             dir_block,
             ag_blocks,
+            ag_count: u64::from(be32(&sb, 88)),
+            sector: u64::from(be16(&sb, 102)).clamp(512, 32768),
+            data_blocks: be64(&sb, 8),
+            free_blocks: be64(&sb, 144),
             ag_block_log: u32::from(agblk_log),
             inode_size,
             inodes_per_block_log: u32::from(inopb_log),
@@ -639,6 +651,159 @@ impl Xfs {
 
     fn lstat(&self, path: &[u8]) -> Result<Inode> {
         crate::lstat_with(self, path, |p| self.walk(p))
+    }
+
+    /// What the superblock counts: (data blocks, free blocks, block size).
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
+        (self.data_blocks, self.free_blocks, self.block)
+    }
+
+    /// The free space of every AG, as byte ranges from the volume's start: the
+    /// records of each AG's by-block free-space btree (the AGF's bnobt), and the
+    /// blocks on its free list.
+    pub(crate) fn free_space(&self) -> Result<Vec<std::ops::Range<u64>>> {
+        let path = b"(free space btree)";
+        if self.ag_count == 0 || self.ag_count > MAX_AGS {
+            return Err(corrupt(
+                path,
+                format!("{} allocation groups", self.ag_count),
+            ));
+        }
+        let mut out = Vec::new();
+        let mut budget = MAX_FREE_SPACE_BLOCKS;
+        for ag in 0..self.ag_count {
+            let ag_start = ag * self.ag_blocks * self.block;
+            let mut agf = vec![0u8; self.sector as usize];
+            read_at(&*self.source, path, &mut agf, ag_start + self.sector)?;
+            if &agf[..4] != b"XAGF" {
+                return Err(corrupt(path, format!("AG {ag}'s AGF has no XAGF magic")));
+            }
+            let length = u64::from(be32(&agf, 12)).min(self.ag_blocks);
+            let (root, levels) = (u64::from(be32(&agf, 16)), be32(&agf, 28));
+            if levels == 0 || levels > u32::from(MAX_BTREE_DEPTH) {
+                return Err(corrupt(
+                    path,
+                    format!("AG {ag}: a bnobt of {levels} levels"),
+                ));
+            }
+            self.free_block(ag, length, root, levels as u16 - 1, &mut out, &mut budget)?;
+            self.free_list(ag, length, &agf, &mut out)?;
+        }
+        out.sort_by_key(|r| r.start);
+        Ok(out)
+    }
+
+    /// The AG's free list (AGFL): free blocks set aside for the btrees to grow
+    /// into, counted as free as xfs_db's freesp counts them.
+    fn free_list(
+        &self,
+        ag: u64,
+        length: u64,
+        agf: &[u8],
+        out: &mut Vec<std::ops::Range<u64>>,
+    ) -> Result<()> {
+        let path = b"(free list)";
+        let (first, count) = (u64::from(be32(agf, 40)), u64::from(be32(agf, 48)));
+        if count == 0 {
+            return Ok(());
+        }
+        let ag_start = ag * self.ag_blocks;
+        let mut agfl = vec![0u8; self.sector as usize];
+        read_at(
+            &*self.source,
+            path,
+            &mut agfl,
+            ag_start * self.block + 3 * self.sector,
+        )?;
+        let header = if self.v5 {
+            if &agfl[..4] != b"XAFL" {
+                return Err(corrupt(path, format!("AG {ag}'s AGFL has no XAFL magic")));
+            }
+            36
+        } else {
+            0
+        };
+        let slots = (agfl.len() - header) as u64 / 4;
+        if first >= slots || count > slots {
+            return Err(corrupt(
+                path,
+                format!("AG {ag}: {count} free-list blocks from slot {first} of {slots}"),
+            ));
+        }
+        for i in 0..count {
+            let slot = ((first + i) % slots) as usize;
+            let agbno = u64::from(be32(&agfl, header + slot * 4));
+            if agbno >= length {
+                return Err(corrupt(
+                    path,
+                    format!("AG {ag}: a free-list block at {agbno}"),
+                ));
+            }
+            out.push((ag_start + agbno) * self.block..(ag_start + agbno + 1) * self.block);
+        }
+        Ok(())
+    }
+
+    fn free_block(
+        &self,
+        ag: u64,
+        length: u64,
+        agbno: u64,
+        level: u16,
+        out: &mut Vec<std::ops::Range<u64>>,
+        budget: &mut usize,
+    ) -> Result<()> {
+        let path = b"(free space btree)";
+        *budget = budget.checked_sub(1).ok_or_else(|| {
+            corrupt(
+                path,
+                format!("free-space btrees of more than {MAX_FREE_SPACE_BLOCKS} blocks"),
+            )
+        })?;
+        if agbno >= length {
+            return Err(corrupt(path, format!("AG {ag}: a bnobt block at {agbno}")));
+        }
+        let ag_start = ag * self.ag_blocks;
+        let mut b = vec![0u8; self.block as usize];
+        read_at(&*self.source, path, &mut b, (ag_start + agbno) * self.block)?;
+        let (magic, header) = if self.v5 {
+            (b"AB3B", 56)
+        } else {
+            (b"ABTB", 16)
+        };
+        if &b[..4] != magic || be16(&b, 4) != level {
+            return Err(corrupt(
+                path,
+                format!("AG {ag}: block {agbno} is not a level-{level} bnobt block"),
+            ));
+        }
+        let count = usize::from(be16(&b, 6));
+        let max = (b.len() - header) / if level == 0 { 8 } else { 12 };
+        if count > max {
+            return Err(corrupt(
+                path,
+                format!("AG {ag}: bnobt block {agbno} claims {count} records"),
+            ));
+        }
+        if level == 0 {
+            for rec in b[header..header + count * 8].chunks_exact(8) {
+                let (start, len) = (u64::from(be32(rec, 0)), u64::from(be32(rec, 4)));
+                if start + len > length {
+                    return Err(corrupt(
+                        path,
+                        format!("AG {ag}: free extent {start}+{len} past the AG's {length} blocks"),
+                    ));
+                }
+                out.push((ag_start + start) * self.block..(ag_start + start + len) * self.block);
+            }
+            return Ok(());
+        }
+        let ptrs = header + max * 8;
+        for i in 0..count {
+            let child = u64::from(be32(&b, ptrs + i * 4));
+            self.free_block(ag, length, child, level - 1, out, budget)?;
+        }
+        Ok(())
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Volume {
     pub notes: Vec<String>,
     /// Signatures on it that were not read, each with the reason.
     pub unread_signatures: Vec<(FsKind, String)>,
+    /// Parts of its filesystem that no path under `/` reaches: (what, why).
+    pub unreachable: Vec<(String, String)>,
 }
 
 /// The filesystem found on a partition.
@@ -393,6 +395,14 @@ impl Image {
                         reason: reason.clone(),
                     });
                 }
+                for (what, reason) in &v.unreachable {
+                    not_examined.push(NotExamined {
+                        kind: Gap::Directory,
+                        partition: Some(v.partition.number),
+                        what: format!("{label}: {what}"),
+                        reason: reason.clone(),
+                    });
+                }
                 for (other, reason) in &v.unread_signatures {
                     not_examined.push(NotExamined {
                         kind: Gap::AmbiguousSignature,
@@ -533,6 +543,7 @@ impl Volume {
             signatures: Vec::new(),
             notes: Vec::new(),
             unread_signatures: Vec::new(),
+            unreachable: Vec::new(),
         }
     }
 
@@ -548,6 +559,7 @@ impl Volume {
             signatures: Vec::new(),
             notes: Vec::new(),
             unread_signatures: Vec::new(),
+            unreachable: Vec::new(),
         };
         if volume.partition.extended {
             return volume;
@@ -623,6 +635,7 @@ impl Volume {
             match imagefs::open(window.clone(), kind) {
                 Ok(fs) => {
                     self.notes.extend(fs.notes());
+                    self.unreachable = fs.unreachable();
                     chosen = Some(kind);
                     break;
                 }
