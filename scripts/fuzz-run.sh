@@ -54,7 +54,7 @@ if [ -z "$(ls -A "$corpus")" ]; then
     rm -f "$corpus"/*
     btrfs_progs=${AMIFORGE_TOOLS:-$HOME/.cache/amiforge/tools}/btrfs-progs
     mkdir -p "$tmp/tree/many" && for i in $(seq 300); do echo "$i" > "$tmp/tree/many/entry-$i"; done
-    seq 1 30000 > "$tmp/tree/numbers" && head -c 300000 /dev/urandom > "$tmp/tree/random"
+    seq 1 10000 > "$tmp/tree/numbers" && head -c 60000 /dev/urandom > "$tmp/tree/random"
     printf '/dev/null\n0 0\nd--755 0 0\ndir d--755 0 0\nfile ---644 0 0 %s\nlink l--777 0 0 dir\n$\n$\n' "$tmp/tree/numbers" > "$tmp/proto"
     truncate -s 300M "$tmp/xfs5" && mkfs.xfs -q -f -p "$tmp/proto" "$tmp/xfs5"
     truncate -s 300M "$tmp/xfs4" && mkfs.xfs -q -f -m crc=0 -p "$tmp/proto" "$tmp/xfs4" 2>/dev/null
