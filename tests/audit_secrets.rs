@@ -302,3 +302,70 @@ fn assert_deleted_key_found_at_its_offset(image: &Path, deleted: &serde_json::Va
         start
     );
 }
+
+#[test]
+fn a_fresh_key_is_found_in_every_encoding_configuration_files_carry_it_in() {
+    let scratch = Scratch::new("audit-encodings");
+    let tree = scratch.path("tree");
+    std::fs::create_dir_all(tree.join("etc/app")).unwrap();
+    // A key made now by openssl: nothing here is a fixed test string.
+    let key = String::from_utf8(tool_output(tool("openssl").args([
+        "genrsa",
+        "-traditional",
+        "2048",
+    ])))
+    .unwrap();
+    let lines: Vec<&str> = key.lines().collect();
+    // Python writes the JSON and YAML forms, as real tools do.
+    let script = r#"
+import base64, json, sys
+key, out = open(sys.argv[1]).read(), sys.argv[2]
+open(f"{out}/terraform.tfstate", "w").write(json.dumps({"outputs": {"tls_key": {"value": key}}}, indent=2))
+open(f"{out}/crlf.json", "w").write(json.dumps({"key": key.replace("\n", "\r\n")}))
+b64 = base64.b64encode(key.encode()).decode()
+open(f"{out}/secret.yaml", "w").write(
+    "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tls\ntype: kubernetes.io/tls\ndata:\n"
+    f"  tls.crt: aGVsbG8=\n  tls.key: {b64}\n")
+cfg = base64.b64encode(json.dumps({"registry.example": {"auth": "", "tls_key": key}}).encode()).decode()
+open(f"{out}/dockercfg.yaml", "w").write(f"kind: Secret\ndata:\n  .dockercfg: {b64}\n  extra: {cfg}\n")
+open(f"{out}/values.yaml", "w").write(
+    "tls:\n  key: |\n" + "".join(f"    {l}\n" for l in key.splitlines()) + "  cert: none\n")
+"#;
+    let key_file = scratch.path("key.pem");
+    std::fs::write(&key_file, &key).unwrap();
+    tool_output(
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(&key_file)
+            .arg(tree.join("etc/app")),
+    );
+    let image = scratch.path("encodings.img");
+    ext4_of(&tree, &image);
+    let (code, report) = audit_json(&image, &[]);
+    assert_eq!(code, Some(1), "a private key fails the default gate");
+    let found = findings(&report, "secret.private-key-rsa");
+    for file in [
+        "terraform.tfstate",
+        "crlf.json",
+        "secret.yaml",
+        "dockercfg.yaml",
+        "values.yaml",
+    ] {
+        let path = format!("/etc/app/{file}");
+        assert!(
+            found.iter().any(|f| f["path"] == path),
+            "{path}: {found:#?}"
+        );
+    }
+    // One key, one fingerprint, whatever the encoding; and no excerpt shows it.
+    let prints: std::collections::BTreeSet<String> = found
+        .iter()
+        .map(|f| f["fingerprint"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(prints.len(), 1, "{prints:?}");
+    let text = report.to_string();
+    assert!(
+        !text.contains(lines[5]),
+        "a line of the key is in the report"
+    );
+}

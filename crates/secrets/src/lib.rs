@@ -312,8 +312,71 @@ impl Scanner {
         windows
     }
 
-    /// Every secret in `data`, in offset order.
+    /// Every secret in `data`, in offset order: in the bytes as they are, and in
+    /// PEM blocks wrapped in base64 (see [`Scanner::scan_wrapped`]).
     pub fn scan(&self, data: &[u8]) -> Vec<Match> {
+        let mut out = self.scan_plain(data);
+        let wrapped = self.scan_wrapped(data);
+        if !wrapped.is_empty() {
+            out.extend(wrapped);
+            out.sort_by_key(|m| m.offset);
+        }
+        out
+    }
+
+    /// Secrets in PEM blocks wrapped in base64, as Kubernetes Secrets (`data:`
+    /// values), `.dockercfg` files and environment files carry them: each base64 run
+    /// that starts with the encoding of "-----BEGIN" is decoded (at most
+    /// [`MAX_WRAPPED`] bytes of it) and scanned. A match is reported at the run's
+    /// start, with the run redacted in the excerpt; its fingerprint is the decoded
+    /// secret's, the same as the key's unwrapped.
+    pub fn scan_wrapped(&self, data: &[u8]) -> Vec<Match> {
+        use base64::Engine;
+        const ENGINE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+                .with_decode_allow_trailing_bits(true),
+        );
+        let mut out = Vec::new();
+        let mut after = 0usize;
+        for start in memchr::memmem::find_iter(data, BASE64_PEM) {
+            if start < after {
+                continue;
+            }
+            // The run: base64 characters, and the line breaks of wrapped output.
+            let limit = (start + MAX_WRAPPED * 4 / 3).min(data.len());
+            let end = start
+                + data[start..limit]
+                    .iter()
+                    .position(|&b| !(is_base64(b) || b == b'\n' || b == b'\r'))
+                    .unwrap_or(limit - start);
+            after = end;
+            let text: Vec<u8> = data[start..end]
+                .iter()
+                .copied()
+                .filter(|&b| is_base64(b))
+                .collect();
+            let whole = text.len() - text.len() % 4;
+            let Ok(decoded) = ENGINE.decode(&text[..whole]) else {
+                continue;
+            };
+            let line = 1 + memchr::memchr_iter(b'\n', &data[..start]).count() as u64;
+            for m in self.scan_plain(&decoded) {
+                out.push(Match {
+                    rule: m.rule,
+                    line,
+                    offset: start as u64,
+                    excerpt: format!("base64: {}", excerpt(data, start, end)),
+                    fingerprint: m.fingerprint,
+                });
+            }
+        }
+        out
+    }
+
+    /// Every secret in `data` as it is, in offset order.
+    fn scan_plain(&self, data: &[u8]) -> Vec<Match> {
         // (rule, start, end). Binaries and message catalogs are full of "Password: "
         // prompts: the generic rule reads text only.
         let mut found: Vec<(usize, usize, usize)> = Vec::new();
@@ -365,11 +428,22 @@ impl Scanner {
                 line,
                 offset: start as u64,
                 excerpt: excerpt(data, start, end),
-                fingerprint: fingerprint(rule.id, &data[start..end]),
+                fingerprint: fingerprint(rule.id, &canonical(rule, &data[start..end])),
             });
         }
         out
     }
+}
+
+/// The base64 encoding of "-----BEGIN" (its first 14 characters, which do not
+/// depend on what follows): how a PEM block wrapped in base64 starts.
+const BASE64_PEM: &[u8] = b"LS0tLS1CRUdJTi";
+/// The most decoded from one base64-wrapped value: an RSA-8192 PEM is about 6.3 KB,
+/// a Kubernetes Secret's value at most 1 MiB.
+pub const MAX_WRAPPED: usize = 64 << 10;
+
+fn is_base64(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='
 }
 
 /// Bytes looked at to tell text from binary (a NUL byte means binary), as git does.
@@ -407,6 +481,33 @@ pub fn redact(secret: &[u8]) -> String {
         .filter(|c| !c.is_control())
         .collect();
     format!("{head}…[{} chars redacted]", secret.len())
+}
+
+/// The secret as its fingerprint sees it. A private key's body keeps only its
+/// base64 characters, so that one key has one fingerprint in a PEM file, in a JSON
+/// string (`\n` escapes, `\/`), in an indented YAML block or wrapped in base64.
+fn canonical<'a>(rule: &Rule, secret: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    if rule.kind != Kind::PrivateKey {
+        return std::borrow::Cow::Borrowed(secret);
+    }
+    let mut out = Vec::with_capacity(secret.len());
+    let mut i = 0;
+    while i < secret.len() {
+        match (secret[i], secret.get(i + 1)) {
+            (b'\\', Some(b'n' | b'r' | b't')) => i += 2,
+            (b'\\', Some(b'/')) => {
+                out.push(b'/');
+                i += 2;
+            }
+            (b, _) => {
+                if !b.is_ascii_whitespace() {
+                    out.push(b);
+                }
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn fingerprint(rule: &str, secret: &[u8]) -> String {
@@ -464,6 +565,113 @@ fn printable(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PEM block with a body of `lines` lines of 64 base64 characters.
+    fn pem(label: &str, lines: usize) -> Vec<String> {
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut out = vec![format!("-----BEGIN {label}-----")];
+        for _ in 0..lines {
+            out.push(
+                (0..64)
+                    .map(|_| {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        char::from(alphabet[(rng % 64) as usize])
+                    })
+                    .collect(),
+            );
+        }
+        out.push(format!("-----END {label}-----"));
+        out
+    }
+
+    fn rules_found(data: &[u8]) -> Vec<&'static str> {
+        Scanner::new()
+            .scan(data)
+            .iter()
+            .map(|m| m.rule.id)
+            .collect()
+    }
+
+    #[test]
+    fn a_key_in_a_json_string_with_escaped_line_breaks_is_found() {
+        for sep in ["\\n", "\\r\\n"] {
+            let key = pem("RSA PRIVATE KEY", 20).join(sep);
+            let json = format!("{{\n  \"tls_key\": \"{key}{sep}\"\n}}\n");
+            assert_eq!(rules_found(json.as_bytes()), ["private-key-rsa"], "{sep}");
+        }
+        // JSON's escaped slash inside the body.
+        let key = pem("PRIVATE KEY", 12).join("\\n").replace('/', "\\/");
+        assert_eq!(
+            rules_found(format!("\"k\": \"{key}\"").as_bytes()),
+            ["private-key-pkcs8"]
+        );
+    }
+
+    #[test]
+    fn a_key_in_an_indented_yaml_block_scalar_is_found() {
+        let key: Vec<String> = pem("EC PRIVATE KEY", 4)
+            .iter()
+            .map(|l| format!("    {l}"))
+            .collect();
+        let yaml = format!("tls:\n  key: |\n{}\n  cert: x\n", key.join("\n"));
+        assert_eq!(rules_found(yaml.as_bytes()), ["private-key-ec"]);
+    }
+
+    #[test]
+    fn a_key_wrapped_in_base64_is_found_at_the_encoded_value() {
+        use base64::Engine;
+        let key = pem("OPENSSH PRIVATE KEY", 10).join("\n") + "\n";
+        let wrapped = base64::engine::general_purpose::STANDARD.encode(&key);
+        let secret = format!(
+            "apiVersion: v1\nkind: Secret\ndata:\n  id_ed25519: {wrapped}\n  other: aGVsbG8=\n"
+        );
+        let found = Scanner::new().scan(secret.as_bytes());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].rule.id, "private-key-openssh");
+        assert_eq!(found[0].line, 4);
+        assert_eq!(
+            found[0].offset as usize,
+            secret.find("LS0tLS1CRUdJTi").unwrap_or(0)
+        );
+        assert!(!found[0].excerpt.contains(&wrapped[20..40]), "redacted");
+        // The same key unwrapped, or in a JSON string, has the same fingerprint.
+        let plain = Scanner::new().scan(key.as_bytes());
+        assert_eq!(plain[0].fingerprint, found[0].fingerprint);
+        let escaped = format!("\"k\": \"{}\"", key.replace('\n', "\\n"));
+        let json = Scanner::new().scan(escaped.as_bytes());
+        assert_eq!(json[0].fingerprint, found[0].fingerprint);
+        // Wrapped at 76 columns, as base64(1) writes it.
+        let lines: Vec<String> = wrapped
+            .as_bytes()
+            .chunks(76)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        assert_eq!(
+            rules_found(lines.join("\n").as_bytes()),
+            ["private-key-openssh"]
+        );
+    }
+
+    #[test]
+    fn a_gcp_key_file_is_found_by_its_structure_whatever_its_key_id_length() {
+        let key = pem("PRIVATE KEY", 12).join("\\n");
+        for id in [
+            "0123456789abcdef0",
+            "0123456789abcdef0123456789abcdef01234567",
+        ] {
+            let file = format!(
+                "{{\n  \"type\": \"service_account\",\n  \"project_id\": \"p\",\n  \"private_key_id\": \"{id}\",\n  \"private_key\": \"{key}\\n\",\n  \"client_email\": \"a@p.iam.gserviceaccount.com\"\n}}\n"
+            );
+            let found = rules_found(file.as_bytes());
+            assert!(
+                found.contains(&"gcp-service-account-key"),
+                "{id}: {found:?}"
+            );
+        }
+    }
 
     #[test]
     fn every_rule_compiles_and_ids_are_unique() {

@@ -61,15 +61,30 @@ impl Rule {
 /// Body of a PEM block: base64 lines, plus the Proc-Type/DEK-Info headers of
 /// encrypted traditional keys. At least 64 characters, so a lone header (in
 /// documentation or source code) does not count.
+///
+/// Lines end in real line breaks or in the escapes a key carries inside a JSON or
+/// YAML string (`\n`, `\r\n`), and may be indented (a YAML block scalar); `\/` is
+/// JSON's escaped slash.
 macro_rules! pem {
     ($label:literal) => {
         concat!(
             "-----BEGIN ",
             $label,
-            "-----[\\r\\n]+((?:[A-Za-z0-9+/=:,\\- ]*[\\r\\n]+)*?[A-Za-z0-9+/=]{16,}[\\s\\S]{0,200}?)-----END ",
+            "-----",
+            pem_break!(),
+            "((?:(?:[A-Za-z0-9+/=:,\\- ]|\\\\/)*",
+            pem_break!(),
+            ")*?[ \\t]*[A-Za-z0-9+/=]{16,}[\\s\\S]{0,200}?)-----END ",
             $label,
             "-----"
         )
+    };
+}
+
+/// A line break in a PEM block: real, or escaped inside a string.
+macro_rules! pem_break {
+    () => {
+        "(?:[\\r\\n]|\\\\[rn])+"
     };
 }
 
@@ -193,8 +208,10 @@ pub const RULES: &[Rule] = &[
         title: "Google Cloud service-account key (JSON)",
         kind: Cloud,
         severity: Critical,
-        keywords: &["\"private_key_id\""],
-        regex: r#""private_key_id"\s*:\s*"([a-f0-9]{40})""#,
+        // The key file's structure, not one field's length: its type, then the key's
+        // id (of whatever length) and the private key itself.
+        keywords: &["\"service_account\""],
+        regex: r#""type"\s*:\s*"service_account"[\s\S]{0,1000}?"private_key_id"\s*:\s*"([A-Za-z0-9]{8,128})"[\s\S]{0,1000}?"private_key"\s*:\s*"-----BEGIN"#,
         min_entropy: None,
     },
     Rule {
