@@ -14,6 +14,7 @@ packages=(
   xfsprogs btrfs-progs squashfs-tools erofs-utils genisoimage ntfs-3g
   debootstrap      # a real Debian root for the package and audit tests
   rpm              # rpmbuild and rpm: a real rpm database, and rpm -qa as reference
+  debsums          # reference for the package-file integrity check (debsums -a -c)
   mdadm            # mdadm --examine: reference reader of the hand-written md superblocks
   lvm2             # pvcreate, vgcreate, vgcfgrestore, lvs: the LVM fixtures and their layout
   qemu-utils       # qemu-img: the qcow2, VMDK, VHD and VHDX containers of the input tests

@@ -23,6 +23,7 @@ pub mod config;
 mod deleted;
 mod files;
 mod hygiene;
+mod provenance;
 pub mod sarif;
 mod scan;
 
@@ -51,6 +52,8 @@ pub enum Category {
     Boot,
     /// Something that could not be examined.
     Coverage,
+    /// Package files changed, missing or unaccounted for.
+    Integrity,
 }
 
 impl Category {
@@ -62,6 +65,7 @@ impl Category {
             Category::Package => "package",
             Category::Boot => "boot",
             Category::Coverage => "coverage",
+            Category::Integrity => "integrity",
         }
     }
 }
@@ -276,6 +280,8 @@ pub struct Context<'a> {
     pub config: &'a Config,
     /// The compiled secret rules.
     pub scanner: &'a secrets::Scanner,
+    /// Which package ships each file of the root filesystem, and its digest.
+    pub provenance: &'a packages::Provenance,
 }
 
 /// What an auditor produced.
@@ -315,6 +321,7 @@ pub fn registry() -> Vec<Box<dyn Auditor>> {
         Box::new(deleted::DeletedDataAuditor),
         Box::new(hygiene::HygieneAuditor),
         Box::new(boot::BootAuditor),
+        Box::new(provenance::ProvenanceAuditor),
     ]
 }
 
@@ -390,12 +397,18 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
     let inspection = image.report();
     let scanner = secrets::Scanner::new();
     let files = FileIndex::build(image, config);
+    let provenance = inspection
+        .root_partition
+        .and_then(|n| image.filesystem(n).ok())
+        .map(|fs| packages::provenance(&*fs))
+        .unwrap_or_default();
     let ctx = Context {
         image,
         inspection: &inspection,
         files: &files,
         config,
         scanner: &scanner,
+        provenance: &provenance,
     };
     let auditors = registry();
     progress.planned(auditors.len());

@@ -1,6 +1,7 @@
 //! Secrets in files: every regular file of every readable filesystem, compressed
 //! ones decompressed, nothing skipped unless the configuration says so.
 
+use crate::provenance::Check;
 use crate::{Auditor, Category, Context, Finding, Gap, NotExamined, Output};
 use imagefs::Filesystem;
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ impl Auditor for SecretsAuditor {
         "secrets"
     }
     fn version(&self) -> &'static str {
-        "1"
+        "2"
     }
     fn run(&self, ctx: &Context<'_>) -> Result<Output, String> {
         let mut files: Vec<_> = ctx.files.scannable().collect();
@@ -73,6 +74,8 @@ impl Auditor for SecretsAuditor {
     }
 }
 
+/// Scans one file; when a package ships it, also checks its bytes against the
+/// package's digest (see [`Check`]), from the same reads.
 fn scan_file(
     ctx: &Context<'_>,
     fs: &dyn Filesystem,
@@ -81,6 +84,37 @@ fn scan_file(
     path: &str,
     out: &mut Output,
 ) {
+    let mut check = Check::of(ctx, partition, path);
+    let mut found = Vec::new();
+    let whole = read_and_scan(
+        ctx,
+        fs,
+        partition,
+        raw,
+        path,
+        out,
+        &mut found,
+        check.as_mut(),
+    );
+    if let (true, Some(check)) = (whole, check) {
+        check.finish(ctx, partition, path, &mut found);
+    }
+    out.findings.extend(found);
+}
+
+/// Scans one file into `found`, feeding `check` every byte read; says whether the
+/// whole file was read.
+#[allow(clippy::too_many_arguments)]
+fn read_and_scan(
+    ctx: &Context<'_>,
+    fs: &dyn Filesystem,
+    partition: u32,
+    raw: &[u8],
+    path: &str,
+    out: &mut Output,
+    found: &mut Vec<Finding>,
+    mut check: Option<&mut Check<'_>>,
+) -> bool {
     let not_read = |out: &mut Output, reason: String| {
         out.not_examined.push(NotExamined {
             kind: Gap::File,
@@ -91,7 +125,10 @@ fn scan_file(
     };
     let mut file = match fs.open(raw) {
         Ok(f) => f,
-        Err(e) => return not_read(out, e.to_string()),
+        Err(e) => {
+            not_read(out, e.to_string());
+            return false;
+        }
     };
     let limits = ctx.config.limits;
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + OVERLAP);
@@ -103,13 +140,19 @@ fn scan_file(
         let want = CHUNK + OVERLAP - buf.len();
         let got = match (&mut file).take(want as u64).read_to_end(&mut buf) {
             Ok(n) => n,
-            Err(e) => return not_read(out, format!("read failed after {base} bytes: {e}")),
+            Err(e) => {
+                not_read(out, format!("read failed after {base} bytes: {e}"));
+                return false;
+            }
         };
+        if let Some(c) = check.as_deref_mut() {
+            c.update(&buf[buf.len() - got..]);
+        }
         let eof = got < want;
         if first {
             first = false;
             if secrets::Compression::detect(&buf).is_some() {
-                return scan_compressed(ctx, file, buf, partition, path, out, limits);
+                return scan_compressed(ctx, file, buf, partition, path, out, found, check, limits);
             }
         }
         // Matches starting in the carried-over tail are left for the next round,
@@ -117,13 +160,12 @@ fn scan_file(
         let report_below = if eof { buf.len() } else { buf.len() - OVERLAP };
         for m in ctx.scanner.scan(&buf) {
             if (m.offset as usize) < report_below {
-                out.findings
-                    .push(secret_finding(&m, partition, path, lines_before));
+                found.push(secret_finding(&m, partition, path, lines_before));
             }
         }
         out.bytes_scanned += (report_below) as u64;
         if eof {
-            return;
+            return true;
         }
         lines_before += memchr::memchr_iter(b'\n', &buf[..report_below]).count() as u64;
         buf.drain(..report_below);
@@ -131,6 +173,9 @@ fn scan_file(
     }
 }
 
+/// Reads the rest of a compressed file (feeding `check`) and scans what it
+/// decompresses to; says whether the whole file was read.
+#[allow(clippy::too_many_arguments)]
 fn scan_compressed(
     ctx: &Context<'_>,
     mut rest: Box<dyn Read + '_>,
@@ -138,8 +183,10 @@ fn scan_compressed(
     partition: u32,
     path: &str,
     out: &mut Output,
+    found: &mut Vec<Finding>,
+    check: Option<&mut Check<'_>>,
     limits: crate::config::Limits,
-) {
+) -> bool {
     let not_read = |out: &mut Output, reason: String| {
         out.not_examined.push(NotExamined {
             kind: Gap::CompressedFile,
@@ -151,17 +198,23 @@ fn scan_compressed(
     let room = limits
         .max_compressed_bytes
         .saturating_sub(head.len() as u64);
+    let hashed = head.len();
     if let Err(e) = (&mut rest).take(room + 1).read_to_end(&mut head) {
-        return not_read(out, format!("read failed: {e}"));
+        not_read(out, format!("read failed: {e}"));
+        return false;
     }
     if head.len() as u64 > limits.max_compressed_bytes {
-        return not_read(
+        not_read(
             out,
             format!(
                 "compressed file larger than {} bytes (limits.max_compressed_bytes)",
                 limits.max_compressed_bytes
             ),
         );
+        return false;
+    }
+    if let Some(c) = check {
+        c.update(&head[hashed..]);
     }
     match secrets::decompress(&head, limits.max_decompressed_bytes) {
         Ok(Some(d)) => {
@@ -169,7 +222,7 @@ fn scan_compressed(
             for m in ctx.scanner.scan(&d.data) {
                 let mut f = secret_finding(&m, partition, path, 0);
                 f.title = format!("{} (in {} data)", f.title, d.format.name());
-                out.findings.push(f);
+                found.push(f);
             }
             if d.truncated {
                 not_read(
@@ -187,10 +240,11 @@ fn scan_compressed(
         Err(e) => {
             not_read(out, e.to_string());
             for m in ctx.scanner.scan(&head) {
-                out.findings.push(secret_finding(&m, partition, path, 0));
+                found.push(secret_finding(&m, partition, path, 0));
             }
         }
     }
+    true
 }
 
 pub(crate) fn secret_finding(

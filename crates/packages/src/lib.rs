@@ -6,14 +6,18 @@
 //!   reported as not examined: amiforge does not read those formats;
 //! - apk: `lib/apk/db/installed`.
 //!
+//! [`provenance`] reads which package ships each file, and its digest.
+//!
 //! Each [`Package`] gets a package URL written the way syft writes them
 //! (`pkg:deb/debian/openssl@3.0.11-1?arch=amd64&distro=debian-12`).
 
 mod apk;
 mod dpkg;
+mod provenance;
 mod purl;
 mod rpm;
 
+pub use provenance::{provenance, Digest, Owned, Provenance, MAX_OWNED_FILES};
 pub use purl::purl;
 
 use imagefs::Filesystem;
