@@ -39,7 +39,9 @@ fi
 # from the same Debian mirror apt is configured with.
 tools=${AMIFORGE_TOOLS:-$HOME/.cache/amiforge/tools}
 btrfs_dir="$tools/btrfs-progs"
-if ! "$btrfs_dir/sbin/mkfs.btrfs" --help 2>&1 | grep -q -- '--compress'; then
+# (mkfs.btrfs --help exits 1: its status is not the test.)
+has_compress() { "$btrfs_dir/sbin/mkfs.btrfs" --help 2>&1 | grep -q -- '--compress' || return 1; }
+if ! (set +o pipefail; has_compress); then
   codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
   mirror=$(apt-get indextargets --format '$(RELEASE) $(REPO_URI)' \
     | awk -v r="$codename" '$1 == r { print $2; exit }')
@@ -55,7 +57,7 @@ if ! "$btrfs_dir/sbin/mkfs.btrfs" --help 2>&1 | grep -q -- '--compress'; then
   dpkg-deb -x "$apt_dir"/btrfs-progs_*.deb "$apt_dir/x"
   rm -rf "${btrfs_dir:?}"/* && cp -a "$apt_dir/x/sbin" "$apt_dir/x/bin" "$btrfs_dir/"
   rm -rf "$apt_dir"
-  "$btrfs_dir/sbin/mkfs.btrfs" --help 2>&1 | grep -q -- '--compress'
+  (set +o pipefail; has_compress)
 fi
 
 # moto (an independent implementation of the EBS, EC2 and S3 APIs) and boto3 (an
