@@ -132,6 +132,19 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    /// The type an inode's st_mode gives (its top four bits).
+    pub fn from_mode(mode: u32) -> Self {
+        match mode & 0o170000 {
+            0o040000 => FileKind::Dir,
+            0o100000 => FileKind::File,
+            0o120000 => FileKind::Symlink,
+            0o020000 => FileKind::CharDevice,
+            0o060000 => FileKind::BlockDevice,
+            0o010000 => FileKind::Fifo,
+            _ => FileKind::Socket,
+        }
+    }
+
     /// The `ls -l` type letter.
     pub fn letter(self) -> char {
         match self {

@@ -102,15 +102,7 @@ struct Inode {
 
 impl Inode {
     fn kind(&self) -> FileKind {
-        match self.mode & 0o170000 {
-            0o040000 => FileKind::Dir,
-            0o100000 => FileKind::File,
-            0o120000 => FileKind::Symlink,
-            0o020000 => FileKind::CharDevice,
-            0o060000 => FileKind::BlockDevice,
-            0o010000 => FileKind::Fifo,
-            _ => FileKind::Socket,
-        }
+        FileKind::from_mode(u32::from(self.mode))
     }
     fn metadata(&self) -> Metadata {
         Metadata {
