@@ -315,12 +315,7 @@ fn btrfs_unallocated_space_is_what_the_chunk_and_extent_trees_leave() {
 fn keys_in_btrfs_free_space_are_found_where_they_lie_and_live_files_are_not() {
     let dir = Scratch::new("unalloc-btrfs");
     let image = dir.path("btrfs.img");
-    tool_output(
-        tool("cp")
-            .arg("--sparse=always")
-            .arg(fixture("volumes/btrfs-no.img"))
-            .arg(&image),
-    );
+    sparse_copy(&fixture("volumes/btrfs-no.img"), &image);
     let len = std::fs::metadata(&image).unwrap().len();
     let free = btrfs_account(&image).free(len);
     // One key inside a chunk's free space, one in device space outside every chunk.

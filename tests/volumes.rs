@@ -173,12 +173,7 @@ fn the_audit_reads_inside_the_logical_volumes() {
 fn a_missing_pv_is_named_for_the_lvs_that_need_it_and_the_rest_are_read() {
     let dir = Scratch::new("lvm-missing-pv");
     let image = dir.path("lvm.img");
-    tool_output(
-        tool("cp")
-            .arg("--sparse=always")
-            .arg(lvm_image())
-            .arg(&image),
-    );
+    sparse_copy(&lvm_image(), &image);
     // Partition 3 (pv1) starts at 125 MiB: its label gone, the PV is not in the image.
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -484,12 +479,7 @@ fn secret_at(report: &Value, path: &str) -> bool {
 fn a_btrfs_over_two_devices_is_listed_as_not_examined_with_the_reason() {
     let dir = Scratch::new("btrfs-two-devices");
     let image = dir.path("btrfs.img");
-    tool_output(
-        tool("cp")
-            .arg("--sparse=always")
-            .arg(fixture("volumes/btrfs-no.img"))
-            .arg(&image),
-    );
+    sparse_copy(&fixture("volumes/btrfs-no.img"), &image);
     // The superblock says two devices, with its CRC-32C made to match again.
     let f = std::fs::OpenOptions::new()
         .read(true)

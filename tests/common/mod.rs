@@ -128,6 +128,12 @@ pub fn tool_output(cmd: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
+/// A copy of `from` at `to` that keeps its holes (`cp --sparse=always`), for tests
+/// that damage or plant bytes in an image without touching the fixture.
+pub fn sparse_copy(from: &Path, to: &Path) {
+    tool_output(tool("cp").arg("--sparse=always").arg(from).arg(to));
+}
+
 /// Shows bytes the way amiforge's JSON does: UTF-8 as is, other bytes as \xNN.
 pub fn show(b: &[u8]) -> String {
     let mut out = String::new();

@@ -115,20 +115,19 @@ fn read_and_scan(
     found: &mut Vec<Finding>,
     mut check: Option<&mut Check<'_>>,
 ) -> bool {
+    // Records why the file was not read whole, and says so (false).
     let not_read = |out: &mut Output, reason: String| {
         out.not_examined.push(NotExamined {
             kind: Gap::File,
             partition: Some(partition),
             what: path.to_string(),
             reason,
-        })
+        });
+        false
     };
     let mut file = match fs.open(raw) {
         Ok(f) => f,
-        Err(e) => {
-            not_read(out, e.to_string());
-            return false;
-        }
+        Err(e) => return not_read(out, e.to_string()),
     };
     let limits = ctx.config.limits;
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + OVERLAP);
@@ -140,10 +139,7 @@ fn read_and_scan(
         let want = CHUNK + OVERLAP - buf.len();
         let got = match (&mut file).take(want as u64).read_to_end(&mut buf) {
             Ok(n) => n,
-            Err(e) => {
-                not_read(out, format!("read failed after {base} bytes: {e}"));
-                return false;
-            }
+            Err(e) => return not_read(out, format!("read failed after {base} bytes: {e}")),
         };
         if let Some(c) = check.as_deref_mut() {
             c.update(&buf[buf.len() - got..]);
@@ -187,31 +183,31 @@ fn scan_compressed(
     check: Option<&mut Check<'_>>,
     limits: crate::config::Limits,
 ) -> bool {
+    // Records what was not read, and says the file was not read whole (false).
     let not_read = |out: &mut Output, reason: String| {
         out.not_examined.push(NotExamined {
             kind: Gap::CompressedFile,
             partition: Some(partition),
             what: path.to_string(),
             reason,
-        })
+        });
+        false
     };
     let room = limits
         .max_compressed_bytes
         .saturating_sub(head.len() as u64);
     let hashed = head.len();
     if let Err(e) = (&mut rest).take(room + 1).read_to_end(&mut head) {
-        not_read(out, format!("read failed: {e}"));
-        return false;
+        return not_read(out, format!("read failed: {e}"));
     }
     if head.len() as u64 > limits.max_compressed_bytes {
-        not_read(
+        return not_read(
             out,
             format!(
                 "compressed file larger than {} bytes (limits.max_compressed_bytes)",
                 limits.max_compressed_bytes
             ),
         );
-        return false;
     }
     if let Some(c) = check {
         c.update(&head[hashed..]);
