@@ -73,6 +73,33 @@ pub struct AuditArgs {
     /// Write the report here instead of stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub vulnerabilities: VulnArgs,
+}
+
+/// Matching the packages against an offline vulnerability database.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct VulnArgs {
+    /// Match the installed packages against this vulnerability database (made by
+    /// `amiforge vulndb import`); each affected package is a `vuln.<id>` finding.
+    #[arg(long, value_name = "FILE")]
+    pub vulndb: Option<PathBuf>,
+    /// A database whose newest advisory is older than this is a finding itself
+    /// (`vuln.database-stale`): "30d", "2weeks", "36h".
+    #[arg(long, value_name = "AGE", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub max_db_age: std::time::Duration,
+}
+
+impl VulnArgs {
+    /// Opens the database into `config`.
+    pub fn apply(&self, config: &mut Config) -> Result<()> {
+        config.vulnerabilities.max_age = self.max_db_age;
+        if let Some(path) = &self.vulndb {
+            config.vulnerabilities.database =
+                Some(std::sync::Arc::new(vulndb::Database::open(path)?));
+        }
+        Ok(())
+    }
 }
 
 /// SBOM formats.
@@ -133,7 +160,8 @@ fn writer(output: Option<&Path>) -> Result<Box<dyn Write>> {
 
 /// Returns false when the gate failed (exit 1).
 pub fn audit_command(args: AuditArgs, show_progress: bool) -> Result<bool> {
-    let config = load_config(args.config.as_deref())?;
+    let mut config = load_config(args.config.as_deref())?;
+    args.vulnerabilities.apply(&mut config)?;
     let image = crate::input::image(&args.image)?;
     let report = run(&image, &args.image, &config, show_progress)?;
     let mut out = writer(args.output.as_deref())?;
@@ -169,6 +197,8 @@ pub struct GateArgs {
     /// Audit configuration (TOML): allow-lists, skipped paths, severities.
     #[arg(long)]
     pub audit_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub vulnerabilities: VulnArgs,
 }
 
 impl GateArgs {
@@ -181,7 +211,8 @@ impl GateArgs {
         not_done: &str,
         show_progress: bool,
     ) -> Result<Option<Report>> {
-        let config = load_config(self.audit_config.as_deref())?;
+        let mut config = load_config(self.audit_config.as_deref())?;
+        self.vulnerabilities.apply(&mut config)?;
         let report = run(image, path, &config, show_progress)?;
         Ok((!gate_refuses(&report, self.fail_on, not_done)).then_some(report))
     }
@@ -306,6 +337,19 @@ fn print_text(out: &mut dyn Write, r: &Report, fail_on: FailOn) -> Result<()> {
             detail.push_str(e);
         }
         writeln!(out, "         {detail}")?;
+    }
+    match &r.vulnerability_database {
+        Some(db) => writeln!(
+            out,
+            "vulnerabilities: matched against {} ({} advisories, newest {})",
+            db.path,
+            db.advisories,
+            db.newest_advisory.as_deref().unwrap_or("none")
+        )?,
+        None => writeln!(
+            out,
+            "vulnerabilities: not checked (no --vulndb database given)"
+        )?,
     }
     if !r.not_examined.is_empty() {
         writeln!(out, "not examined:")?;

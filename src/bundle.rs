@@ -1,7 +1,7 @@
 //! `amiforge bundle`: carry an image across an air gap.
 
 use crate::audit::GateArgs;
-use crate::bundled::{open_and_verify, AUDIT_FILE, REGISTER_FILE, SBOM_FILE};
+use crate::bundled::{open_and_verify, AUDIT_FILE, REGISTER_FILE, SBOM_FILE, VULNDB_FILE};
 use crate::cli::{emit, parse_tags, Format};
 use crate::progress::Reporter;
 use crate::spec::{detect, spec_from, AmiParams, PLACEHOLDER_SNAPSHOT};
@@ -165,7 +165,7 @@ fn create(args: CreateArgs, show_progress: bool) -> Result<bool> {
         parse_tags(&args.tags)?,
     )?;
     spec.validate()?;
-    let files = vec![
+    let mut files = vec![
         (AUDIT_FILE, serde_json::to_vec_pretty(&report)?),
         (
             SBOM_FILE,
@@ -173,6 +173,11 @@ fn create(args: CreateArgs, show_progress: bool) -> Result<bool> {
         ),
         (REGISTER_FILE, serde_json::to_vec_pretty(&spec)?),
     ];
+    // The vulnerability database the gate used travels with the audit it explains.
+    if let Some(db) = &args.gate.vulnerabilities.vulndb {
+        let bytes = std::fs::read(db).with_context(|| format!("cannot read {}", db.display()))?;
+        files.push((VULNDB_FILE, bytes));
+    }
     // 3. The blocks.
     let progress = Reporter::new(show_progress, "blocks");
     let created = bundle::create(

@@ -12,6 +12,9 @@ pub const AUDIT_FILE: &str = "audit.json";
 pub const SBOM_FILE: &str = "sbom.cdx.json";
 /// The RegisterImage spec.
 pub const REGISTER_FILE: &str = "register.json";
+/// The vulnerability database the bundle was audited with, when it was (its date is
+/// in the audit's `vulnerability_database`).
+pub const VULNDB_FILE: &str = "vulndb.sqlite";
 
 /// Opens a bundle and checks every byte of it (and the signature, given a key).
 pub fn open_and_verify(

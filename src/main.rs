@@ -5,6 +5,7 @@
 //! Logs go to stderr; results to stdout. Exit codes: 0 success, 1 policy failure,
 //! 2 error.
 
+mod advisories;
 mod audit;
 mod bundle;
 mod bundled;
@@ -125,6 +126,10 @@ enum Command {
     /// prune.
     #[command(subcommand)]
     Ami(lifecycle::AmiCommand),
+    /// The offline vulnerability database that `audit --vulndb` matches packages
+    /// against: import OSV advisories, describe a database.
+    #[command(subcommand)]
+    Vulndb(advisories::VulndbCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -190,6 +195,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Ami(cmd) => lifecycle::run(cmd, show_progress),
+        Command::Vulndb(cmd) => advisories::run(cmd),
         Command::Completions { shell, format } => completions(shell, format),
         Command::Man { out, format } => man(&out, format),
     };

@@ -251,6 +251,60 @@ fn tampered_bundles_are_refused_precisely_and_upload_nothing() {
 }
 
 #[test]
+fn a_bundle_audited_with_a_vulnerability_database_carries_it_and_its_date() {
+    let dir = Scratch::new("bundle-vulndb");
+    let osv = dir.path("osv");
+    std::fs::create_dir_all(&osv).unwrap();
+    std::fs::write(
+        osv.join("TEST-1.json"),
+        r#"{"id":"TEST-1","modified":"2026-11-30T00:00:00Z","affected":[{"package":{"ecosystem":"Debian:12","name":"no-such-package"},"ranges":[{"type":"ECOSYSTEM","events":[{"introduced":"0"}]}]}]}"#,
+    )
+    .unwrap();
+    let db = dir.path("vuln.db");
+    ok(&[
+        "vulndb",
+        "import",
+        osv.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    let out = dir.path("b");
+    let (code, _, stderr) = outcome(
+        amiforge()
+            .arg("bundle")
+            .arg(fixture("gpt-uefi.img"))
+            .arg("--out")
+            .arg(&out)
+            .arg("--vulndb")
+            .arg(&db)
+            .args(["--max-db-age", "100years"]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let m = manifest(&out);
+    assert_eq!(
+        m["files"]["vulndb.sqlite"].as_str().unwrap(),
+        sha256_file(&db),
+        "the manifest covers the database"
+    );
+    let audit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("audit.json")).unwrap()).unwrap();
+    assert_eq!(
+        audit["vulnerability_database"]["newest_advisory"],
+        "2026-11-30T00:00:00Z"
+    );
+    let (code, stderr) = verify(&out, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // A changed byte of the carried database is caught like any bundled file.
+    let mut bytes = std::fs::read(out.join("vulndb.sqlite")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(out.join("vulndb.sqlite"), bytes).unwrap();
+    let (code, stderr) = verify(&out, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("vulndb.sqlite"), "{stderr}");
+}
+
+#[test]
 fn a_bundle_is_not_made_when_the_audit_gate_fails() {
     let dir = Scratch::new("bundle-gate");
     let out = dir.path("b");

@@ -110,6 +110,30 @@ pub struct Config {
     severity: BTreeMap<String, Severity>,
     /// Size bounds.
     pub limits: Limits,
+    /// The vulnerability database, and how old it may be.
+    pub vulnerabilities: Vulnerabilities,
+}
+
+/// Matching against an offline vulnerability database (`--vulndb`).
+#[derive(Debug, Clone)]
+pub struct Vulnerabilities {
+    /// The database; without one, packages are not matched.
+    pub database: Option<std::sync::Arc<vulndb::Database>>,
+    /// Older than this (by its newest advisory), the database is a finding itself.
+    pub max_age: std::time::Duration,
+}
+
+/// Advisories for a supported release appear every few days: a month without any
+/// means the database was not refreshed.
+pub const DEFAULT_MAX_DB_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+impl Default for Vulnerabilities {
+    fn default() -> Self {
+        Self {
+            database: None,
+            max_age: DEFAULT_MAX_DB_AGE,
+        }
+    }
 }
 
 fn globs(patterns: &[String], path: &str) -> Result<Option<GlobSet>, ConfigError> {
@@ -155,6 +179,7 @@ impl Config {
             skip_path_patterns: f.skip.paths,
             severity: f.severity,
             limits: f.limits,
+            vulnerabilities: Vulnerabilities::default(),
         })
     }
 

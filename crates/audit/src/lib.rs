@@ -10,6 +10,8 @@
 //! | `deleted-data` | secrets in the unallocated blocks of ext and FAT volumes |
 //! | `hygiene` | the shared-AMI checklist: keys, histories, hashes, leftovers |
 //! | `boot` | EC2 boot readiness: boot mode, ENA, NVMe, cloud-init |
+//! | `provenance` | package files missing, changed, or not shipped by any package |
+//! | `vulnerabilities` | known vulnerabilities of the packages, from an offline OSV database (after the others, on the packages they found; only when the configuration names a database) |
 //!
 //! Everything that could not be examined, by inspect or by any auditor, is a
 //! [`NotExamined`] entry with its [`Gap`] kind, and each becomes a `coverage.*`
@@ -26,6 +28,7 @@ mod hygiene;
 mod provenance;
 pub mod sarif;
 mod scan;
+mod vulnerabilities;
 
 pub use config::Config;
 pub use files::{FileIndex, IndexedFile};
@@ -54,6 +57,8 @@ pub enum Category {
     Coverage,
     /// Package files changed, missing or unaccounted for.
     Integrity,
+    /// Known vulnerabilities of the installed packages.
+    Vuln,
 }
 
 impl Category {
@@ -66,6 +71,7 @@ impl Category {
             Category::Boot => "boot",
             Category::Coverage => "coverage",
             Category::Integrity => "integrity",
+            Category::Vuln => "vuln",
         }
     }
 }
@@ -99,6 +105,9 @@ pub struct Finding {
     /// Why it was accepted, for findings in [`Report::allowed`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_by: Option<String>,
+    /// For a known vulnerability: the advisory, the package and the fix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vulnerability: Option<vulndb::Match>,
 }
 
 impl Finding {
@@ -132,6 +141,7 @@ impl Finding {
             excerpt: None,
             fingerprint,
             allowed_by: None,
+            vulnerability: None,
         }
     }
 
@@ -251,6 +261,10 @@ pub struct Report {
     pub skipped: Vec<Skipped>,
     /// The auditors that ran.
     pub auditors: Vec<AuditorRun>,
+    /// The vulnerability database the packages were matched against, when one was
+    /// given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vulnerability_database: Option<vulndb::Info>,
 }
 
 impl Report {
@@ -490,6 +504,7 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
         skipped: files.skipped.clone(),
         coverage: Vec::new(),
         auditors: Vec::new(),
+        vulnerability_database: None,
     };
     let mut scanned: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     for (run, out) in results {
@@ -513,6 +528,9 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
             tally.1 += bytes;
         }
         report.auditors.push(run);
+    }
+    if let Some(db) = &config.vulnerabilities.database {
+        vulnerabilities::run(db, config, &inspection, &mut report);
     }
     report.coverage = volume_coverage(
         image,
@@ -589,7 +607,8 @@ pub fn coverage_severity(gap: Gap) -> Severity {
         | Gap::Swap
         | Gap::UnknownContent
         | Gap::RaidSet
-        | Gap::RootFilesystem => Severity::Medium,
+        | Gap::RootFilesystem
+        | Gap::Vulnerabilities => Severity::Medium,
         Gap::NoFiles | Gap::Unallocated => Severity::Low,
     }
 }

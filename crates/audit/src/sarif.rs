@@ -67,6 +67,14 @@ pub fn to_sarif(report: &Report) -> Value {
                 text.push_str(": ");
                 text.push_str(e);
             }
+            let mut properties =
+                json!({ "severity": f.severity.name(), "category": f.category.name() });
+            if let Some(v) = &f.vulnerability {
+                properties["package"] = json!(v.package);
+                properties["installedVersion"] = json!(v.installed);
+                properties["fixedVersion"] = json!(v.fixed);
+                properties["aliases"] = json!(v.aliases);
+            }
             json!({
                 "ruleId": f.rule,
                 "ruleIndex": index[f.rule.as_str()],
@@ -74,7 +82,7 @@ pub fn to_sarif(report: &Report) -> Value {
                 "message": { "text": text },
                 "locations": [location(f)],
                 "partialFingerprints": { "amiforge/v1": f.fingerprint },
-                "properties": { "severity": f.severity.name(), "category": f.category.name() },
+                "properties": properties,
             })
         })
         .collect();

@@ -261,5 +261,6 @@ pub(crate) fn secret_finding(
         excerpt: Some(m.excerpt.clone()),
         fingerprint: m.fingerprint.clone(),
         allowed_by: None,
+        vulnerability: None,
     }
 }

@@ -10,6 +10,7 @@
 //! | `manifest.json.sig` | optional: the ed25519 signature of `manifest.json`'s bytes, hex |
 //! | `blocks.zst` | the non-zero 512 KiB blocks, one zstd frame each, in index order |
 //! | `audit.json`, `sbom.cdx.json`, `register.json` | the audit, the SBOM, the RegisterImage spec |
+//! | `vulndb.sqlite` | when the audit matched packages against a vulnerability database: that database |
 //!
 //! The SHA-256 of `manifest.json` covers everything: it is printed when the bundle is
 //! made, to be compared out of band, and it is what the signature signs.

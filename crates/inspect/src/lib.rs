@@ -162,6 +162,9 @@ pub enum Gap {
     RootFilesystem,
     /// An auditor that failed.
     Auditor,
+    /// Installed packages not matched against the vulnerability database (no
+    /// advisory ecosystem for the distribution).
+    Vulnerabilities,
 }
 
 impl Gap {
@@ -181,6 +184,7 @@ impl Gap {
             Gap::RaidSet => "raid-set-not-assembled",
             Gap::RootFilesystem => "no-root-filesystem",
             Gap::Auditor => "auditor-failed",
+            Gap::Vulnerabilities => "vulnerabilities-not-matched",
         }
     }
 
