@@ -12,6 +12,7 @@ export AMIFORGE_FIXTURES=${AMIFORGE_FIXTURES:-$PWD/fixtures/build}
 scripts/make-fixtures.sh "$AMIFORGE_FIXTURES"
 scripts/make-foreign-fixtures.sh "$AMIFORGE_FIXTURES"
 scripts/make-volume-fixtures.sh "$AMIFORGE_FIXTURES"
+scripts/make-package-fixtures.sh "$AMIFORGE_FIXTURES"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

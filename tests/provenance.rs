@@ -232,3 +232,121 @@ fn changed_and_missing_package_files_are_what_debsums_reports() {
         "{unowned:?}"
     );
 }
+
+/// The findings of `rule` as (path, severity).
+fn severities(report: &Value, rule: &str) -> BTreeSet<(String, String)> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == rule)
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["severity"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rpm_header_digests_find_what_rpm_verify_finds() {
+    // make-package-fixtures.sh installed two packages with rpm (SHA-256 and MD5 file
+    // digests), changed three files and deleted one, and kept `rpm -V -a`'s output.
+    let image = fixtures().join("packages/rpm-files.img");
+    let verdict = std::fs::read_to_string(fixtures().join("packages/rpm-files.rpm-V"))
+        .expect("run scripts/make-package-fixtures.sh");
+    // rpm -V: "S.5....T.  c /etc/x" (the 3rd column is the digest), "missing   d /x".
+    let mut changed = BTreeSet::new();
+    let mut missing = BTreeSet::new();
+    for line in verdict.lines() {
+        let path = line.rsplit(' ').next().unwrap().to_string();
+        if line.starts_with("missing") {
+            missing.insert(path);
+        } else if line.as_bytes().get(2) == Some(&b'5') {
+            changed.insert(path);
+        }
+    }
+    assert_eq!(changed.len(), 3, "{verdict}");
+    assert_eq!(missing.len(), 1, "{verdict}");
+
+    let report = audit(&image);
+    assert_eq!(
+        paths_of(
+            &report,
+            &[
+                "integrity.package-file-modified",
+                "integrity.conffile-modified"
+            ]
+        ),
+        changed
+    );
+    assert_eq!(
+        paths_of(
+            &report,
+            &[
+                "integrity.package-file-missing",
+                "integrity.conffile-missing"
+            ]
+        ),
+        missing
+    );
+    // A changed binary is high, a changed data file medium, a changed %config low.
+    assert_eq!(
+        severities(&report, "integrity.package-file-modified"),
+        BTreeSet::from([
+            ("/usr/bin/hello".to_string(), "high".to_string()),
+            (
+                "/usr/share/legacy/data.bin".to_string(),
+                "medium".to_string()
+            ),
+        ])
+    );
+    assert_eq!(
+        severities(&report, "integrity.conffile-modified"),
+        BTreeSet::from([("/etc/hello.conf".to_string(), "low".to_string())])
+    );
+    // Each excerpt names the package and the digest algorithm it recorded.
+    let excerpt = |path: &str| {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == path && f["category"] == "integrity")
+            .unwrap()["excerpt"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(excerpt("/usr/bin/hello").starts_with("package hello: sha256 "));
+    assert!(excerpt("/usr/share/legacy/data.bin").starts_with("package legacy: md5 "));
+    // The file no package ships is listed; the %ghost log file is not missing.
+    assert!(paths_of(&report, &["integrity.unowned-system-file"]).contains("/usr/bin/dropped-in"));
+    assert!(!paths_of(&report, &["integrity.package-file-missing"]).contains("/var/log/hello.log"));
+}
+
+#[test]
+fn apk_checksums_find_the_changed_file_and_skip_symlinks() {
+    let image = fixtures().join("packages/alpine.img");
+    let changed = std::fs::read_to_string(fixtures().join("packages/alpine.changed"))
+        .expect("run scripts/make-package-fixtures.sh");
+    let report = audit(&image);
+    let want: BTreeSet<String> = changed.lines().map(str::to_string).collect();
+    assert_eq!(
+        paths_of(&report, &["integrity.package-file-modified"]),
+        want
+    );
+    assert!(
+        paths_of(
+            &report,
+            &[
+                "integrity.package-file-missing",
+                "integrity.conffile-missing"
+            ]
+        )
+        .is_empty(),
+        "the symlink libc.musl-x86_64.so.1 is not a missing file"
+    );
+    assert!(paths_of(&report, &["integrity.conffile-modified"]).is_empty());
+    assert_eq!(report["os"]["id"], "alpine");
+}

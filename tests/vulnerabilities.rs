@@ -418,3 +418,67 @@ fn a_file_that_is_not_a_database_is_an_error_naming_it() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("bad.db"), "{stderr}");
 }
+
+#[test]
+fn alpine_advisories_keyed_by_origin_use_apk_ordering() {
+    // alpine.img (make-package-fixtures.sh): Alpine 3.18 with musl 1.2.4-r2,
+    // busybox 1.36.1-r5 and alpine-baselayout-data 3.4.3-r1 (origin alpine-baselayout).
+    let image = fixtures().join("packages/alpine.img");
+    assert!(image.exists(), "run scripts/make-package-fixtures.sh");
+    let dir = Scratch::new("vuln-alpine");
+    let t = now();
+    let db = import(
+        &dir,
+        &[
+            record(
+                "TEST-MUSL",
+                &t,
+                json!([range(
+                    "Alpine:v3.18",
+                    "musl",
+                    json!([{"introduced": "0"}, {"fixed": "1.2.4-r3"}])
+                )]),
+            ),
+            // Fixed in exactly the installed version: not affected.
+            record(
+                "TEST-BUSYBOX-FIXED",
+                &t,
+                json!([range(
+                    "Alpine:v3.18",
+                    "busybox",
+                    json!([{"introduced": "0"}, {"fixed": "1.36.1-r5"}])
+                )]),
+            ),
+            record(
+                "TEST-BUSYBOX-3.19",
+                &t,
+                json!([range(
+                    "Alpine:v3.19",
+                    "busybox",
+                    json!([{"introduced": "0"}])
+                )]),
+            ),
+            // A _p suffix orders after the plain version: 3.4.3-r1 < 3.4.3_p1-r0.
+            record(
+                "TEST-BASELAYOUT",
+                &t,
+                json!([range(
+                    "Alpine:v3.18",
+                    "alpine-baselayout",
+                    json!([{"introduced": "0"}, {"fixed": "3.4.3_p1-r0"}])
+                )]),
+            ),
+        ],
+    );
+    let (_, report) = audit(&image, &db, &["--fail-on", "none"]);
+    assert_eq!(
+        vulns(&report),
+        BTreeSet::from([
+            ("vuln.TEST-MUSL".to_string(), "musl".to_string()),
+            (
+                "vuln.TEST-BASELAYOUT".to_string(),
+                "alpine-baselayout-data".to_string()
+            ),
+        ])
+    );
+}

@@ -6,6 +6,7 @@
 
 use crate::{Auditor, Category, Context, Finding, Gap, NotExamined, Output, Severity};
 use md5::Digest as _;
+
 use std::collections::HashSet;
 
 pub(crate) struct ProvenanceAuditor;
@@ -98,11 +99,52 @@ impl Auditor for ProvenanceAuditor {
     }
 }
 
+/// The digest of a file's bytes so far, in the algorithm its package recorded.
+enum Hasher {
+    Md5(md5::Md5),
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+    Sha384(sha2::Sha384),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    fn for_digest(d: &packages::Digest) -> Self {
+        match d {
+            packages::Digest::Md5(_) => Hasher::Md5(md5::Md5::new()),
+            packages::Digest::Sha1(_) => Hasher::Sha1(sha1::Sha1::new()),
+            packages::Digest::Sha256(_) => Hasher::Sha256(sha2::Sha256::new()),
+            packages::Digest::Sha384(_) => Hasher::Sha384(sha2::Sha384::new()),
+            packages::Digest::Sha512(_) => Hasher::Sha512(sha2::Sha512::new()),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Md5(h) => h.update(bytes),
+            Hasher::Sha1(h) => h.update(bytes),
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Sha384(h) => h.update(bytes),
+            Hasher::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    fn finish(self) -> Vec<u8> {
+        match self {
+            Hasher::Md5(h) => h.finalize().to_vec(),
+            Hasher::Sha1(h) => h.finalize().to_vec(),
+            Hasher::Sha256(h) => h.finalize().to_vec(),
+            Hasher::Sha384(h) => h.finalize().to_vec(),
+            Hasher::Sha512(h) => h.finalize().to_vec(),
+        }
+    }
+}
+
 /// A package file being read: what its package shipped, and the digest of its
 /// bytes so far.
 pub(crate) struct Check<'a> {
     owned: &'a packages::Owned,
-    md5: md5::Md5,
+    hasher: Hasher,
 }
 
 impl<'a> Check<'a> {
@@ -114,13 +156,13 @@ impl<'a> Check<'a> {
         }
         ctx.provenance.owner(path).map(|owned| Check {
             owned,
-            md5: md5::Md5::new(),
+            hasher: Hasher::for_digest(&owned.digest),
         })
     }
 
     /// The file's next bytes.
     pub(crate) fn update(&mut self, bytes: &[u8]) {
-        self.md5.update(bytes);
+        self.hasher.update(bytes);
     }
 
     /// Once the whole file was read: marks the secrets found in it as shipped by
@@ -133,8 +175,8 @@ impl<'a> Check<'a> {
         path: &str,
         found: &mut Vec<Finding>,
     ) {
-        let packages::Digest::Md5(expected) = self.owned.digest;
-        let actual: [u8; 16] = self.md5.finalize().into();
+        let expected = self.owned.digest.bytes();
+        let actual = self.hasher.finish();
         let package = &self.owned.package;
         if actual == expected {
             let severity = ctx.config.severity("secret.vendor-shipped", Severity::Info);
@@ -162,8 +204,9 @@ impl<'a> Check<'a> {
                 Some(path.to_string()),
             )
             .with_excerpt(format!(
-                "package {package}: md5 {} expected, {} found",
-                hex(&expected),
+                "package {package}: {} {} expected, {} found",
+                self.owned.digest.algorithm(),
+                hex(expected),
                 hex(&actual)
             )),
         );

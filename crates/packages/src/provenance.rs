@@ -1,7 +1,8 @@
 //! Which package ships each file, and the digest it shipped with: dpkg's
-//! `info/*.md5sums` and the `Conffiles:` of its status file. With it the audit tells
-//! what the vendor shipped from what was added or changed (`debsums -a` does the
-//! same check).
+//! `info/*.md5sums` and the `Conffiles:` of its status file, and the file lists of
+//! rpm's headers (digests in MD5 or SHA-2, `%config` flags; `%ghost` files are not
+//! shipped and are left out). With it the audit tells what the vendor shipped from
+//! what was added or changed (`debsums -a` and `rpm -V` do the same check).
 //!
 //! Package databases name paths as the package ships them. On a merged-/usr system
 //! `/bin` is a symlink to `usr/bin` while packages still list `bin/ls`: every path is
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 
 use imagefs::Filesystem;
 
-use crate::{stanzas, Unread, DATABASE_LIMIT};
+use crate::{rpm, stanzas, Unread, DATABASE_LIMIT};
 
 const DPKG_INFO: &str = "/var/lib/dpkg/info";
 const DPKG_STATUS: &str = "/var/lib/dpkg/status";
@@ -22,23 +23,55 @@ pub const MAX_OWNED_FILES: usize = 4 << 20;
 /// The digest a package database records for a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Digest {
-    /// MD5 (dpkg's md5sums and conffiles).
+    /// MD5 (dpkg's md5sums and conffiles; old rpm packages).
     Md5([u8; 16]),
+    /// SHA-1 (apk's `Z:Q1`).
+    Sha1([u8; 20]),
+    /// SHA-256 (rpm's default).
+    Sha256([u8; 32]),
+    /// SHA-384 (rpm).
+    Sha384([u8; 48]),
+    /// SHA-512 (rpm).
+    Sha512([u8; 64]),
 }
 
 impl Digest {
+    /// The digest's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Digest::Md5(d) => d,
+            Digest::Sha1(d) => d,
+            Digest::Sha256(d) => d,
+            Digest::Sha384(d) => d,
+            Digest::Sha512(d) => d,
+        }
+    }
+
     /// The hexadecimal form.
     pub fn hex(&self) -> String {
-        match self {
-            Digest::Md5(d) => d.iter().map(|b| format!("{b:02x}")).collect(),
-        }
+        self.bytes().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// The algorithm's name.
     pub fn algorithm(&self) -> &'static str {
         match self {
             Digest::Md5(_) => "md5",
+            Digest::Sha1(_) => "sha1",
+            Digest::Sha256(_) => "sha256",
+            Digest::Sha384(_) => "sha384",
+            Digest::Sha512(_) => "sha512",
         }
+    }
+
+    /// Parses `hex` as a digest of the named algorithm.
+    fn parse(algorithm: &str, hex: &str) -> Option<Self> {
+        Some(match algorithm {
+            "md5" => Digest::Md5(from_hex(hex)?),
+            "sha256" => Digest::Sha256(from_hex(hex)?),
+            "sha384" => Digest::Sha384(from_hex(hex)?),
+            "sha512" => Digest::Sha512(from_hex(hex)?),
+            _ => return None,
+        })
     }
 }
 
@@ -77,6 +110,8 @@ pub fn provenance(fs: &dyn Filesystem) -> Provenance {
     let mut resolver = Resolver::default();
     dpkg_md5sums(fs, &mut resolver, &mut out);
     dpkg_conffiles(fs, &mut resolver, &mut out);
+    rpm_files(fs, &mut resolver, &mut out);
+    apk_files(fs, &mut resolver, &mut out);
     out
 }
 
@@ -223,11 +258,175 @@ fn dpkg_conffiles(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Proven
     out.databases.push(DPKG_STATUS.into());
 }
 
+/// The file lists in the headers of each rpm database.
+fn rpm_files(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Provenance) {
+    for db in rpm::sqlite_databases(fs) {
+        let (blobs, mut bad) = match rpm::blobs(fs, &db) {
+            Ok(b) => b,
+            Err(reason) => {
+                out.unread.push(Unread { path: db, reason });
+                continue;
+            }
+        };
+        let mut unchecked: Vec<String> = Vec::new();
+        let mut full = false;
+        for blob in blobs {
+            let Ok(list) = rpm::FileList::parse(&blob) else {
+                bad += 1;
+                continue;
+            };
+            let Some(algorithm) = rpm::algorithm_name(list.algorithm) else {
+                unchecked.push(format!(
+                    "{} (digest algorithm {})",
+                    list.package, list.algorithm
+                ));
+                continue;
+            };
+            for f in list.files {
+                let (Some(digest), Some(path)) = (
+                    Digest::parse(algorithm, &f.digest),
+                    resolver.resolve(fs, &f.path),
+                ) else {
+                    bad += 1;
+                    continue;
+                };
+                let owned = Owned {
+                    package: list.package.clone(),
+                    digest,
+                    conffile: f.config,
+                };
+                full |= !insert(out, path, owned);
+            }
+        }
+        if bad > 0 {
+            out.unread.push(Unread {
+                path: db.clone(),
+                reason: format!("{bad} package header(s) or file entries could not be read"),
+            });
+        }
+        if !unchecked.is_empty() {
+            out.unread.push(Unread {
+                path: db.clone(),
+                reason: format!(
+                    "file digests not checked, in an algorithm amiforge does not compute: {}",
+                    unchecked.join(", ")
+                ),
+            });
+        }
+        if full {
+            out.unread.push(Unread {
+                path: db.clone(),
+                reason: format!("more than {MAX_OWNED_FILES} package files: the rest not kept"),
+            });
+        }
+        out.databases.push(db);
+    }
+}
+
+const APK_INSTALLED: &str = "/lib/apk/db/installed";
+
+/// apk's `installed`: per package (`P:`), directories (`F:`), their files (`R:`) and
+/// each file's checksum (`Z:Q1` and base64 SHA-1, or `Z:Q2` and base64 SHA-256).
+/// apk records no configuration flag: files under /etc are its protected paths, and
+/// count as configuration files. Entries that are symbolic links in the filesystem
+/// (apk records the link's target's checksum) are left out.
+fn apk_files(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Provenance) {
+    use base64::Engine as _;
+    let Ok(data) = fs.read_file(APK_INSTALLED.as_bytes(), DATABASE_LIMIT) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&data);
+    let mut bad = 0usize;
+    let mut full = false;
+    let mut kinds: HashMap<String, HashMap<String, imagefs::FileKind>> = HashMap::new();
+    for stanza in stanzas(&text) {
+        let mut package = String::new();
+        let mut dir = String::new();
+        let mut file: Option<String> = None;
+        for line in stanza {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            match key {
+                "P" => package = value.to_string(),
+                "F" => dir = value.to_string(),
+                "R" => file = Some(value.to_string()),
+                "Z" => {
+                    let Some(name) = file.take() else { continue };
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let digest = match value.get(..2) {
+                        Some("Q1") => b64
+                            .decode(&value[2..])
+                            .ok()
+                            .and_then(|d| d.try_into().ok())
+                            .map(Digest::Sha1),
+                        Some("Q2") => b64
+                            .decode(&value[2..])
+                            .ok()
+                            .and_then(|d| d.try_into().ok())
+                            .map(Digest::Sha256),
+                        _ => None,
+                    };
+                    let path = format!("/{dir}/{name}").replace("//", "/");
+                    let (Some(digest), Some(resolved)) = (digest, resolver.resolve(fs, &path))
+                    else {
+                        bad += 1;
+                        continue;
+                    };
+                    let (parent, base) = resolved.rsplit_once('/').unwrap_or(("", &resolved));
+                    let listing = kinds.entry(parent.to_string()).or_insert_with(|| {
+                        let shown = if parent.is_empty() { "/" } else { parent };
+                        fs.read_dir(shown.as_bytes())
+                            .map(|entries| {
+                                entries
+                                    .into_iter()
+                                    .map(|e| (imagefs::show(&e.name), e.metadata.kind))
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    });
+                    if listing
+                        .get(base)
+                        .is_some_and(|k| *k == imagefs::FileKind::Symlink)
+                    {
+                        continue;
+                    }
+                    let owned = Owned {
+                        package: package.clone(),
+                        digest,
+                        conffile: resolved.starts_with("/etc/"),
+                    };
+                    full |= !insert(out, resolved, owned);
+                }
+                _ => {}
+            }
+        }
+    }
+    if bad > 0 {
+        out.unread.push(Unread {
+            path: APK_INSTALLED.into(),
+            reason: format!("{bad} file checksum(s) could not be read"),
+        });
+    }
+    if full {
+        out.unread.push(Unread {
+            path: APK_INSTALLED.into(),
+            reason: format!("more than {MAX_OWNED_FILES} package files: the rest not kept"),
+        });
+    }
+    out.databases.push(APK_INSTALLED.into());
+}
+
 fn md5_hex(hex: &str) -> Option<[u8; 16]> {
-    if hex.len() != 32 {
+    from_hex(hex)
+}
+
+/// `N` bytes from exactly `2N` hex digits.
+fn from_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    if hex.len() != N * 2 {
         return None;
     }
-    let mut out = [0u8; 16];
+    let mut out = [0u8; N];
     for (i, o) in out.iter_mut().enumerate() {
         *o = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
     }
