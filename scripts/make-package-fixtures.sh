@@ -121,12 +121,17 @@ ln -s ld-musl-x86_64.so.1 "$atree/lib/libc.musl-x86_64.so.1"
 bytes 30000 412 > "$atree/bin/busybox"
 printf 'Welcome to Alpine!\n' > "$atree/etc/motd"
 printf 'alpine\n' > "$atree/etc/hostname"
-q1() { printf 'Q1%s' "$(sha1sum "$1" | cut -d' ' -f1 | xxd -r -p | base64 -w0)"; }
-q1link() { printf 'Q1%s' "$(printf '%s' "$(readlink "$1")" | sha1sum | cut -d' ' -f1 | xxd -r -p | base64 -w0)"; }
+# apk's checksum: "Q1" and the base64 SHA-1 of the file (of a symlink: of its target).
+q1() {
+  python3 -c 'import base64, hashlib, os, sys
+p = sys.argv[1]
+data = os.readlink(p).encode() if os.path.islink(p) else open(p, "rb").read()
+print("Q1" + base64.b64encode(hashlib.sha1(data).digest()).decode(), end="")' "$1"
+}
 {
   printf 'C:Q1AAAAAAAAAAAAAAAAAAAAAAAAAAA=\nP:musl\nV:1.2.4-r2\nA:x86_64\nS:383152\nI:622592\nT:the musl c library\nU:https://musl.libc.org/\nL:MIT\no:musl\nm:Maintainer <m@example.org>\nt:1700000000\nc:0000000000000000000000000000000000000000\n'
   printf 'F:lib\nR:ld-musl-x86_64.so.1\na:0:0:755\nZ:%s\nR:libc.musl-x86_64.so.1\na:0:0:777\nZ:%s\n\n' \
-    "$(q1 "$atree/lib/ld-musl-x86_64.so.1")" "$(q1link "$atree/lib/libc.musl-x86_64.so.1")"
+    "$(q1 "$atree/lib/ld-musl-x86_64.so.1")" "$(q1 "$atree/lib/libc.musl-x86_64.so.1")"
   printf 'C:Q1BBBBBBBBBBBBBBBBBBBBBBBBBBB=\nP:busybox\nV:1.36.1-r5\nA:x86_64\no:busybox\n'
   printf 'F:bin\nR:busybox\na:0:0:755\nZ:%s\n\n' "$(q1 "$atree/bin/busybox")"
   printf 'C:Q1CCCCCCCCCCCCCCCCCCCCCCCCCCC=\nP:alpine-baselayout-data\nV:3.4.3-r1\nA:x86_64\no:alpine-baselayout\n'
