@@ -59,7 +59,8 @@ pub enum AuditFormat {
 /// `amiforge audit` arguments.
 #[derive(clap::Args, Debug)]
 pub struct AuditArgs {
-    /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
+    /// The disk image: raw, qcow2, VMDK, VHD or VHDX; or an EBS snapshot (`snap-…`),
+    /// read in place.
     pub image: PathBuf,
     /// Output format.
     #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
@@ -75,6 +76,8 @@ pub struct AuditArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub vulnerabilities: VulnArgs,
+    #[command(flatten)]
+    pub aws: crate::cli::AwsArgs,
 }
 
 /// Matching the packages against an offline vulnerability database.
@@ -116,7 +119,8 @@ pub enum SbomFormat {
 /// `amiforge sbom` arguments.
 #[derive(clap::Args, Debug)]
 pub struct SbomArgs {
-    /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
+    /// The disk image: raw, qcow2, VMDK, VHD or VHDX; or an EBS snapshot (`snap-…`),
+    /// read in place.
     pub image: PathBuf,
     /// Document format.
     #[arg(long, value_enum, default_value_t = SbomFormat::CyclonedxJson)]
@@ -124,6 +128,8 @@ pub struct SbomArgs {
     /// Write the document here instead of stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub aws: crate::cli::AwsArgs,
 }
 
 /// Loads the configuration, or the defaults.
@@ -162,6 +168,7 @@ fn writer(output: Option<&Path>) -> Result<Box<dyn Write>> {
 pub fn audit_command(args: AuditArgs, show_progress: bool) -> Result<bool> {
     let mut config = load_config(args.config.as_deref())?;
     args.vulnerabilities.apply(&mut config)?;
+    crate::input::configure_aws(args.aws.clone());
     let image = crate::input::image(&args.image)?;
     let report = run(&image, &args.image, &config, show_progress)?;
     let mut out = writer(args.output.as_deref())?;
@@ -376,6 +383,7 @@ fn print_text(out: &mut dyn Write, r: &Report, fail_on: FailOn) -> Result<()> {
 
 /// `amiforge sbom`.
 pub fn sbom_command(args: SbomArgs) -> Result<()> {
+    crate::input::configure_aws(args.aws.clone());
     let image = crate::input::image(&args.image)?;
     let input = sbom::Input::from_image(&image, &args.image.display().to_string())?;
     for u in &input.unread {

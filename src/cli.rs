@@ -58,6 +58,17 @@ pub struct AwsArgs {
 }
 
 impl AwsArgs {
+    /// The settings when no flag is given: the environment and profiles decide.
+    pub fn from_environment() -> Self {
+        Self {
+            region: None,
+            profile: None,
+            endpoint_url: None,
+            attempt_timeout: 60,
+            max_attempts: 10,
+        }
+    }
+
     pub fn retry(&self) -> RetryPolicy {
         RetryPolicy {
             max_attempts: self.max_attempts.max(1),

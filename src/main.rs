@@ -55,15 +55,19 @@ enum Command {
     /// Describe an image: partition table, filesystems, OS, architecture, boot mode,
     /// kernels, EC2 drivers, and everything that could not be examined.
     Inspect {
-        /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
+        /// The disk image: raw, qcow2, VMDK, VHD or VHDX; or an EBS snapshot
+        /// (`snap-…`), read in place.
         image: std::path::PathBuf,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        #[command(flatten)]
+        aws: cli::AwsArgs,
     },
     /// List a directory inside an image, like virt-ls.
     Ls {
-        /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
+        /// The disk image: raw, qcow2, VMDK, VHD or VHDX; or an EBS snapshot
+        /// (`snap-…`), read in place.
         image: std::path::PathBuf,
         /// Directory (or file) inside the image.
         #[arg(default_value = "/")]
@@ -81,10 +85,13 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        #[command(flatten)]
+        aws: cli::AwsArgs,
     },
     /// Print a file from inside an image to stdout, like virt-cat.
     Cat {
-        /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
+        /// The disk image: raw, qcow2, VMDK, VHD or VHDX; or an EBS snapshot
+        /// (`snap-…`), read in place.
         image: std::path::PathBuf,
         /// File inside the image. Symlinks are followed inside the image only.
         path: std::ffi::OsString,
@@ -96,6 +103,8 @@ enum Command {
         /// and the content in base64.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        #[command(flatten)]
+        aws: cli::AwsArgs,
     },
     /// Audit an image before it ships: packages, secrets (in files, compressed files
     /// and unallocated space), hygiene, EC2 boot readiness. Exit 1 when a finding is
@@ -155,7 +164,10 @@ fn main() -> ExitCode {
     let show_progress = !cli.no_progress;
     input::configure(cli.allow_backing);
     let result = match cli.command {
-        Command::Inspect { image, format } => commands::inspect(&image, format),
+        Command::Inspect { image, format, aws } => {
+            input::configure_aws(aws);
+            commands::inspect(&image, format)
+        }
         Command::Ls {
             image,
             path,
@@ -163,13 +175,21 @@ fn main() -> ExitCode {
             recursive,
             partition,
             format,
-        } => commands::ls(&image, &path, long, recursive, partition.as_deref(), format),
+            aws,
+        } => {
+            input::configure_aws(aws);
+            commands::ls(&image, &path, long, recursive, partition.as_deref(), format)
+        }
         Command::Cat {
             image,
             path,
             partition,
             format,
-        } => commands::cat(&image, &path, partition.as_deref(), format),
+            aws,
+        } => {
+            input::configure_aws(aws);
+            commands::cat(&image, &path, partition.as_deref(), format)
+        }
         Command::Audit(args) => match audit::audit_command(args, show_progress) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),

@@ -10,11 +10,11 @@ use std::net::TcpListener;
 
 /// Every command, and whether it calls AWS.
 const COMMANDS: &[(&str, bool)] = &[
-    ("inspect", false),
-    ("ls", false),
-    ("cat", false),
-    ("audit", false),
-    ("sbom", false),
+    ("inspect", true),
+    ("ls", true),
+    ("cat", true),
+    ("audit", true),
+    ("sbom", true),
     ("bundle", false),
     ("bundle verify", false),
     ("bundle extract", false),

@@ -128,6 +128,17 @@ fn a_fixture_image_uploads_to_moto_and_reads_back_identical_with_boto3_and_amifo
             .arg(id),
     );
     assert_eq!(code, Some(0), "{stdout}");
+    // Read in place, the snapshot inspects like the image.
+    let inspect = |cmd: &mut Command| -> Value {
+        let (code, stdout, stderr) = outcome(cmd.args(["--format", "json"]));
+        assert_eq!(code, Some(0), "{stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    };
+    let local = inspect(amiforge().arg("inspect").arg(&image));
+    let remote = inspect(amiforge_at(&moto.endpoint).arg("inspect").arg(id));
+    for key in ["partitions", "os", "boot_mode", "kernels", "architecture"] {
+        assert_eq!(remote[key], local[key], "{key}");
+    }
 }
 
 #[test]

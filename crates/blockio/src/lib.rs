@@ -71,6 +71,19 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A remote source (an EBS snapshot, an object) could not give the bytes: the
+    /// service refused, failed after its retries, or sent data that fails its check.
+    #[error("{name}: reading {len} bytes at offset {offset}: {reason}")]
+    Remote {
+        /// A short name for the source ("snap-0abc").
+        name: String,
+        /// Where the read started.
+        offset: u64,
+        /// How many bytes were asked for.
+        len: usize,
+        /// Why, naming the block or range.
+        reason: String,
+    },
     /// A window was asked for that does not fit inside its parent.
     #[error("window [{offset}, +{len}) does not fit inside a source of {size} bytes")]
     BadWindow {

@@ -557,8 +557,16 @@ pub(crate) async fn get_block(
             )
         }
     };
+    let corrupt = st.config.faults.corrupt_block == Some(index);
     drop(st);
     let checksum = b64(&sha2::Sha256::digest(&data));
+    let data = if corrupt {
+        let mut d = data.to_vec();
+        d[BLOCK_SIZE / 2] ^= 0x01;
+        Bytes::from(d)
+    } else {
+        data
+    };
     (
         StatusCode::OK,
         [

@@ -72,6 +72,9 @@ pub struct Faults {
     /// EC2 actions whose next successful answer is lost: the action takes effect,
     /// then the connection drops (once per action named).
     pub ec2_lose_answer_of: std::collections::BTreeSet<String>,
+    /// GetSnapshotBlock of this block index sends one byte changed, with the
+    /// checksum of the true data: corruption in transit.
+    pub corrupt_block: Option<u64>,
 }
 
 /// Server settings.

@@ -36,7 +36,7 @@ pub struct VerifyOutcome {
 }
 
 /// Every block the snapshot lists, with its token, and its volume size.
-async fn list_all<A: EbsApi>(
+pub(crate) async fn list_all<A: EbsApi>(
     api: &A,
     snapshot_id: &str,
     retry: &RetryPolicy,
@@ -73,7 +73,7 @@ async fn list_all<A: EbsApi>(
 }
 
 /// Fetches one block and checks it against the checksum the service sent.
-async fn fetch<A: EbsApi>(
+pub(crate) async fn fetch<A: EbsApi>(
     api: &A,
     snapshot_id: &str,
     index: u64,

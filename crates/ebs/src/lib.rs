@@ -23,6 +23,7 @@ mod journal;
 mod manifest;
 mod plan;
 mod retry;
+mod source;
 mod upload;
 
 pub use api::{
@@ -34,6 +35,7 @@ pub use journal::{Journal, JournalHeader};
 pub use manifest::{linear_aggregate, Manifest};
 pub use plan::{plan, Plan};
 pub use retry::RetryPolicy;
+pub use source::{SnapshotSource, CACHE_BLOCKS};
 pub use upload::{upload, NoProgress, Progress, UploadOptions, UploadOutcome};
 
 use std::path::PathBuf;

@@ -1,0 +1,163 @@
+//! An EBS snapshot read in place (`snap-…` as the image of inspect, ls, cat, audit and
+//! sbom), from the strict server, which checks every request and injects faults:
+//! the results equal those of the local image the snapshot was uploaded from.
+
+mod common;
+use common::*;
+use ebs_testserver::{start_background, Config, Faults};
+use serde_json::Value;
+use std::path::Path;
+
+fn quiet(faults: Faults) -> Config {
+    Config {
+        completion_delay_ms: 100,
+        faults,
+        ..Default::default()
+    }
+}
+
+fn upload(endpoint: &str, image: &Path) -> String {
+    let (code, stdout, stderr) = outcome(amiforge_at(endpoint).arg("upload").arg(image).args([
+        "--format",
+        "json",
+        "--no-progress",
+    ]));
+    assert_eq!(code, Some(0), "upload failed: {stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    v["snapshot_id"].as_str().unwrap().to_string()
+}
+
+fn json_of(cmd: &mut std::process::Command) -> Value {
+    let (code, stdout, stderr) = outcome(cmd);
+    assert_eq!(code, Some(0), "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// The audit report without what names the input or measures time, and without
+/// the count of unallocated bytes looked at: a snapshot holds whole 512 KiB blocks
+/// where the image file has 4 KiB holes, so more of the same free space is read
+/// (and found empty).
+fn comparable_audit(mut v: Value) -> Value {
+    for key in ["image", "auditors"] {
+        v.as_object_mut().unwrap().remove(key);
+    }
+    v["summary"]
+        .as_object_mut()
+        .unwrap()
+        .remove("unallocated_bytes_scanned");
+    v
+}
+
+#[test]
+fn a_snapshot_reads_in_place_like_the_image_it_was_uploaded_from() {
+    let server = start_background(quiet(Faults::default())).unwrap();
+    let image = fixture("gpt-uefi.img");
+    let id = upload(&server.endpoint(), &image);
+    let before = server
+        .stats()
+        .requests
+        .get("GetSnapshotBlock")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(before, 0);
+
+    let local = json_of(
+        amiforge()
+            .arg("inspect")
+            .arg(&image)
+            .args(["--format", "json"]),
+    );
+    let remote =
+        json_of(amiforge_at(&server.endpoint()).args(["inspect", &id, "--format", "json"]));
+    assert_eq!(remote["partitions"], local["partitions"]);
+    assert_eq!(remote["os"], local["os"]);
+    assert_eq!(remote["boot_mode"], local["boot_mode"]);
+    assert_eq!(remote["kernels"], local["kernels"]);
+    let listed = server.own_blocks(&id).unwrap().len() as u64;
+    let fetched = server.stats().requests["GetSnapshotBlock"];
+    assert!(
+        fetched <= listed,
+        "inspect fetched {fetched} of the {listed} written blocks, each at most once"
+    );
+
+    // ls and cat read files through it.
+    let ls_local = ok(&["ls", image.to_str().unwrap(), "/etc", "--format", "json"]);
+    let (code, ls_remote, stderr) =
+        outcome(amiforge_at(&server.endpoint()).args(["ls", &id, "/etc", "--format", "json"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&ls_local), ls_remote);
+    let cat_local = ok(&["cat", image.to_str().unwrap(), "/etc/hostname"]);
+    let (code, cat_remote, stderr) =
+        outcome(amiforge_at(&server.endpoint()).args(["cat", &id, "/etc/hostname"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&cat_local), cat_remote);
+
+    // The whole audit: the same findings, packages and coverage.
+    let audit_local = json_of(amiforge().arg("audit").arg(&image).args([
+        "--format",
+        "json",
+        "--fail-on",
+        "none",
+    ]));
+    let audit_remote = json_of(amiforge_at(&server.endpoint()).args([
+        "audit",
+        &id,
+        "--format",
+        "json",
+        "--fail-on",
+        "none",
+    ]));
+    assert_eq!(
+        comparable_audit(audit_remote),
+        comparable_audit(audit_local)
+    );
+    assert!(server.stats().rejected.is_empty(), "{:?}", server.stats());
+}
+
+#[test]
+fn throttling_and_server_errors_while_reading_are_retried() {
+    let server = start_background(quiet(Faults::default())).unwrap();
+    let image = fixture("gpt-uefi.img");
+    let id = upload(&server.endpoint(), &image);
+    server.set_faults(Faults {
+        transient_rate: 0.3,
+        slow_ms: 50,
+        ..Default::default()
+    });
+    let local = json_of(
+        amiforge()
+            .arg("inspect")
+            .arg(&image)
+            .args(["--format", "json"]),
+    );
+    let remote =
+        json_of(amiforge_at(&server.endpoint()).args(["inspect", &id, "--format", "json"]));
+    assert_eq!(remote["partitions"], local["partitions"]);
+    assert!(server.stats().faults_injected > 0, "faults were injected");
+}
+
+#[test]
+fn a_block_corrupted_in_transit_is_an_error_naming_the_snapshot_and_block() {
+    let server = start_background(quiet(Faults::default())).unwrap();
+    let id = upload(&server.endpoint(), &fixture("gpt-uefi.img"));
+    server.set_faults(Faults {
+        corrupt_block: Some(0),
+        ..Default::default()
+    });
+    let (code, _, stderr) =
+        outcome(amiforge_at(&server.endpoint()).args(["inspect", &id, "--format", "json"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&id) && stderr.contains("block 0"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_snapshot_that_does_not_exist_is_an_error_naming_it() {
+    let server = start_background(quiet(Faults::default())).unwrap();
+    let (code, _, stderr) =
+        outcome(amiforge_at(&server.endpoint()).args(["inspect", "snap-0123456789abcdef0"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("snap-0123456789abcdef0"), "{stderr}");
+}
