@@ -5,7 +5,8 @@
 //!
 //! An argument of the form `snap-<hex>` that is not a local file is an EBS snapshot,
 //! read in place through the EBS direct APIs (`ebs::SnapshotSource`) with the
-//! command's AWS settings (`configure_aws`).
+//! command's AWS settings (`configure_aws`); an `s3://bucket/key` argument is an
+//! object in S3, read in place with ranged GetObject calls (`awsapi::S3Source`).
 
 use anyhow::{Context, Result};
 use blockio::BlockSource as _;
@@ -18,6 +19,8 @@ static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
 /// Blocks of a snapshot fetched at once when a read misses the cache.
 const SNAPSHOT_READ_AHEAD: usize = 16;
+/// 1 MiB chunks of an S3 object fetched at once when reads go forward.
+const S3_READ_AHEAD: usize = 8;
 
 /// Sets the AWS settings a snapshot source is read with.
 pub fn configure_aws(aws: crate::cli::AwsArgs) {
@@ -34,13 +37,7 @@ pub fn snapshot_id(arg: &Path) -> Option<&str> {
 /// The snapshot `id`, read in place.
 fn snapshot(id: &str) -> Result<Arc<dyn blockio::BlockSource>> {
     let aws = AWS.get_or_init(crate::cli::AwsArgs::from_environment);
-    let runtime = match RUNTIME.get() {
-        Some(r) => r,
-        None => {
-            let built = crate::cli::runtime()?;
-            RUNTIME.get_or_init(|| built)
-        }
-    };
+    let runtime = runtime()?;
     tracing::info!(snapshot = id, "reading the snapshot in place");
     let api = runtime.block_on(aws.ebs_client())?;
     let source = ebs::SnapshotSource::open(
@@ -69,8 +66,25 @@ fn options() -> &'static diskimage::OpenOptions {
     OPTIONS.get_or_init(diskimage::OpenOptions::default)
 }
 
-/// Opens the disk in the image file at `path`, read-only.
+/// Opens the disk in the image file at `path` (or the raw image in the S3 object
+/// `s3://…`), read-only.
 pub fn disk(path: &Path) -> Result<diskimage::Opened> {
+    if let Some(url) = path.to_str().filter(|p| p.starts_with("s3://")) {
+        let source = s3_object(url)?;
+        let size = source.len();
+        return Ok(diskimage::Opened {
+            source,
+            info: diskimage::SourceInfo {
+                format: "raw",
+                subformat: None,
+                file_size: size,
+                virtual_size: size,
+                allocated_bytes: size,
+                backing: Vec::new(),
+                notes: vec!["read in place from S3".into()],
+            },
+        });
+    }
     tracing::info!(image = %path.display(), "opening read-only");
     let opened = diskimage::open(path, options())
         .with_context(|| format!("cannot open {}", path.display()))?;
@@ -83,8 +97,55 @@ pub fn disk(path: &Path) -> Result<diskimage::Opened> {
     Ok(opened)
 }
 
-/// Opens the image file (or snapshot) at `path` for inspection: its partitions probed.
+/// The object `url` names in S3, read in place. Only raw images are read from S3:
+/// the container formats are read from local files.
+fn s3_object(url: &str) -> Result<Arc<dyn blockio::BlockSource>> {
+    let aws = AWS.get_or_init(crate::cli::AwsArgs::from_environment);
+    let runtime = runtime()?;
+    tracing::info!(object = url, "reading the object in place");
+    let config = runtime.block_on(awsapi::load(&aws.options()))?;
+    let source = awsapi::S3Source::open(
+        &config,
+        runtime.handle().clone(),
+        url,
+        None,
+        S3_READ_AHEAD,
+        aws.retry(),
+    )
+    .with_context(|| format!("cannot read {url}"))?;
+    let mut head = [0u8; 512];
+    let n = source.len().min(512) as usize;
+    source.read_exact_at(&mut head[..n], 0)?;
+    let mut tail = [0u8; 512];
+    let has_tail = source.len() >= 1024;
+    if has_tail {
+        source.read_exact_at(&mut tail, source.len() - 512)?;
+    }
+    let format = diskimage::detect(&head[..n], if has_tail { &tail } else { &[] });
+    if format != diskimage::Format::Raw {
+        anyhow::bail!(
+            "{url}: a {format:?} image; from S3 amiforge reads raw images only (copy it locally, or convert it with qemu-img first)"
+        );
+    }
+    Ok(Arc::new(source))
+}
+
+/// The runtime remote sources fetch on, made once.
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    if let Some(r) = RUNTIME.get() {
+        return Ok(r);
+    }
+    let built = crate::cli::runtime()?;
+    Ok(RUNTIME.get_or_init(|| built))
+}
+
+/// Opens the image file (or snapshot, or S3 object) at `path` for inspection: its
+/// partitions probed.
 pub fn image(path: &Path) -> Result<inspect::Image> {
+    if let Some(url) = path.to_str().filter(|p| p.starts_with("s3://")) {
+        return inspect::Image::from_source(s3_object(url)?)
+            .with_context(|| format!("cannot inspect {url}"));
+    }
     if let Some(id) = snapshot_id(path) {
         return inspect::Image::from_source(snapshot(id)?)
             .with_context(|| format!("cannot inspect {id}"));

@@ -153,7 +153,15 @@ pub fn run_upload(
             Some((m, path))
         }
     };
-    let journal_path = ebs::Journal::path_for(&args.image, args.state_dir.as_deref());
+    // An image read in place from S3 has no directory to journal beside: the journal
+    // goes to --state-dir, else the current directory.
+    let remote = args.image.to_str().is_some_and(|p| p.starts_with("s3://"));
+    let state_dir = match (&args.state_dir, remote) {
+        (Some(d), _) => Some(d.clone()),
+        (None, true) => Some(PathBuf::from(".")),
+        (None, false) => None,
+    };
+    let journal_path = ebs::Journal::path_for(&args.image, state_dir.as_deref());
     if let Some(d) = &args.state_dir {
         std::fs::create_dir_all(d)
             .with_context(|| format!("cannot create --state-dir {}", d.display()))?;
@@ -182,6 +190,12 @@ pub fn run_upload(
         poll_interval: Duration::from_secs(2),
         stop: stop.clone(),
         on_started: Box::new(|id| eprintln!("amiforge: snapshot {id} started")),
+        // An object's size is all that is checked on resume (its ETag is not kept).
+        identity: remote.then(|| ebs::ImageIdentity {
+            size: image.len(),
+            mtime_ns: 0,
+            inode: 0,
+        }),
     };
     let result = rt.block_on(async {
         let api = args.aws.ebs_client().await?;

@@ -5,62 +5,7 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// A moto server on a free loopback port, stopped on drop.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-fn venv() -> PathBuf {
-    std::env::var_os("AMIFORGE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/amiforge/venv")
-        })
-}
-
-impl Moto {
-    fn start() -> Self {
-        let server = venv().join("bin/moto_server");
-        assert!(
-            server.exists(),
-            "{} is missing: scripts/install-deps.sh installs moto",
-            server.display()
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::Command;
 
 /// One EC2 call through boto3; its response as JSON.
 pub fn ec2_call(endpoint: &str, region: &str, op: &str, args: Value) -> Value {
@@ -493,4 +438,35 @@ fn uploads_from_qcow2_and_stream_optimized_vmdk_read_back_from_moto_as_the_raw_i
         readback_with_boto3(&moto.endpoint, r["snapshot_id"].as_str().unwrap(), &back);
         assert_same_padded(&raw, &back);
     }
+}
+
+#[test]
+fn an_image_in_s3_uploads_to_a_snapshot_without_touching_local_disk() {
+    let moto = Moto::start();
+    let dir = Scratch::new("moto-s3-upload");
+    let image = fixture("gpt-uefi.img");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/s3_put.py");
+    let o = Command::new(venv().join("bin/python"))
+        .arg(script)
+        .args([&moto.endpoint, "images", "web.img"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (code, stdout, stderr) = outcome(
+        amiforge_at(&moto.endpoint)
+            .args([
+                "upload",
+                "s3://images/web.img",
+                "--format",
+                "json",
+                "--no-progress",
+            ])
+            .env("AMIFORGE_STATE_DIR", dir.path("state")),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let id = r["snapshot_id"].as_str().unwrap();
+    readback_with_boto3(&moto.endpoint, id, &dir.path("boto3.img"));
+    assert_same_padded(&image, &dir.path("boto3.img"));
 }

@@ -9,6 +9,9 @@
 //! way (see [`direct_put`]).
 
 mod direct_put;
+mod s3;
+
+pub use s3::{parse_s3_url, S3Source, S3_CHUNK};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -107,6 +110,7 @@ pub fn classify_code(code: Option<&str>, status: Option<u16>) -> ErrorKind {
         | "ThrottlingException"
         | "Throttling"
         | "RequestLimitExceeded"
+        | "SlowDown"
         | "TooManyRequestsException" => ErrorKind::Throttled,
         "InternalServerException"
         | "InternalError"
@@ -121,8 +125,14 @@ pub fn classify_code(code: Option<&str>, status: Option<u16>) -> ErrorKind {
         | "SignatureDoesNotMatch"
         | "InvalidSignatureException"
         | "ExpiredToken"
-        | "ExpiredTokenException" => ErrorKind::AccessDenied,
-        "ResourceNotFoundException" | "InvalidSnapshot.NotFound" => ErrorKind::NotFound,
+        | "ExpiredTokenException"
+        | "AccessDenied"
+        | "InvalidAccessKeyId" => ErrorKind::AccessDenied,
+        "ResourceNotFoundException"
+        | "InvalidSnapshot.NotFound"
+        | "NoSuchKey"
+        | "NoSuchBucket"
+        | "NoSuchVersion" => ErrorKind::NotFound,
         "ValidationException" | "InvalidParameterValue" | "InvalidParameter" => {
             ErrorKind::Validation
         }
@@ -160,7 +170,7 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     s
 }
 
-fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+pub(crate) fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     err: SdkError<E, aws_smithy_runtime_api_http::HttpResponse>,
 ) -> ApiError {
     let chain = error_chain(&err);

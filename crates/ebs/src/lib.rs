@@ -31,7 +31,7 @@ pub use api::{
     StartedSnapshot,
 };
 pub use download::{download, verify, DownloadOutcome, VerifyOutcome};
-pub use journal::{Journal, JournalHeader};
+pub use journal::{ImageIdentity, Journal, JournalHeader};
 pub use manifest::{linear_aggregate, Manifest};
 pub use plan::{plan, Plan};
 pub use retry::RetryPolicy;

@@ -66,6 +66,9 @@ pub struct UploadOptions {
     pub stop: Arc<AtomicBool>,
     /// Called with the snapshot id the moment it exists.
     pub on_started: Box<dyn Fn(&str) + Send + Sync>,
+    /// The image's identity for the journal, when it is not a local file (an object
+    /// read in place); `None`: the file's size, modification time and inode.
+    pub identity: Option<crate::journal::ImageIdentity>,
 }
 
 /// What an upload did.
@@ -153,7 +156,10 @@ pub async fn upload<A: EbsApi>(
 ) -> Result<UploadOutcome> {
     let started = Instant::now();
     let p = plan(&*image)?;
-    let identity = ImageIdentity::of(image_path)?;
+    let identity = match &opts.identity {
+        Some(id) => id.clone(),
+        None => ImageIdentity::of(image_path)?,
+    };
     let stop = Stop {
         user: opts.stop.clone(),
         fatal: Arc::new(AtomicBool::new(false)),
@@ -853,6 +859,7 @@ mod tests {
             poll_interval: Duration::from_millis(10),
             stop: Arc::new(AtomicBool::new(false)),
             on_started: Box::new(|_| {}),
+            identity: None,
         }
     }
 

@@ -1,0 +1,107 @@
+//! Images read in place from S3 (`s3://bucket/key`), from moto's S3: an independent
+//! implementation of the API, written to with boto3's multipart upload. The results
+//! equal those of the local file.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+
+fn put(moto: &Moto, bucket: &str, key: &str, file: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/s3_put.py");
+    let o = std::process::Command::new(venv().join("bin/python"))
+        .arg(script)
+        .args([&moto.endpoint, bucket, key])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "boto3 put failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn json_of(cmd: &mut std::process::Command) -> (Value, String) {
+    let (code, stdout, stderr) = outcome(cmd);
+    assert_eq!(code, Some(0), "{stderr}");
+    (serde_json::from_str(&stdout).unwrap(), stderr)
+}
+
+#[test]
+fn an_image_in_s3_inspects_and_audits_like_the_local_file() {
+    let moto = Moto::start();
+    let image = fixture("gpt-uefi.img");
+    put(&moto, "images", "nightly/gpt-uefi.img", &image);
+    let url = "s3://images/nightly/gpt-uefi.img";
+
+    let (local, _) = json_of(
+        amiforge()
+            .arg("inspect")
+            .arg(&image)
+            .args(["--format", "json"]),
+    );
+    let (remote, stderr) =
+        json_of(amiforge_at(&moto.endpoint).args(["inspect", url, "--format", "json", "-v"]));
+    for key in ["partitions", "os", "boot_mode", "kernels", "architecture"] {
+        assert_eq!(remote[key], local[key], "{key}");
+    }
+    // Range reads: inspect of a 200 MiB image fetches a few MiB, not the object.
+    let fetched: u64 = stderr
+        .lines()
+        .find_map(|l| l.split("bytes_fetched=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the source reports what it fetched: {stderr}"));
+    assert!(fetched > 0 && fetched < 16 << 20, "fetched {fetched} bytes");
+
+    // The audit, without what names the input or measures time, and without the
+    // count of unallocated bytes looked at: an object has no data map, so all of the
+    // free space is read (and found empty) where the file's holes are skipped.
+    let audit = |cmd: &mut std::process::Command| {
+        let (mut v, _) = json_of(cmd.args(["--format", "json", "--fail-on", "none"]));
+        for key in ["image", "auditors"] {
+            v.as_object_mut().unwrap().remove(key);
+        }
+        v["summary"]
+            .as_object_mut()
+            .unwrap()
+            .remove("unallocated_bytes_scanned");
+        v
+    };
+    assert_eq!(
+        audit(amiforge_at(&moto.endpoint).args(["audit", url])),
+        audit(amiforge().arg("audit").arg(&image))
+    );
+    let (code, stdout, stderr) =
+        outcome(amiforge_at(&moto.endpoint).args(["cat", url, "/etc/hostname"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "fixture-host\n");
+}
+
+#[test]
+fn a_missing_object_stops_at_once_naming_bucket_and_key() {
+    let moto = Moto::start();
+    put(&moto, "images", "present.img", &fixture("gpt-uefi.img"));
+    let (code, _, stderr) =
+        outcome(amiforge_at(&moto.endpoint).args(["inspect", "s3://images/absent.img"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("s3://images/absent.img"), "{stderr}");
+    assert!(!stderr.contains("attempt 2"), "not retried: {stderr}");
+}
+
+#[test]
+fn a_container_image_in_s3_is_refused_with_the_reason() {
+    let moto = Moto::start();
+    let dir = Scratch::new("s3-qcow2");
+    let qcow = dir.path("disk.qcow2");
+    qemu_convert(&fixture("gpt-uefi.img"), &qcow, &["-O", "qcow2"]);
+    put(&moto, "images", "disk.qcow2", &qcow);
+    let (code, _, stderr) =
+        outcome(amiforge_at(&moto.endpoint).args(["inspect", "s3://images/disk.qcow2"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Qcow2") && stderr.contains("raw images only"),
+        "{stderr}"
+    );
+}
