@@ -12,7 +12,6 @@ use crate::classify;
 use blockio::BlockSource;
 use bytes::Bytes;
 use ebs::{ApiError, ApiResult, ErrorKind, RetryPolicy};
-use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -40,30 +39,11 @@ pub struct S3Source {
     size: u64,
     retry: RetryPolicy,
     read_ahead: u64,
-    cache: Mutex<Cache>,
+    cache: Mutex<blockio::PieceCache<Bytes>>,
     last_chunk: AtomicU64,
     window: AtomicU64,
     requests: AtomicU64,
     bytes_fetched: AtomicU64,
-}
-
-#[derive(Default)]
-struct Cache {
-    chunks: HashMap<u64, Bytes>,
-    order: VecDeque<u64>,
-}
-
-impl Cache {
-    fn insert(&mut self, index: u64, data: Bytes) {
-        if self.chunks.insert(index, data).is_none() {
-            self.order.push_back(index);
-        }
-        while self.order.len() > CACHE_CHUNKS {
-            if let Some(old) = self.order.pop_front() {
-                self.chunks.remove(&old);
-            }
-        }
-    }
 }
 
 impl S3Source {
@@ -134,7 +114,7 @@ impl S3Source {
             size,
             retry,
             read_ahead: workers.max(1) as u64,
-            cache: Mutex::new(Cache::default()),
+            cache: Mutex::new(blockio::PieceCache::new(CACHE_CHUNKS)),
             last_chunk: AtomicU64::new(u64::MAX),
             window: AtomicU64::new(1),
             requests: AtomicU64::new(0),
@@ -209,8 +189,8 @@ impl S3Source {
         let last = (self.size.div_ceil(S3_CHUNK)).saturating_sub(1);
         let wanted: Vec<u64> = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = cache.chunks.get(&index) {
-                return Ok(c.clone());
+            if let Some(c) = cache.get(index) {
+                return Ok(c);
             }
             let window = if sequential {
                 (self.window.load(Ordering::Relaxed) * 2).min(self.read_ahead)
@@ -219,9 +199,7 @@ impl S3Source {
             };
             self.window.store(window, Ordering::Relaxed);
             let end = (index + window - 1).min(last);
-            (index..=end)
-                .filter(|i| !cache.chunks.contains_key(i))
-                .collect()
+            (index..=end).filter(|i| !cache.contains(*i)).collect()
         };
         let fetched = self.runtime.block_on(async {
             let calls = wanted.iter().map(|&i| self.get(i));

@@ -99,6 +99,48 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The pieces of a remote source kept in memory: at most `capacity` of them, the
+/// oldest fetched dropped first.
+#[derive(Debug)]
+pub struct PieceCache<T> {
+    pieces: std::collections::HashMap<u64, T>,
+    order: std::collections::VecDeque<u64>,
+    capacity: usize,
+}
+
+impl<T: Clone> PieceCache<T> {
+    /// An empty cache of `capacity` pieces.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            pieces: std::collections::HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Piece `index`, when held.
+    pub fn get(&self, index: u64) -> Option<T> {
+        self.pieces.get(&index).cloned()
+    }
+
+    /// Whether piece `index` is held.
+    pub fn contains(&self, index: u64) -> bool {
+        self.pieces.contains_key(&index)
+    }
+
+    /// Keeps piece `index`, dropping the oldest past the capacity.
+    pub fn insert(&mut self, index: u64, piece: T) {
+        if self.pieces.insert(index, piece).is_none() {
+            self.order.push_back(index);
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.pieces.remove(&old);
+            }
+        }
+    }
+}
+
 /// A positional, read-only, thread-safe byte source.
 pub trait BlockSource: Send + Sync {
     /// Total size in bytes.
@@ -388,6 +430,18 @@ mod tests {
 
     fn mem(n: usize) -> Arc<dyn BlockSource> {
         Arc::new(MemorySource::new((0..n).map(|i| i as u8).collect()))
+    }
+
+    #[test]
+    fn a_piece_cache_keeps_at_most_its_capacity_and_drops_the_oldest() {
+        let mut c = PieceCache::new(2);
+        c.insert(1, "a");
+        c.insert(2, "b");
+        c.insert(1, "a again");
+        assert_eq!(c.get(1), Some("a again"));
+        c.insert(3, "c");
+        assert!(!c.contains(1), "the oldest went first");
+        assert_eq!((c.get(2), c.get(3)), (Some("b"), Some("c")));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::download::{fetch, list_all};
 use crate::{Error, RetryPolicy, BLOCKS_PER_GIB, BLOCK_SIZE, GIB};
 use blockio::BlockSource;
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,27 +27,8 @@ pub struct SnapshotSource<A: EbsApi> {
     size: u64,
     retry: RetryPolicy,
     read_ahead: usize,
-    cache: Mutex<Cache>,
+    cache: Mutex<blockio::PieceCache<Bytes>>,
     fetched: AtomicU64,
-}
-
-#[derive(Default)]
-struct Cache {
-    blocks: HashMap<u64, Bytes>,
-    order: VecDeque<u64>,
-}
-
-impl Cache {
-    fn insert(&mut self, index: u64, data: Bytes) {
-        if self.blocks.insert(index, data).is_none() {
-            self.order.push_back(index);
-        }
-        while self.order.len() > CACHE_BLOCKS {
-            if let Some(old) = self.order.pop_front() {
-                self.blocks.remove(&old);
-            }
-        }
-    }
 }
 
 impl<A: EbsApi> SnapshotSource<A> {
@@ -76,7 +57,7 @@ impl<A: EbsApi> SnapshotSource<A> {
             size: volume_gib * GIB,
             retry,
             read_ahead: workers.max(1),
-            cache: Mutex::new(Cache::default()),
+            cache: Mutex::new(blockio::PieceCache::new(CACHE_BLOCKS)),
             fetched: AtomicU64::new(0),
         })
     }
@@ -98,12 +79,12 @@ impl<A: EbsApi> SnapshotSource<A> {
         }
         let wanted: Vec<(u64, String)> = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(b) = cache.blocks.get(&index) {
-                return Ok(Some(b.clone()));
+            if let Some(b) = cache.get(index) {
+                return Ok(Some(b));
             }
             self.blocks
                 .range(index..)
-                .filter(|(i, _)| !cache.blocks.contains_key(i))
+                .filter(|(i, _)| !cache.contains(**i))
                 .take(self.read_ahead)
                 .map(|(i, t)| (*i, t.clone()))
                 .collect()

@@ -11,20 +11,28 @@ use imagefs::Filesystem;
 /// /var/lib/rpm often links to.
 const DIRS: &[&str] = &["/var/lib/rpm", "/usr/lib/sysimage/rpm"];
 
-pub(crate) fn read(fs: &dyn Filesystem, distro: &Distro, inv: &mut Inventory) {
-    // /var/lib/rpm is often a symlink to /usr/lib/sysimage/rpm: read it once.
-    for sqlite in sqlite_databases(fs) {
-        read_sqlite(fs, &sqlite, distro, inv);
-    }
+/// rpm's directories that exist in `fs`, each once: /var/lib/rpm is often a symlink
+/// to /usr/lib/sysimage/rpm.
+fn distinct_dirs(fs: &dyn Filesystem) -> Vec<&'static str> {
     let mut seen: Vec<Vec<u8>> = Vec::new();
+    let mut out = Vec::new();
     for dir in DIRS {
         let Ok(real) = imagefs::resolve(fs, dir.as_bytes()) else {
             continue;
         };
-        if seen.contains(&real) {
-            continue;
+        if !seen.contains(&real) {
+            seen.push(real);
+            out.push(*dir);
         }
-        seen.push(real);
+    }
+    out
+}
+
+pub(crate) fn read(fs: &dyn Filesystem, distro: &Distro, inv: &mut Inventory) {
+    for sqlite in sqlite_databases(fs) {
+        read_sqlite(fs, &sqlite, distro, inv);
+    }
+    for dir in distinct_dirs(fs) {
         for (file, format) in [("Packages", "BerkeleyDB"), ("Packages.db", "NDB")] {
             let path = format!("{dir}/{file}");
             if exists(fs, &path) {
@@ -67,22 +75,11 @@ fn read_sqlite(fs: &dyn Filesystem, path: &str, distro: &Distro, inv: &mut Inven
 /// The rpm databases of `fs` that amiforge reads: each SQLite file once, however
 /// many of rpm's directories lead to it.
 pub(crate) fn sqlite_databases(fs: &dyn Filesystem) -> Vec<String> {
-    let mut seen: Vec<Vec<u8>> = Vec::new();
-    let mut out = Vec::new();
-    for dir in DIRS {
-        let Ok(real) = imagefs::resolve(fs, dir.as_bytes()) else {
-            continue;
-        };
-        if seen.contains(&real) {
-            continue;
-        }
-        seen.push(real);
-        let sqlite = format!("{dir}/rpmdb.sqlite");
-        if exists(fs, &sqlite) {
-            out.push(sqlite);
-        }
-    }
-    out
+    distinct_dirs(fs)
+        .into_iter()
+        .map(|dir| format!("{dir}/rpmdb.sqlite"))
+        .filter(|sqlite| exists(fs, sqlite))
+        .collect()
 }
 
 /// Every header blob of the SQLite rpmdb at `path` (with its write-ahead log), and
