@@ -530,7 +530,18 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
         report.auditors.push(run);
     }
     if let Some(db) = &config.vulnerabilities.database {
-        vulnerabilities::run(db, config, &inspection, &mut report);
+        // Like every auditor, a panic here is a failed check, not a failed audit.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            vulnerabilities::run(db, config, &inspection, &mut report)
+        }));
+        if ran.is_err() {
+            report.not_examined.push(NotExamined {
+                kind: Gap::Auditor,
+                partition: None,
+                what: "auditor vulnerabilities".into(),
+                reason: "panicked".into(),
+            });
+        }
     }
     report.coverage = volume_coverage(
         image,

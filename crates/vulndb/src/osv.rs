@@ -5,6 +5,9 @@ use crate::version::{compare, Scheme};
 use serde::Deserialize;
 use std::cmp::Ordering;
 
+/// Most events of one range that are evaluated (real ranges hold a handful).
+const MAX_EVENTS: usize = 4096;
+
 /// One advisory.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Record {
@@ -174,7 +177,20 @@ impl Range {
             (false, true) => Ordering::Greater,
             (false, false) => compare(scheme, a, b),
         };
-        events.sort_by(|a, b| cmp(a.0, b.0).then(a.1.cmp(&b.1)));
+        // An insertion sort: the standard sorts may panic when a comparison is not a
+        // total order, and versions written by whoever wrote the record (an invalid
+        // apk version, say) need not order consistently.
+        events.truncate(MAX_EVENTS);
+        for i in 1..events.len() {
+            let mut j = i;
+            while j > 0
+                && cmp(events[j - 1].0, events[j].0).then(events[j - 1].1.cmp(&events[j].1))
+                    == Ordering::Greater
+            {
+                events.swap(j - 1, j);
+                j -= 1;
+            }
+        }
         let mut affected = false;
         for (i, (at, kind)) in events.iter().enumerate() {
             let here = cmp(version, at);
@@ -317,6 +333,29 @@ mod tests {
         assert!(v("2.0"));
         assert!(v("2.3"));
         assert!(!v("2.3.1"));
+    }
+
+    #[test]
+    fn events_with_versions_that_do_not_order_consistently_do_not_panic() {
+        let odd = ["1.0_x", "-r", "~", "1..0", "a", "0", "1.0-rx", "9.9_p", "_"];
+        let events: Vec<String> = odd
+            .iter()
+            .flat_map(|v| {
+                [
+                    format!(r#"{{"introduced":"{v}"}}"#),
+                    format!(r#"{{"fixed":"{v}"}}"#),
+                ]
+            })
+            .collect();
+        let a = affected(&format!(
+            r#"{{"ranges":[{{"type":"ECOSYSTEM","events":[{}]}}]}}"#,
+            events.join(",")
+        ));
+        for v in odd {
+            for scheme in [Scheme::Apk, Scheme::Dpkg, Scheme::Rpm] {
+                let _ = a.verdict(scheme, v);
+            }
+        }
     }
 
     #[test]
