@@ -5,7 +5,8 @@
 //!
 //! An argument of the form `snap-<hex>` that is not a local file is an EBS snapshot,
 //! read in place through the EBS direct APIs (`ebs::SnapshotSource`) with the
-//! command's AWS settings (`configure_aws`); an `s3://bucket/key` argument is an
+//! command's AWS settings (`configure_aws`), and `ami-<hex>` is an AMI, read as its
+//! root snapshot; an `s3://bucket/key` argument is an
 //! object in S3, read in place with ranged GetObject calls (`awsapi::S3Source`).
 
 use anyhow::{Context, Result};
@@ -32,6 +33,25 @@ pub fn snapshot_id(arg: &Path) -> Option<&str> {
     let s = arg.to_str()?;
     let hex = s.strip_prefix("snap-")?;
     (!hex.is_empty() && hex.bytes().all(|c| c.is_ascii_hexdigit()) && !arg.exists()).then_some(s)
+}
+
+/// The image id `arg` names: `ami-` and hex digits, when no such file exists.
+pub fn image_id(arg: &Path) -> Option<&str> {
+    let s = arg.to_str()?;
+    let hex = s.strip_prefix("ami-")?;
+    (!hex.is_empty() && hex.bytes().all(|c| c.is_ascii_hexdigit()) && !arg.exists()).then_some(s)
+}
+
+/// The root snapshot of the AMI `id` (ec2:DescribeImages).
+fn root_snapshot_of(id: &str) -> Result<String> {
+    let aws = AWS.get_or_init(crate::cli::AwsArgs::from_environment);
+    let runtime = runtime()?;
+    let snapshot = runtime.block_on(async {
+        let client = ami::client(&aws.options(), &aws.retry()).await?;
+        Ok::<_, anyhow::Error>(ami::root_snapshot(&client, id).await?)
+    })?;
+    tracing::info!(image = id, snapshot, "reading the image's root snapshot");
+    Ok(snapshot)
 }
 
 /// The snapshot `id`, read in place.
@@ -149,6 +169,11 @@ pub fn image(path: &Path) -> Result<inspect::Image> {
     if let Some(id) = snapshot_id(path) {
         return inspect::Image::from_source(snapshot(id)?)
             .with_context(|| format!("cannot inspect {id}"));
+    }
+    if let Some(id) = image_id(path) {
+        let snap = root_snapshot_of(id)?;
+        return inspect::Image::from_source(snapshot(&snap)?)
+            .with_context(|| format!("cannot inspect {id} (its root snapshot {snap})"));
     }
     inspect::Image::from_opened(disk(path)?)
         .with_context(|| format!("cannot inspect {}", path.display()))

@@ -161,3 +161,34 @@ fn a_snapshot_that_does_not_exist_is_an_error_naming_it() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("snap-0123456789abcdef0"), "{stderr}");
 }
+
+#[test]
+fn an_ami_reads_as_its_root_snapshot() {
+    let server = start_background(quiet(Faults::default())).unwrap();
+    let image = fixture("gpt-uefi.img");
+    let snap = upload(&server.endpoint(), &image);
+    let (code, stdout, stderr) = outcome(
+        amiforge_at(&server.endpoint())
+            .args(["register", "--name", "read-in-place", "--snapshot", &snap])
+            .arg("--image")
+            .arg(&image)
+            .args(["--format", "json"]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let registered: Value = serde_json::from_str(&stdout).unwrap();
+    let ami = registered["image_id"].as_str().unwrap().to_string();
+    let local = json_of(
+        amiforge()
+            .arg("inspect")
+            .arg(&image)
+            .args(["--format", "json"]),
+    );
+    let remote =
+        json_of(amiforge_at(&server.endpoint()).args(["inspect", &ami, "--format", "json"]));
+    assert_eq!(remote["partitions"], local["partitions"]);
+    assert_eq!(remote["os"], local["os"]);
+    let (code, _, stderr) =
+        outcome(amiforge_at(&server.endpoint()).args(["inspect", "ami-0123456789abcdef0"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("ami-0123456789abcdef0"), "{stderr}");
+}
