@@ -37,6 +37,11 @@ pub fn emit<T: Serialize>(format: Format, value: &T, text: impl FnOnce() -> Stri
     }
 }
 
+/// Seconds before one attempt of one call is abandoned, unless --attempt-timeout says.
+const DEFAULT_ATTEMPT_TIMEOUT_SECONDS: u64 = 60;
+/// Attempts per call, unless --max-attempts says.
+const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+
 /// The standard AWS settings every command that talks to AWS takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AwsArgs {
@@ -50,10 +55,10 @@ pub struct AwsArgs {
     #[arg(long)]
     pub endpoint_url: Option<String>,
     /// Seconds before one attempt of one call is abandoned and retried.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    #[arg(long, default_value_t = DEFAULT_ATTEMPT_TIMEOUT_SECONDS, value_name = "SECONDS")]
     pub attempt_timeout: u64,
     /// Attempts per call, the first included.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
 }
 
@@ -64,8 +69,8 @@ impl AwsArgs {
             region: None,
             profile: None,
             endpoint_url: None,
-            attempt_timeout: 60,
-            max_attempts: 10,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT_SECONDS,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
 

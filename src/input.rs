@@ -28,17 +28,11 @@ pub fn configure_aws(aws: crate::cli::AwsArgs) {
     let _ = AWS.set(aws);
 }
 
-/// The snapshot id `arg` names: `snap-` and hex digits, when no such file exists.
-pub fn snapshot_id(arg: &Path) -> Option<&str> {
+/// The AWS resource id `arg` names: `prefix` (`snap-`, `ami-`) and hex digits, when
+/// no such file exists.
+fn aws_id<'a>(arg: &'a Path, prefix: &str) -> Option<&'a str> {
     let s = arg.to_str()?;
-    let hex = s.strip_prefix("snap-")?;
-    (!hex.is_empty() && hex.bytes().all(|c| c.is_ascii_hexdigit()) && !arg.exists()).then_some(s)
-}
-
-/// The image id `arg` names: `ami-` and hex digits, when no such file exists.
-pub fn image_id(arg: &Path) -> Option<&str> {
-    let s = arg.to_str()?;
-    let hex = s.strip_prefix("ami-")?;
+    let hex = s.strip_prefix(prefix)?;
     (!hex.is_empty() && hex.bytes().all(|c| c.is_ascii_hexdigit()) && !arg.exists()).then_some(s)
 }
 
@@ -166,11 +160,11 @@ pub fn image(path: &Path) -> Result<inspect::Image> {
         return inspect::Image::from_source(s3_object(url)?)
             .with_context(|| format!("cannot inspect {url}"));
     }
-    if let Some(id) = snapshot_id(path) {
+    if let Some(id) = aws_id(path, "snap-") {
         return inspect::Image::from_source(snapshot(id)?)
             .with_context(|| format!("cannot inspect {id}"));
     }
-    if let Some(id) = image_id(path) {
+    if let Some(id) = aws_id(path, "ami-") {
         let snap = root_snapshot_of(id)?;
         return inspect::Image::from_source(snapshot(&snap)?)
             .with_context(|| format!("cannot inspect {id} (its root snapshot {snap})"));

@@ -408,26 +408,8 @@ pub async fn find_by_name(
 
 /// The snapshot behind the root device of the image `image_id`.
 pub async fn root_snapshot(client: &aws_sdk_ec2::Client, image_id: &str) -> Result<String> {
-    let out = client
-        .describe_images()
-        .image_ids(image_id)
-        .send()
-        .await
-        .map_err(|e| Error::Api {
-            op: "DescribeImages",
-            resource: image_id.into(),
-            message: sdk_message(&e),
-        })?;
-    let image = out
-        .images()
-        .iter()
-        .find(|i| i.image_id() == Some(image_id))
-        .ok_or_else(|| Error::Api {
-            op: "DescribeImages",
-            resource: image_id.into(),
-            message: "no such image".into(),
-        })?;
-    root_snapshot_of(image).ok_or_else(|| Error::Api {
+    let image = lifecycle::describe(client, image_id).await?;
+    root_snapshot_of(&image).ok_or_else(|| Error::Api {
         op: "DescribeImages",
         resource: image_id.into(),
         message: "the image's root device is not backed by an EBS snapshot".into(),

@@ -224,23 +224,18 @@ impl BlockSource for S3Source {
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> blockio::Result<()> {
-        blockio::check_bounds(|| self.name(), offset, buf.len(), self.size)?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let index = at / S3_CHUNK;
-            let within = (at % S3_CHUNK) as usize;
-            let data = self.chunk(index).map_err(|e| blockio::Error::Remote {
-                name: self.name(),
-                offset,
-                len: buf.len(),
-                reason: format!("chunk at byte {}: {e}", index * S3_CHUNK),
-            })?;
-            let n = (data.len() - within).min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&data[within..within + n]);
-            done += n;
-        }
-        Ok(())
+        blockio::read_pieces(
+            || self.name(),
+            self.size,
+            S3_CHUNK,
+            buf,
+            offset,
+            |i| {
+                self.chunk(i)
+                    .map(Some)
+                    .map_err(|e| format!("chunk at byte {}: {e}", i * S3_CHUNK))
+            },
+        )
     }
 
     fn name(&self) -> String {

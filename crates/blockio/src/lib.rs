@@ -99,6 +99,40 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Fills `buf` with the bytes at `offset` of a source of `size` bytes stored in
+/// pieces of `piece_len` bytes (the last may be shorter): `piece(index)` gives piece
+/// `index`, `None` for one that reads as zeros, or why it cannot be had. What remote
+/// sources (a snapshot's blocks, an object's ranges) share.
+pub fn read_pieces<T: AsRef<[u8]>>(
+    name: impl Fn() -> String,
+    size: u64,
+    piece_len: u64,
+    buf: &mut [u8],
+    offset: u64,
+    piece: impl Fn(u64) -> std::result::Result<Option<T>, String>,
+) -> Result<()> {
+    check_bounds(&name, offset, buf.len(), size)?;
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = offset + done as u64;
+        let index = at / piece_len;
+        let within = (at % piece_len) as usize;
+        let n = (piece_len as usize - within).min(buf.len() - done);
+        let data = piece(index).map_err(|reason| Error::Remote {
+            name: name(),
+            offset,
+            len: buf.len(),
+            reason,
+        })?;
+        match data {
+            Some(d) => buf[done..done + n].copy_from_slice(&d.as_ref()[within..within + n]),
+            None => buf[done..done + n].fill(0),
+        }
+        done += n;
+    }
+    Ok(())
+}
+
 /// The pieces of a remote source kept in memory: at most `capacity` of them, the
 /// oldest fetched dropped first.
 #[derive(Debug)]

@@ -125,25 +125,14 @@ impl<A: EbsApi> BlockSource for SnapshotSource<A> {
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> blockio::Result<()> {
-        blockio::check_bounds(|| self.name(), offset, buf.len(), self.size)?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let index = at / BLOCK_SIZE;
-            let within = (at % BLOCK_SIZE) as usize;
-            let n = (BLOCK_SIZE as usize - within).min(buf.len() - done);
-            match self.block(index).map_err(|e| blockio::Error::Remote {
-                name: self.name(),
-                offset,
-                len: buf.len(),
-                reason: e.to_string(),
-            })? {
-                Some(data) => buf[done..done + n].copy_from_slice(&data[within..within + n]),
-                None => buf[done..done + n].fill(0),
-            }
-            done += n;
-        }
-        Ok(())
+        blockio::read_pieces(
+            || self.name(),
+            self.size,
+            BLOCK_SIZE,
+            buf,
+            offset,
+            |i| self.block(i).map_err(|e| e.to_string()),
+        )
     }
 
     fn data_ranges(&self) -> blockio::Result<Vec<Range<u64>>> {

@@ -184,15 +184,16 @@ fn dpkg_md5sums(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Provenan
                 bad += usize::from(!line.trim().is_empty());
                 continue;
             };
-            let (Some(digest), Some(file)) =
-                (md5_hex(hex), resolver.resolve(fs, &format!("/{file}")))
-            else {
+            let (Some(digest), Some(file)) = (
+                Digest::parse("md5", hex),
+                resolver.resolve(fs, &format!("/{file}")),
+            ) else {
                 bad += 1;
                 continue;
             };
             let owned = Owned {
                 package: package.clone(),
-                digest: Digest::Md5(digest),
+                digest,
                 conffile: false,
             };
             if !insert(out, file, owned) {
@@ -241,7 +242,9 @@ fn dpkg_conffiles(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Proven
             if words.next() == Some("obsolete") {
                 continue;
             }
-            let (Some(digest), Some(file)) = (md5_hex(hex), resolver.resolve(fs, file)) else {
+            let (Some(digest), Some(file)) =
+                (Digest::parse("md5", hex), resolver.resolve(fs, file))
+            else {
                 continue;
             };
             insert(
@@ -249,7 +252,7 @@ fn dpkg_conffiles(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Proven
                 file,
                 Owned {
                     package: package.trim().to_string(),
-                    digest: Digest::Md5(digest),
+                    digest,
                     conffile: true,
                 },
             );
@@ -417,10 +420,6 @@ fn apk_files(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Provenance)
     out.databases.push(APK_INSTALLED.into());
 }
 
-fn md5_hex(hex: &str) -> Option<[u8; 16]> {
-    from_hex(hex)
-}
-
 /// `N` bytes from exactly `2N` hex digits.
 fn from_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
     if hex.len() != N * 2 {
@@ -440,10 +439,13 @@ mod tests {
     #[test]
     fn md5_digests_are_32_hex_digits() {
         assert_eq!(
-            md5_hex("00112233445566778899aabbccddeeff").map(|d| Digest::Md5(d).hex()),
+            Digest::parse("md5", "00112233445566778899aabbccddeeff").map(|d| d.hex()),
             Some("00112233445566778899aabbccddeeff".into())
         );
-        assert_eq!(md5_hex("0011"), None);
-        assert_eq!(md5_hex("zz112233445566778899aabbccddeeff"), None);
+        assert_eq!(Digest::parse("md5", "0011"), None);
+        assert_eq!(
+            Digest::parse("md5", "zz112233445566778899aabbccddeeff"),
+            None
+        );
     }
 }
