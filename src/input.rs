@@ -80,28 +80,18 @@ fn options() -> &'static diskimage::OpenOptions {
     OPTIONS.get_or_init(diskimage::OpenOptions::default)
 }
 
-/// Opens the disk in the image file at `path` (or the raw image in the S3 object
-/// `s3://…`), read-only.
+/// Opens the disk in the image file at `path` (or in the S3 object `s3://…`),
+/// read-only.
 pub fn disk(path: &Path) -> Result<diskimage::Opened> {
-    if let Some(url) = path.to_str().filter(|p| p.starts_with("s3://")) {
-        let source = s3_object(url)?;
-        let size = source.len();
-        return Ok(diskimage::Opened {
-            source,
-            info: diskimage::SourceInfo {
-                format: "raw",
-                subformat: None,
-                file_size: size,
-                virtual_size: size,
-                allocated_bytes: size,
-                backing: Vec::new(),
-                notes: vec!["read in place from S3".into()],
-            },
-        });
-    }
-    tracing::info!(image = %path.display(), "opening read-only");
-    let opened = diskimage::open(path, options())
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let opened = if let Some(url) = path.to_str().filter(|p| p.starts_with("s3://")) {
+        let mut opened = diskimage::open_source(s3_object(url)?)
+            .with_context(|| format!("cannot open {url}"))?;
+        opened.info.notes.push("read in place from S3".into());
+        opened
+    } else {
+        tracing::info!(image = %path.display(), "opening read-only");
+        diskimage::open(path, options()).with_context(|| format!("cannot open {}", path.display()))?
+    };
     tracing::info!(
         format = opened.info.format,
         virtual_size = opened.info.virtual_size,
@@ -111,8 +101,7 @@ pub fn disk(path: &Path) -> Result<diskimage::Opened> {
     Ok(opened)
 }
 
-/// The object `url` names in S3, read in place. Only raw images are read from S3:
-/// the container formats are read from local files.
+/// The object `url` names in S3, read in place.
 fn s3_object(url: &str) -> Result<Arc<dyn blockio::BlockSource>> {
     let aws = AWS.get_or_init(crate::cli::AwsArgs::from_environment);
     let runtime = runtime()?;
@@ -127,20 +116,6 @@ fn s3_object(url: &str) -> Result<Arc<dyn blockio::BlockSource>> {
         aws.retry(),
     )
     .with_context(|| format!("cannot read {url}"))?;
-    let mut head = [0u8; 512];
-    let n = source.len().min(512) as usize;
-    source.read_exact_at(&mut head[..n], 0)?;
-    let mut tail = [0u8; 512];
-    let has_tail = source.len() >= 1024;
-    if has_tail {
-        source.read_exact_at(&mut tail, source.len() - 512)?;
-    }
-    let format = diskimage::detect(&head[..n], if has_tail { &tail } else { &[] });
-    if format != diskimage::Format::Raw {
-        anyhow::bail!(
-            "{url}: a {format:?} image; from S3 amiforge reads raw images only (copy it locally, or convert it with qemu-img first)"
-        );
-    }
     Ok(Arc::new(source))
 }
 
@@ -156,10 +131,6 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
 /// Opens the image file (or snapshot, or S3 object) at `path` for inspection: its
 /// partitions probed.
 pub fn image(path: &Path) -> Result<inspect::Image> {
-    if let Some(url) = path.to_str().filter(|p| p.starts_with("s3://")) {
-        return inspect::Image::from_source(s3_object(url)?)
-            .with_context(|| format!("cannot inspect {url}"));
-    }
     if let Some(id) = aws_id(path, "snap-") {
         return inspect::Image::from_source(snapshot(id)?)
             .with_context(|| format!("cannot inspect {id}"));

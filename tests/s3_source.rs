@@ -80,17 +80,55 @@ fn a_missing_object_stops_at_once_naming_bucket_and_key() {
 }
 
 #[test]
-fn a_container_image_in_s3_is_refused_with_the_reason() {
+fn container_images_in_s3_read_like_the_local_file() {
     let moto = Moto::start();
-    let dir = Scratch::new("s3-qcow2");
-    let qcow = dir.path("disk.qcow2");
-    qemu_convert(&fixture("gpt-uefi.img"), &qcow, &["-O", "qcow2"]);
-    put(&moto, "images", "disk.qcow2", &qcow);
-    let (code, _, stderr) =
-        outcome(amiforge_at(&moto.endpoint).args(["inspect", "s3://images/disk.qcow2"]));
+    let dir = Scratch::new("s3-containers");
+    let raw = fixture("gpt-uefi.img");
+    let (local, _) = json_of(amiforge().arg("inspect").arg(&raw).args(["--format", "json"]));
+    for (name, args) in [
+        ("disk.qcow2", &["-O", "qcow2", "-c"][..]),
+        ("disk.vmdk", &["-O", "vmdk", "-o", "subformat=streamOptimized"][..]),
+        ("disk.vhdx", &["-O", "vhdx"][..]),
+    ] {
+        let file = dir.path(name);
+        qemu_convert(&raw, &file, args);
+        put(&moto, "images", name, &file);
+        let url = format!("s3://images/{name}");
+        let (remote, _) =
+            json_of(amiforge_at(&moto.endpoint).args(["inspect", &url, "--format", "json"]));
+        for key in ["partitions", "os", "boot_mode", "kernels", "architecture"] {
+            assert_eq!(remote[key], local[key], "{name}: {key}");
+        }
+        let (code, stdout, stderr) =
+            outcome(amiforge_at(&moto.endpoint).args(["cat", &url, "/etc/hostname"]));
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        assert_eq!(stdout, "fixture-host\n", "{name}");
+    }
+}
+
+#[test]
+fn an_image_in_s3_naming_a_backing_file_is_refused_with_the_reason() {
+    let moto = Moto::start();
+    let dir = Scratch::new("s3-backing");
+    let base = dir.path("base.qcow2");
+    qemu_convert(&fixture("gpt-uefi.img"), &base, &["-O", "qcow2"]);
+    let child = dir.path("child.qcow2");
+    let o = std::process::Command::new("qemu-img")
+        .args(["create", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(&child)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    put(&moto, "images", "child.qcow2", &child);
+    let (code, _, stderr) = outcome(
+        amiforge_at(&moto.endpoint)
+            .args(["inspect", "s3://images/child.qcow2", "--allow-backing"])
+            .arg(dir.path("")),
+    );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains("Qcow2") && stderr.contains("raw images only"),
+        stderr.contains("s3://images/child.qcow2") && stderr.contains("not a local file"),
         "{stderr}"
     );
 }

@@ -25,7 +25,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use blockio::{BlockSource, FileSource};
+use blockio::BlockSource;
 use serde::Serialize;
 
 mod backing;
@@ -76,6 +76,9 @@ pub enum Error {
         reason: String,
     },
 }
+
+/// The bytes of a container: a local file, or an object read in place.
+pub(crate) type Container = Arc<dyn BlockSource>;
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -165,8 +168,16 @@ pub fn open(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Opened> {
     backing::Chain::new(options).open(path.as_ref())
 }
 
+/// Opens the image whose bytes `container` holds (an object read in place, say),
+/// whatever its format. Nothing outside it is ever opened: an image that names a
+/// backing file or keeps its data in extent files beside it is refused, since
+/// "beside it" means nothing for a remote object.
+pub fn open_source(container: Arc<dyn BlockSource>) -> Result<Opened> {
+    backing::Chain::sealed().open_container(container)
+}
+
 /// Reads the format of an already opened file.
-fn format_of(file: &FileSource) -> Result<Format> {
+fn format_of(file: &dyn BlockSource) -> Result<Format> {
     let len = file.len();
     let mut head = [0u8; SECTOR as usize];
     let n = len.min(SECTOR) as usize;
@@ -185,9 +196,9 @@ pub(crate) struct Site {
 }
 
 impl Site {
-    pub fn new(file: &FileSource, format: &'static str) -> Self {
+    pub fn new(file: &dyn BlockSource, format: &'static str) -> Self {
         Self {
-            path: file.path().to_path_buf(),
+            path: PathBuf::from(file.name()),
             format,
         }
     }
@@ -243,7 +254,7 @@ fn total(ranges: &[Range<u64>]) -> u64 {
 }
 
 /// Raw files: the disk is the file.
-fn raw(file: FileSource) -> Result<Opened> {
+fn raw(file: Container) -> Result<Opened> {
     let ranges = file.data_ranges()?;
     let size = file.len();
     Ok(Opened {
@@ -256,7 +267,7 @@ fn raw(file: FileSource) -> Result<Opened> {
             backing: Vec::new(),
             notes: Vec::new(),
         },
-        source: Arc::new(file),
+        source: file,
     })
 }
 

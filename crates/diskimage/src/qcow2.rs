@@ -12,12 +12,12 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 
-use blockio::{BlockSource, FileSource};
+use blockio::BlockSource;
 
 use crate::backing::{parts, Chain};
 use crate::field::{be32, be64};
 use crate::sparse::{Layout, Mapped, Ranges, Unit};
-use crate::{Opened, Result, Site, MAX_TABLE_BYTES, MAX_VIRTUAL_SIZE};
+use crate::{Container, Opened, Result, Site, MAX_TABLE_BYTES, MAX_VIRTUAL_SIZE};
 
 const FORMAT: &str = "qcow2";
 
@@ -138,7 +138,7 @@ impl Layout for Layout2 {
         }
     }
 
-    fn unpack(&self, file: &FileSource, key: u64) -> blockio::Result<Vec<u8>> {
+    fn unpack(&self, file: &dyn BlockSource, key: u64) -> blockio::Result<Vec<u8>> {
         let (entry, _) = self.entry(key).unwrap_or((0, 0));
         let (offset, len) = self.compressed_extent(entry);
         let mut packed = vec![0u8; len as usize];
@@ -196,8 +196,7 @@ impl Layout for Layout2 {
 }
 
 /// Opens the qcow2 image in `file`.
-pub(crate) fn open(file: FileSource, chain: &mut Chain) -> Result<Opened> {
-    let path = file.path().to_path_buf();
+pub(crate) fn open(file: Container, chain: &mut Chain) -> Result<Opened> {
     let site = Site::new(&file, FORMAT);
     let file_len = file.len();
     let mut h = vec![0u8; (V3_HEADER as u64).min(file_len) as usize];
@@ -384,7 +383,7 @@ pub(crate) fn open(file: FileSource, chain: &mut Chain) -> Result<Opened> {
         let mut name = vec![0u8; backing_len as usize];
         file.read_exact_at(&mut name, backing_offset)?;
         let name = String::from_utf8_lossy(&name).into_owned();
-        Some(parts(chain.backing(&path, &name)?))
+        Some(parts(chain.backing(&*file, &name)?))
     } else {
         None
     };
@@ -470,7 +469,7 @@ fn check_l2(
 /// The opened image, with its data map totalled.
 fn finish(
     site: &Site,
-    file: FileSource,
+    file: Container,
     size: u64,
     layout: Layout2,
     backing: Option<(Arc<dyn BlockSource>, Vec<String>)>,
@@ -482,6 +481,6 @@ fn finish(
         Some((source, chain)) => (Some(source), chain),
         None => (None, Vec::new()),
     };
-    let source = Mapped::new(Arc::new(file), size, layout, under)?;
+    let source = Mapped::new(file, size, layout, under)?;
     site.opened(Arc::new(source), subformat, file_size, chain, notes)
 }

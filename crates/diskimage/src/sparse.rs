@@ -7,7 +7,9 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use blockio::{BlockSource, FileSource};
+use blockio::BlockSource;
+
+use crate::Container;
 
 /// Where one unit of the virtual disk comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +39,7 @@ pub(crate) trait Layout: Send + Sync + 'static {
     fn unit(&self, index: u64) -> Unit;
     /// The bytes of compressed unit `key`. Only layouts that answer
     /// [`Unit::Packed`] have any; for the others this is never called.
-    fn unpack(&self, file: &FileSource, key: u64) -> blockio::Result<Vec<u8>> {
+    fn unpack(&self, file: &dyn BlockSource, key: u64) -> blockio::Result<Vec<u8>> {
         Err(blockio::Error::Corrupt {
             name: file.name(),
             structure: "compressed unit",
@@ -55,7 +57,7 @@ const UNPACKED_CACHE: usize = 32;
 
 /// A virtual disk read through a [`Layout`].
 pub(crate) struct Mapped<L> {
-    file: Arc<FileSource>,
+    file: Container,
     len: u64,
     layout: L,
     backing: Option<Arc<dyn BlockSource>>,
@@ -67,7 +69,7 @@ impl<L: Layout> Mapped<L> {
     /// The disk of `len` bytes that `layout` maps onto `file`, with `backing` under
     /// what the container does not store.
     pub fn new(
-        file: Arc<FileSource>,
+        file: Container,
         len: u64,
         layout: L,
         backing: Option<Arc<dyn BlockSource>>,

@@ -12,11 +12,11 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use blockio::{BlockSource, FileSource, Window};
+use blockio::{BlockSource, Window};
 
 use crate::field::{be32, be64};
 use crate::sparse::{Layout, Mapped, Ranges, Unit};
-use crate::{Opened, Result, Site, MAX_TABLE_BYTES, MAX_VIRTUAL_SIZE};
+use crate::{Container, Opened, Result, Site, MAX_TABLE_BYTES, MAX_VIRTUAL_SIZE};
 
 const FORMAT: &str = "vhd";
 const FOOTER: u64 = 512;
@@ -67,7 +67,7 @@ impl Layout for Blocks {
 }
 
 /// Opens the VHD in `file`.
-pub(crate) fn open(file: FileSource) -> Result<Opened> {
+pub(crate) fn open(file: Container) -> Result<Opened> {
     let site = Site::new(&file, FORMAT);
     let file_len = file.len();
     if file_len < FOOTER {
@@ -110,7 +110,6 @@ pub(crate) fn open(file: FileSource) -> Result<Opened> {
                     format!("a fixed disk of {size} bytes does not fit before the footer"),
                 ));
             }
-            let file: Arc<dyn BlockSource> = Arc::new(file);
             let disk = Window::new(file.clone(), 0, size)?;
             site.opened(
                 Arc::new(disk),
@@ -126,7 +125,7 @@ pub(crate) fn open(file: FileSource) -> Result<Opened> {
     }
 }
 
-fn dynamic(file: FileSource, footer: &[u8], size: u64, site: &Site) -> Result<Opened> {
+fn dynamic(file: Container, footer: &[u8], size: u64, site: &Site) -> Result<Opened> {
     let file_len = file.len();
     let at = be64(footer, 16);
     if at.saturating_add(DYNAMIC_HEADER as u64) > file_len {
@@ -191,7 +190,7 @@ fn dynamic(file: FileSource, footer: &[u8], size: u64, site: &Site) -> Result<Op
     }
     let layout = Blocks { block, bitmap, bat };
     let file_size = file.len();
-    let source = Mapped::new(Arc::new(file), size, layout, None)?;
+    let source = Mapped::new(file, size, layout, None)?;
     site.opened(
         Arc::new(source),
         "dynamic".into(),

@@ -13,11 +13,11 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use blockio::{BlockSource, FileSource};
+use blockio::BlockSource;
 
 use crate::field::{le16, le32, le64};
 use crate::sparse::{Layout, Mapped, Ranges, Unit};
-use crate::{Opened, Result, Site, MAX_TABLE_BYTES, MAX_VIRTUAL_SIZE};
+use crate::{Container, Opened, Result, Site, MAX_TABLE_BYTES, MAX_VIRTUAL_SIZE};
 
 const FORMAT: &str = "vhdx";
 const KIB: u64 = 1024;
@@ -158,7 +158,7 @@ impl Layout for Blocks {
 }
 
 /// Opens the VHDX in `file`.
-pub(crate) fn open(file: FileSource) -> Result<Opened> {
+pub(crate) fn open(file: Container) -> Result<Opened> {
     let site = Site::new(&file, FORMAT);
     let file_len = file.len();
     let fits = |at: u64, len: u64| at.checked_add(len).is_some_and(|end| end <= file_len);
@@ -385,7 +385,7 @@ pub(crate) fn open(file: FileSource) -> Result<Opened> {
         chunk_ratio,
         bat,
     };
-    let source = Mapped::new(Arc::new(file), size, layout, None)?;
+    let source = Mapped::new(file, size, layout, None)?;
     site.opened(
         Arc::new(source),
         if fixed { "fixed" } else { "dynamic" }.into(),

@@ -13,15 +13,15 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::Path;
+
 use std::sync::Arc;
 
-use blockio::{BlockSource, FileSource, Window};
+use blockio::{BlockSource, Window};
 
 use crate::backing::{parts, Chain};
 use crate::field::{le16, le32, le64};
 use crate::sparse::{Layout, Mapped, Ranges, Unit};
-use crate::{Error, Opened, Result, Site, MAX_TABLE_BYTES, MAX_VIRTUAL_SIZE};
+use crate::{Container, Opened, Result, Site, MAX_TABLE_BYTES, MAX_VIRTUAL_SIZE};
 
 const FORMAT: &str = "vmdk";
 /// The first line of a text descriptor.
@@ -78,7 +78,7 @@ impl Layout for Grains {
             s => Unit::Host(s as u64 * SECTOR),
         }
     }
-    fn unpack(&self, file: &FileSource, key: u64) -> blockio::Result<Vec<u8>> {
+    fn unpack(&self, file: &dyn BlockSource, key: u64) -> blockio::Result<Vec<u8>> {
         let at = self.entry(key) as u64 * SECTOR;
         let bad = |reason: String| blockio::Error::Corrupt {
             name: file.name(),
@@ -166,19 +166,18 @@ fn parse_descriptor(text: &str) -> Descriptor {
 }
 
 /// Opens the VMDK in `file`: a sparse extent or a text descriptor.
-pub(crate) fn open(file: FileSource, chain: &mut Chain) -> Result<Opened> {
+pub(crate) fn open(file: Container, chain: &mut Chain) -> Result<Opened> {
     let mut magic = [0u8; 4];
     file.read_exact_at(&mut magic, 0)?;
     if &magic == b"KDMV" {
         sparse(file, chain)
     } else {
-        flat(file)
+        flat(file, chain)
     }
 }
 
-fn sparse(file: FileSource, chain: &mut Chain) -> Result<Opened> {
-    let path = file.path().to_path_buf();
-    let site = Site::new(&file, FORMAT);
+fn sparse(file: Container, chain: &mut Chain) -> Result<Opened> {
+    let site = Site::new(&*file, FORMAT);
     let file_len = file.len();
     if file_len < HEADER as u64 {
         return Err(site.corrupt("header", 0, format!("the file has only {file_len} bytes")));
@@ -334,7 +333,7 @@ fn sparse(file: FileSource, chain: &mut Chain) -> Result<Opened> {
 
     let backing = match (&descriptor.parent_cid, &descriptor.parent_hint) {
         (Some(cid), Some(hint)) if !cid.eq_ignore_ascii_case("ffffffff") => {
-            Some(parts(chain.backing(&path, hint)?))
+            Some(parts(chain.backing(&*file, hint)?))
         }
         _ => None,
     };
@@ -350,7 +349,7 @@ fn sparse(file: FileSource, chain: &mut Chain) -> Result<Opened> {
         Some((s, c)) => (Some(s), c),
         None => (None, Vec::new()),
     };
-    let source = Mapped::new(Arc::new(file), size, layout, under)?;
+    let source = Mapped::new(file, size, layout, under)?;
     site.opened(
         Arc::new(source),
         create_type,
@@ -361,8 +360,7 @@ fn sparse(file: FileSource, chain: &mut Chain) -> Result<Opened> {
 }
 
 /// A text descriptor: monolithicFlat, one FLAT extent beside it.
-fn flat(file: FileSource) -> Result<Opened> {
-    let path = file.path().to_path_buf();
+fn flat(file: Container, chain: &Chain) -> Result<Opened> {
     let site = Site::new(&file, FORMAT);
     if file.len() > MAX_DESCRIPTOR {
         return Err(site.corrupt(
@@ -389,19 +387,7 @@ fn flat(file: FileSource) -> Result<Opened> {
     if kind != "FLAT" {
         return Err(site.unsupported(format!("an extent of type {kind}")));
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let refuse = |reason: String| Error::Backing {
-        path: path.clone(),
-        backing: name.clone(),
-        reason,
-    };
-    // The extent is a file name in the descriptor's directory, nothing else.
-    if Path::new(name).components().count() != 1 || name == ".." || name == "." {
-        return Err(refuse(
-            "a flat extent must be a file beside its descriptor".into(),
-        ));
-    }
-    let extent = FileSource::open(dir.join(name))?;
+    let extent = chain.beside(&*file, name)?;
     let size = sectors.saturating_mul(SECTOR);
     let start = offset.saturating_mul(SECTOR);
     if size > MAX_VIRTUAL_SIZE {
