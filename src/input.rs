@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 static OPTIONS: OnceLock<diskimage::OpenOptions> = OnceLock::new();
+static VERSION_ID: OnceLock<Option<String>> = OnceLock::new();
 static AWS: OnceLock<crate::cli::AwsArgs> = OnceLock::new();
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
@@ -71,9 +72,23 @@ fn snapshot(id: &str) -> Result<Arc<dyn blockio::BlockSource>> {
     Ok(Arc::new(source))
 }
 
-/// Sets how images are opened: the directory backing files may be followed in.
-pub fn configure(allow_backing: Option<PathBuf>) {
+/// Sets how images are opened: the directory backing files may be followed in, and
+/// the version of an S3 object to read.
+pub fn configure(allow_backing: Option<PathBuf>, version_id: Option<String>) {
     let _ = OPTIONS.set(diskimage::OpenOptions { allow_backing });
+    let _ = VERSION_ID.set(version_id);
+}
+
+/// The `--version-id` given, refused for an image that is not in S3.
+fn version_id(path: &Path, in_s3: bool) -> Result<Option<String>> {
+    let version = VERSION_ID.get().cloned().flatten();
+    if version.is_some() && !in_s3 {
+        anyhow::bail!(
+            "--version-id names a version of an s3:// object, and {} is not one",
+            path.display()
+        );
+    }
+    Ok(version)
 }
 
 fn options() -> &'static diskimage::OpenOptions {
@@ -83,14 +98,17 @@ fn options() -> &'static diskimage::OpenOptions {
 /// Opens the disk in the image file at `path` (or in the S3 object `s3://…`),
 /// read-only.
 pub fn disk(path: &Path) -> Result<diskimage::Opened> {
-    let opened = if let Some(url) = path.to_str().filter(|p| p.starts_with("s3://")) {
-        let mut opened = diskimage::open_source(s3_object(url)?)
+    let in_s3 = path.to_str().filter(|p| p.starts_with("s3://"));
+    let version = version_id(path, in_s3.is_some())?;
+    let opened = if let Some(url) = in_s3 {
+        let mut opened = diskimage::open_source(s3_object(url, version)?)
             .with_context(|| format!("cannot open {url}"))?;
         opened.info.notes.push("read in place from S3".into());
         opened
     } else {
         tracing::info!(image = %path.display(), "opening read-only");
-        diskimage::open(path, options()).with_context(|| format!("cannot open {}", path.display()))?
+        diskimage::open(path, options())
+            .with_context(|| format!("cannot open {}", path.display()))?
     };
     tracing::info!(
         format = opened.info.format,
@@ -102,16 +120,20 @@ pub fn disk(path: &Path) -> Result<diskimage::Opened> {
 }
 
 /// The object `url` names in S3, read in place.
-fn s3_object(url: &str) -> Result<Arc<dyn blockio::BlockSource>> {
+fn s3_object(url: &str, version_id: Option<String>) -> Result<Arc<dyn blockio::BlockSource>> {
     let aws = AWS.get_or_init(crate::cli::AwsArgs::from_environment);
     let runtime = runtime()?;
-    tracing::info!(object = url, "reading the object in place");
+    tracing::info!(
+        object = url,
+        version = version_id.as_deref(),
+        "reading the object in place"
+    );
     let config = runtime.block_on(awsapi::load(&aws.options()))?;
     let source = awsapi::S3Source::open(
         &config,
         runtime.handle().clone(),
         url,
-        None,
+        version_id,
         S3_READ_AHEAD,
         aws.retry(),
     )
@@ -131,11 +153,18 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
 /// Opens the image file (or snapshot, or S3 object) at `path` for inspection: its
 /// partitions probed.
 pub fn image(path: &Path) -> Result<inspect::Image> {
+    let remote = |what: &str| -> Result<()> {
+        version_id(path, false)
+            .map(|_| ())
+            .with_context(|| format!("{what} has no versions"))
+    };
     if let Some(id) = aws_id(path, "snap-") {
+        remote("a snapshot")?;
         return inspect::Image::from_source(snapshot(id)?)
             .with_context(|| format!("cannot inspect {id}"));
     }
     if let Some(id) = aws_id(path, "ami-") {
+        remote("an AMI")?;
         let snap = root_snapshot_of(id)?;
         return inspect::Image::from_source(snapshot(&snap)?)
             .with_context(|| format!("cannot inspect {id} (its root snapshot {snap})"));

@@ -46,6 +46,10 @@ struct Cli {
     /// name is any path the image's author chose.
     #[arg(long, global = true, value_name = "DIR")]
     allow_backing: Option<std::path::PathBuf>,
+    /// Read this version of an s3:// image (a bucket with versioning on) instead of
+    /// the current one.
+    #[arg(long, global = true, value_name = "ID")]
+    version_id: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -162,7 +166,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let show_progress = !cli.no_progress;
-    input::configure(cli.allow_backing);
+    input::configure(cli.allow_backing, cli.version_id);
     let result = match cli.command {
         Command::Inspect { image, format, aws } => {
             input::configure_aws(aws);

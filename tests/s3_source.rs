@@ -7,7 +7,8 @@ use common::*;
 use serde_json::Value;
 use std::path::Path;
 
-fn put(moto: &Moto, bucket: &str, key: &str, file: &Path) {
+/// Puts `file` at `key` with boto3, returning the new version's id.
+fn put(moto: &Moto, bucket: &str, key: &str, file: &Path) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/s3_put.py");
     let o = std::process::Command::new(venv().join("bin/python"))
         .arg(script)
@@ -20,6 +21,7 @@ fn put(moto: &Moto, bucket: &str, key: &str, file: &Path) {
         "boto3 put failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
 fn json_of(cmd: &mut std::process::Command) -> (Value, String) {
@@ -69,6 +71,37 @@ fn an_image_in_s3_inspects_and_audits_like_the_local_file() {
 }
 
 #[test]
+fn version_id_reads_an_earlier_version_of_the_object() {
+    let moto = Moto::start();
+    let first = put(&moto, "images", "nightly.img", &fixture("gpt-uefi.img"));
+    put(&moto, "images", "nightly.img", &fixture("gpt-bios.img"));
+    let url = "s3://images/nightly.img";
+    let partitions = |cmd: &mut std::process::Command| {
+        json_of(cmd.args(["--format", "json"])).0["partitions"].clone()
+    };
+    let local_first = partitions(amiforge().arg("inspect").arg(fixture("gpt-uefi.img")));
+    let local_now = partitions(amiforge().arg("inspect").arg(fixture("gpt-bios.img")));
+    assert_ne!(local_first, local_now, "the two versions differ");
+    assert_eq!(
+        partitions(amiforge_at(&moto.endpoint).args(["inspect", url])),
+        local_now
+    );
+    assert_eq!(
+        partitions(amiforge_at(&moto.endpoint).args(["inspect", url, "--version-id", &first])),
+        local_first
+    );
+
+    let (code, _, stderr) = outcome(
+        amiforge()
+            .arg("inspect")
+            .arg(fixture("gpt-uefi.img"))
+            .args(["--version-id", &first]),
+    );
+    assert_eq!(code, Some(2), "a local file has no versions: {stderr}");
+    assert!(stderr.contains("--version-id"), "{stderr}");
+}
+
+#[test]
 fn a_missing_object_stops_at_once_naming_bucket_and_key() {
     let moto = Moto::start();
     put(&moto, "images", "present.img", &fixture("gpt-uefi.img"));
@@ -84,10 +117,18 @@ fn container_images_in_s3_read_like_the_local_file() {
     let moto = Moto::start();
     let dir = Scratch::new("s3-containers");
     let raw = fixture("gpt-uefi.img");
-    let (local, _) = json_of(amiforge().arg("inspect").arg(&raw).args(["--format", "json"]));
+    let (local, _) = json_of(
+        amiforge()
+            .arg("inspect")
+            .arg(&raw)
+            .args(["--format", "json"]),
+    );
     for (name, args) in [
         ("disk.qcow2", &["-O", "qcow2", "-c"][..]),
-        ("disk.vmdk", &["-O", "vmdk", "-o", "subformat=streamOptimized"][..]),
+        (
+            "disk.vmdk",
+            &["-O", "vmdk", "-o", "subformat=streamOptimized"][..],
+        ),
         ("disk.vhdx", &["-O", "vhdx"][..]),
     ] {
         let file = dir.path(name);

@@ -1,5 +1,6 @@
 """Puts a file into a moto S3 bucket with boto3's multipart upload (8 MiB parts),
-creating the bucket: an independent client writes what amiforge reads.
+creating the bucket with versioning on: an independent client writes what amiforge
+reads. Prints the new object's version id.
 
     python s3_put.py ENDPOINT BUCKET KEY FILE
 """
@@ -18,7 +19,11 @@ s3 = boto3.client(
 )
 try:
     s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(
+        Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
 except s3.exceptions.BucketAlreadyOwnedByYou:
     pass
 config = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20)
 s3.upload_file(path, bucket, key, Config=config)
+print(s3.head_object(Bucket=bucket, Key=key)["VersionId"])

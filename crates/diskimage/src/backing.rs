@@ -92,7 +92,8 @@ impl Chain {
         };
         if self.sealed {
             return Err(refuse(
-                "the image is not a local file; backing files are followed only from local files".into(),
+                "the image is not a local file; backing files are followed only from local files"
+                    .into(),
             ));
         }
         let Some(allow) = &self.allow else {
