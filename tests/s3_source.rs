@@ -101,6 +101,88 @@ fn version_id_reads_an_earlier_version_of_the_object() {
     assert!(stderr.contains("--version-id"), "{stderr}");
 }
 
+/// The bytes moto's request log says GetObject calls on `key` asked for: the
+/// length of each Range, or the whole object for a GET without one.
+fn bytes_requested(log: &Path, key: &str, object_size: u64) -> (u64, u64) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let (mut requests, mut bytes) = (0, 0);
+    for line in text.lines() {
+        let entry: Value = serde_json::from_str(line).unwrap();
+        let url = entry["url"].as_str().unwrap_or_default();
+        if entry["method"] != "GET" || !url.split('?').next().unwrap().ends_with(key) {
+            continue;
+        }
+        requests += 1;
+        let headers = entry["headers"].as_object().unwrap();
+        let range = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("range"))
+            .and_then(|(_, v)| v.as_str());
+        bytes += match range.and_then(|r| r.strip_prefix("bytes=")) {
+            Some(r) => {
+                let (a, b) = r.split_once('-').unwrap();
+                let a: u64 = a.parse().unwrap();
+                let b: u64 = b
+                    .parse::<u64>()
+                    .unwrap_or(object_size - 1)
+                    .min(object_size - 1);
+                b + 1 - a
+            }
+            None => object_size,
+        };
+    }
+    (requests, bytes)
+}
+
+#[test]
+fn inspect_of_a_4_gib_image_in_s3_fetches_less_than_16_mib_by_the_servers_log() {
+    let dir = Scratch::new("s3-4gib");
+    let log = dir.path("requests.jsonl");
+    let moto = Moto::start_recording_to(&log);
+    let image = dir.path("big.img");
+    let size: u64 = 4 << 30;
+    std::fs::copy(fixture("gpt-uefi.img"), &image).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    // The backup GPT moves to the new end of the disk.
+    let o = std::process::Command::new("sgdisk")
+        .arg("-e")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    put(&moto, "images", "big.img", &image);
+
+    moto.record(true);
+    let (remote, _) = json_of(amiforge_at(&moto.endpoint).args([
+        "inspect",
+        "s3://images/big.img",
+        "--format",
+        "json",
+    ]));
+    moto.record(false);
+    let (local, _) = json_of(
+        amiforge()
+            .arg("inspect")
+            .arg(&image)
+            .args(["--format", "json"]),
+    );
+    assert_eq!(remote["partitions"], local["partitions"]);
+    assert_eq!(remote["os"], local["os"]);
+
+    let (requests, bytes) = bytes_requested(&log, "big.img", size);
+    eprintln!("inspect: {requests} GetObject calls, {bytes} bytes");
+    assert!(requests > 0, "the log recorded the GetObject calls");
+    assert!(
+        bytes < 16 << 20,
+        "{requests} GetObject calls asked for {bytes} bytes of a {size}-byte object"
+    );
+}
+
 #[test]
 fn a_missing_object_stops_at_once_naming_bucket_and_key() {
     let moto = Moto::start();

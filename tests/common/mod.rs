@@ -338,6 +338,36 @@ pub fn venv() -> PathBuf {
 
 impl Moto {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A moto server whose request recorder writes to `log` once
+    /// [`Moto::record`] turns it on: moto's own log of every request it served,
+    /// headers included.
+    pub fn start_recording_to(log: &Path) -> Self {
+        Self::start_with(&[("MOTO_RECORDER_FILEPATH", log.as_os_str())])
+    }
+
+    /// Turns moto's request recorder on or off.
+    pub fn record(&self, on: bool) {
+        let action = if on {
+            "start-recording"
+        } else {
+            "stop-recording"
+        };
+        let url = format!("{}/moto-api/recorder/{action}", self.endpoint);
+        let o = Command::new(venv().join("bin/python"))
+            .args([
+                "-c",
+                "import sys, urllib.request; urllib.request.urlopen(urllib.request.Request(sys.argv[1], method='POST'))",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    fn start_with(env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let server = venv().join("bin/moto_server");
         assert!(
             server.exists(),
@@ -352,6 +382,7 @@ impl Moto {
         let child = Command::new(server)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
