@@ -1,7 +1,7 @@
 //! `amiforge audit` and `amiforge sbom`.
 
 use crate::progress::Reporter;
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use audit::{Config, Report, Severity};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -155,15 +155,6 @@ pub fn run(
     Ok(report)
 }
 
-fn writer(output: Option<&Path>) -> Result<Box<dyn Write>> {
-    Ok(match output {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    })
-}
-
 /// Returns false when the gate failed (exit 1).
 pub fn audit_command(args: AuditArgs, show_progress: bool) -> Result<bool> {
     let mut config = load_config(args.config.as_deref())?;
@@ -171,7 +162,7 @@ pub fn audit_command(args: AuditArgs, show_progress: bool) -> Result<bool> {
     crate::input::configure_aws(args.aws.clone());
     let image = crate::input::image(&args.image)?;
     let report = run(&image, &args.image, &config, show_progress)?;
-    let mut out = writer(args.output.as_deref())?;
+    let mut out = Vec::new();
     match args.format {
         AuditFormat::Json => {
             serde_json::to_writer_pretty(&mut out, &report)?;
@@ -183,7 +174,7 @@ pub fn audit_command(args: AuditArgs, show_progress: bool) -> Result<bool> {
         }
         AuditFormat::Text => print_text(&mut out, &report, args.fail_on)?,
     }
-    out.flush()?;
+    crate::objects::deliver(args.output.as_deref(), &out, &args.image)?;
     let failing = report.failing(args.fail_on.threshold()).len();
     if failing > 0 {
         eprintln!(
@@ -393,9 +384,8 @@ pub fn sbom_command(args: SbomArgs) -> Result<()> {
         SbomFormat::CyclonedxJson => sbom::cyclonedx(&input),
         SbomFormat::SpdxJson => sbom::spdx(&input),
     };
-    let mut out = writer(args.output.as_deref())?;
-    serde_json::to_writer_pretty(&mut out, &doc)?;
-    writeln!(out)?;
-    out.flush()?;
+    let mut out = serde_json::to_vec_pretty(&doc)?;
+    out.push(b'\n');
+    crate::objects::deliver(args.output.as_deref(), &out, &args.image)?;
     Ok(())
 }

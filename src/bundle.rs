@@ -24,7 +24,8 @@ pub enum BundleCommand {
     /// Check every block's hash, the aggregate, the bundled files and (with
     /// --public-key) the signature. Exit 2 on any mismatch, naming it.
     Verify {
-        /// The bundle directory.
+        /// The bundle directory, or the S3 prefix it was written to
+        /// (`s3://bucket/prefix/`), read in place.
         bundle: PathBuf,
         /// ed25519 public key (PEM) to check the signature with.
         #[arg(long)]
@@ -35,16 +36,20 @@ pub enum BundleCommand {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        #[command(flatten)]
+        aws: crate::cli::AwsArgs,
     },
     /// Write the raw image back, as a sparse file.
     Extract {
-        /// The bundle directory.
+        /// The bundle directory, or its S3 prefix.
         bundle: PathBuf,
         /// The image file to write.
         out: PathBuf,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        #[command(flatten)]
+        aws: crate::cli::AwsArgs,
     },
 }
 
@@ -54,7 +59,9 @@ pub struct CreateArgs {
     /// The disk image: raw, qcow2, VMDK, VHD or VHDX.
     #[arg(required = true)]
     pub image: Option<PathBuf>,
-    /// The bundle directory to create.
+    /// The bundle directory to create, or an S3 prefix (`s3://bucket/prefix/`) to
+    /// write the bundle's files under as objects (made in a local staging directory
+    /// first, under TMPDIR).
     #[arg(long, required = true)]
     pub out: Option<PathBuf>,
     /// Bundle name; also the AMI name when it is published (default: the image's file
@@ -78,6 +85,8 @@ pub struct CreateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    #[command(flatten)]
+    pub aws: crate::cli::AwsArgs,
 }
 
 /// Returns false when the audit gate failed (exit 1).
@@ -88,20 +97,26 @@ pub fn run(args: BundleArgs, show_progress: bool) -> Result<bool> {
             public_key,
             expect_manifest_sha256,
             format,
-        }) => verify(
-            &bundle,
-            public_key.as_deref(),
-            expect_manifest_sha256.as_deref(),
-            format,
-            show_progress,
-        )
-        .map(|_| true),
+            aws,
+        }) => {
+            crate::input::configure_aws(aws);
+            verify(
+                &bundle,
+                public_key.as_deref(),
+                expect_manifest_sha256.as_deref(),
+                format,
+                show_progress,
+            )
+            .map(|_| true)
+        }
         Some(BundleCommand::Extract {
             bundle,
             out,
             format,
+            aws,
         }) => {
-            let b = bundle::Bundle::open(&bundle)?;
+            crate::input::configure_aws(aws);
+            let b = crate::bundled::open(&bundle)?;
             let progress = Reporter::new(show_progress, "blocks");
             let size = b.extract(&out, &*progress)?;
             progress.finish();
@@ -119,7 +134,13 @@ fn create(args: CreateArgs, show_progress: bool) -> Result<bool> {
     let (Some(image), Some(out)) = (args.image, args.out) else {
         bail!("bundle needs an IMAGE and --out DIR");
     };
-    if out.exists() {
+    crate::input::configure_aws(args.aws.clone());
+    let in_s3 = crate::objects::s3_url(&out).map(str::to_string);
+    if let Some(url) = &in_s3 {
+        if crate::objects::is_bundle_in_s3(url) {
+            bail!("{url} holds a bundle already: bundles are written to a new prefix");
+        }
+    } else if out.exists() {
         bail!(
             "{} exists: bundles are written to a new directory",
             out.display()
@@ -180,15 +201,32 @@ fn create(args: CreateArgs, show_progress: bool) -> Result<bool> {
     }
     // 3. The blocks.
     let progress = Reporter::new(show_progress, "blocks");
-    let created = bundle::create(
+    let staging = match &in_s3 {
+        Some(_) => Some(
+            tempfile::Builder::new()
+                .prefix("amiforge-bundle-")
+                .tempdir()
+                .context("cannot make a staging directory for the bundle")?,
+        ),
+        None => None,
+    };
+    let dir = match &staging {
+        Some(t) => t.path().join("bundle"),
+        None => out.clone(),
+    };
+    let mut created = bundle::create(
         &**opened.source(),
-        &out,
+        &dir,
         &name,
         &files,
         key.as_ref(),
         &*progress,
     )?;
     progress.finish();
+    if let Some(url) = &in_s3 {
+        crate::objects::put_bundle(&dir, url, &created)?;
+        created.path = out.clone();
+    }
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&created)?),
         Format::Text => {

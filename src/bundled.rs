@@ -22,7 +22,7 @@ pub fn open_and_verify(
     public_key: Option<&Path>,
     show_progress: bool,
 ) -> Result<(bundle::Bundle, bundle::Verified)> {
-    let b = bundle::Bundle::open(path)?;
+    let b = open(path)?;
     let key = public_key.map(bundle::load_verifying_key).transpose()?;
     let progress = Reporter::new(show_progress, "blocks verified");
     let v = b.verify(key.as_ref(), &*progress);
@@ -50,9 +50,20 @@ pub fn open_verified(
     Ok(b)
 }
 
-/// Whether `path` is a bundle directory.
+/// Opens the bundle at `path`: a directory, or an `s3://bucket/prefix`.
+pub fn open(path: &Path) -> Result<bundle::Bundle> {
+    Ok(match crate::objects::s3_url(path) {
+        Some(url) => bundle::Bundle::open_in(Box::new(crate::objects::S3Store::new(url)?))?,
+        None => bundle::Bundle::open(path)?,
+    })
+}
+
+/// Whether `path` is a bundle: a directory, or an S3 prefix, holding a manifest.
 pub fn is_bundle(path: &Path) -> bool {
-    path.is_dir() && path.join(bundle::MANIFEST).is_file()
+    match crate::objects::s3_url(path) {
+        Some(url) => crate::objects::is_bundle_in_s3(url),
+        None => path.is_dir() && path.join(bundle::MANIFEST).is_file(),
+    }
 }
 
 /// The bundled audit's findings at or above `fail_on`: (severity, rule, path).

@@ -121,24 +121,35 @@ pub fn disk(path: &Path) -> Result<diskimage::Opened> {
 
 /// The object `url` names in S3, read in place.
 fn s3_object(url: &str, version_id: Option<String>) -> Result<Arc<dyn blockio::BlockSource>> {
-    let aws = AWS.get_or_init(crate::cli::AwsArgs::from_environment);
-    let runtime = runtime()?;
+    let (config, runtime, retry) = aws_config()?;
     tracing::info!(
         object = url,
         version = version_id.as_deref(),
         "reading the object in place"
     );
-    let config = runtime.block_on(awsapi::load(&aws.options()))?;
     let source = awsapi::S3Source::open(
         &config,
         runtime.handle().clone(),
         url,
         version_id,
         S3_READ_AHEAD,
-        aws.retry(),
+        retry,
     )
     .with_context(|| format!("cannot read {url}"))?;
     Ok(Arc::new(source))
+}
+
+/// The AWS configuration, runtime and retry policy of the command's AWS settings,
+/// for what reads or writes S3 objects.
+pub fn aws_config() -> Result<(
+    awsapi::SdkConfig,
+    &'static tokio::runtime::Runtime,
+    ebs::RetryPolicy,
+)> {
+    let aws = AWS.get_or_init(crate::cli::AwsArgs::from_environment);
+    let runtime = runtime()?;
+    let config = runtime.block_on(awsapi::load(&aws.options()))?;
+    Ok((config, runtime, aws.retry()))
 }
 
 /// The runtime remote sources fetch on, made once.

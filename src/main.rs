@@ -13,6 +13,7 @@ mod cli;
 mod commands;
 mod input;
 mod lifecycle;
+mod objects;
 mod progress;
 mod publish;
 mod spec;
@@ -205,7 +206,10 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
             Err(e) => Err(e),
         },
-        Command::Upload(args) => transfer::upload(args, show_progress),
+        Command::Upload(args) => {
+            input::configure_aws(args.aws.clone());
+            transfer::upload(args, show_progress)
+        }
         Command::Download(args) => transfer::download(args, show_progress),
         Command::Verify(args) => match transfer::verify(args, show_progress) {
             Ok(true) => Ok(()),
@@ -213,11 +217,14 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Register(args) => publish::register(args),
-        Command::Publish(args) => match publish::publish(args, show_progress) {
-            Ok(true) => Ok(()),
-            Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
-            Err(e) => Err(e),
-        },
+        Command::Publish(args) => {
+            input::configure_aws(args.upload.aws.clone());
+            match publish::publish(args, show_progress) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
+                Err(e) => Err(e),
+            }
+        }
         Command::Ami(cmd) => lifecycle::run(cmd, show_progress),
         Command::Vulndb(cmd) => advisories::run(cmd),
         Command::Completions { shell, format } => completions(shell, format),

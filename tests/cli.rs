@@ -8,16 +8,16 @@ use common::{amiforge, fixture, Scratch};
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 
-/// Every command, and whether it calls AWS.
+/// Every command, and whether it may call AWS (an image, bundle or output in AWS).
 const COMMANDS: &[(&str, bool)] = &[
     ("inspect", true),
     ("ls", true),
     ("cat", true),
     ("audit", true),
     ("sbom", true),
-    ("bundle", false),
-    ("bundle verify", false),
-    ("bundle extract", false),
+    ("bundle", true),
+    ("bundle verify", true),
+    ("bundle extract", true),
     ("upload", true),
     ("download", true),
     ("verify", true),

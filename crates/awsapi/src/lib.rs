@@ -11,11 +11,16 @@
 mod direct_put;
 mod s3;
 
-pub use s3::{parse_s3_url, S3Source, S3_CHUNK};
+pub use aws_config::SdkConfig;
+pub use aws_sdk_s3::Client as S3Client;
+pub use s3::{
+    client as s3_client, parse_s3_url, put_bytes, put_file, ObjectTarget, S3Source, PART_SIZE,
+    S3_CHUNK,
+};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ebs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Tag};

@@ -28,6 +28,18 @@ pub fn parse_s3_url(url: &str) -> Option<(String, String)> {
     (!bucket.is_empty() && !key.is_empty()).then(|| (bucket.to_string(), key.to_string()))
 }
 
+/// The S3 client for `config`. Path-style addressing is used when an endpoint URL
+/// is configured (test servers, S3-compatible stores).
+pub fn client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let path_style =
+        config.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(path_style)
+            .build(),
+    )
+}
+
 /// An S3 object as a byte source.
 pub struct S3Source {
     client: aws_sdk_s3::Client,
@@ -65,13 +77,7 @@ impl S3Source {
                 format!("{url}: not an s3://bucket/key URL"),
             )
         })?;
-        let path_style =
-            config.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
-        let client = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(config)
-                .force_path_style(path_style)
-                .build(),
-        );
+        let client = client(config);
         let head = runtime.block_on(async {
             let (r, _) = retry
                 .run(None, &|| false, || async {
@@ -252,4 +258,189 @@ impl Drop for S3Source {
             "done reading"
         );
     }
+}
+
+/// The largest object written with one PutObject, and the size of each part of a
+/// multipart upload above it: 16 MiB bounds the memory one upload holds, and 10,000
+/// parts (S3's limit) of it reach 160 GiB.
+pub const PART_SIZE: u64 = 16 << 20;
+
+/// S3's limit on the parts of one multipart upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// Where an object is written: its URL, and the user metadata it carries
+/// (`x-amz-meta-…`).
+pub struct ObjectTarget {
+    /// `s3://bucket/key`.
+    pub url: String,
+    /// User metadata, name to value.
+    pub metadata: Vec<(String, String)>,
+}
+
+impl ObjectTarget {
+    fn parts(&self) -> ApiResult<(String, String)> {
+        parse_s3_url(&self.url).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Validation,
+                None,
+                format!("{}: not an s3://bucket/key URL", self.url),
+            )
+        })
+    }
+
+    fn metadata(&self) -> Option<std::collections::HashMap<String, String>> {
+        (!self.metadata.is_empty()).then(|| self.metadata.iter().cloned().collect())
+    }
+
+    fn named(&self, call: &str) -> impl Fn(ApiError) -> ApiError + '_ {
+        let call = call.to_string();
+        move |e| {
+            ApiError::new(
+                e.kind,
+                e.code.as_deref(),
+                format!("{}: {call}: {}", self.url, e.message),
+            )
+        }
+    }
+}
+
+/// Writes `bytes` to `target` with one PutObject carrying their SHA-256
+/// (`x-amz-checksum-sha256`), which S3 checks before it stores the object.
+pub async fn put_bytes(
+    client: &aws_sdk_s3::Client,
+    target: &ObjectTarget,
+    bytes: Bytes,
+    retry: &RetryPolicy,
+) -> ApiResult<()> {
+    let (bucket, key) = target.parts()?;
+    let checksum = ebs::block_checksum(&bytes);
+    let (r, _) = retry
+        .run(None, &|| false, || async {
+            client
+                .put_object()
+                .bucket(&bucket)
+                .key(&key)
+                .set_metadata(target.metadata())
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+                .checksum_sha256(&checksum)
+                .body(bytes.clone().into())
+                .send()
+                .await
+                .map_err(classify)
+        })
+        .await;
+    r.map(|_| ()).map_err(target.named("PutObject"))
+}
+
+/// Writes the file at `path` to `target`: one PutObject up to [`PART_SIZE`], else a
+/// multipart upload of [`PART_SIZE`] parts, each sent with its SHA-256 so S3 checks
+/// every part on arrival. A multipart upload that fails is aborted, leaving no
+/// parts behind.
+pub async fn put_file(
+    client: &aws_sdk_s3::Client,
+    target: &ObjectTarget,
+    path: &std::path::Path,
+    retry: &RetryPolicy,
+) -> ApiResult<()> {
+    use std::os::unix::fs::FileExt;
+    let local = |e: std::io::Error| {
+        ApiError::new(ErrorKind::Other, None, format!("{}: {e}", path.display()))
+    };
+    let file = std::fs::File::open(path).map_err(local)?;
+    let size = file.metadata().map_err(local)?.len();
+    let read = |offset: u64| -> ApiResult<Bytes> {
+        let mut buf = vec![0u8; (size - offset).min(PART_SIZE) as usize];
+        file.read_exact_at(&mut buf, offset).map_err(local)?;
+        Ok(Bytes::from(buf))
+    };
+    if size <= PART_SIZE {
+        return put_bytes(client, target, read(0)?, retry).await;
+    }
+    if size.div_ceil(PART_SIZE) > MAX_PARTS {
+        return Err(ApiError::new(
+            ErrorKind::Validation,
+            None,
+            format!(
+                "{}: {size} bytes is more than {MAX_PARTS} parts of {PART_SIZE} bytes",
+                path.display()
+            ),
+        ));
+    }
+    let (bucket, key) = target.parts()?;
+    let (r, _) = retry
+        .run(None, &|| false, || async {
+            client
+                .create_multipart_upload()
+                .bucket(&bucket)
+                .key(&key)
+                .set_metadata(target.metadata())
+                .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+                .send()
+                .await
+                .map_err(classify)
+        })
+        .await;
+    let created = r.map_err(target.named("CreateMultipartUpload"))?;
+    let upload_id = created.upload_id().unwrap_or_default().to_string();
+    let sent = async {
+        let mut parts = Vec::new();
+        for (n, offset) in (0..size).step_by(PART_SIZE as usize).enumerate() {
+            let number = n as i32 + 1;
+            let data = read(offset)?;
+            let checksum = ebs::block_checksum(&data);
+            let (r, _) = retry
+                .run(None, &|| false, || async {
+                    client
+                        .upload_part()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .upload_id(&upload_id)
+                        .part_number(number)
+                        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+                        .checksum_sha256(&checksum)
+                        .body(data.clone().into())
+                        .send()
+                        .await
+                        .map_err(classify)
+                })
+                .await;
+            let part = r.map_err(target.named(&format!("UploadPart {number}")))?;
+            parts.push(
+                aws_sdk_s3::types::CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_string))
+                    .checksum_sha256(checksum)
+                    .build(),
+            );
+        }
+        let completed = aws_sdk_s3::types::CompletedMultipartUpload::builder()
+            .set_parts(Some(parts))
+            .build();
+        let (r, _) = retry
+            .run(None, &|| false, || async {
+                client
+                    .complete_multipart_upload()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(completed.clone())
+                    .send()
+                    .await
+                    .map_err(classify)
+            })
+            .await;
+        r.map(|_| ())
+            .map_err(target.named("CompleteMultipartUpload"))
+    };
+    let result = sent.await;
+    if result.is_err() {
+        let _ = client
+            .abort_multipart_upload()
+            .bucket(&bucket)
+            .key(&key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
+    }
+    result
 }

@@ -14,6 +14,10 @@
 //!
 //! The SHA-256 of `manifest.json` covers everything: it is printed when the bundle is
 //! made, to be compared out of band, and it is what the signature signs.
+//!
+//! A bundle is written to a directory; it is read from any [`Store`] that hands back
+//! its files as byte sources: a [`Directory`], or (in the binary) S3 objects under
+//! one prefix, read in place.
 
 mod source;
 
@@ -29,6 +33,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The format this crate writes and reads.
 pub const FORMAT: &str = "amiforge-bundle";
@@ -206,6 +211,8 @@ pub struct Created {
     pub data_bytes: u64,
     /// Size of `blocks.zst`.
     pub compressed_bytes: u64,
+    /// The LINEAR aggregate of the image's blocks: the checksum its snapshot gets.
+    pub aggregate: String,
     /// Whether the manifest was signed.
     pub signed: bool,
 }
@@ -305,19 +312,66 @@ pub fn create(
         image_blocks: plan.image_blocks,
         data_bytes,
         compressed_bytes: offset,
+        aggregate: manifest.aggregate.clone(),
         signed: key.is_some(),
     })
+}
+
+/// Where a bundle's files are kept.
+pub trait Store: Send + Sync {
+    /// Where that is, for messages: a directory, an S3 prefix.
+    fn location(&self) -> String;
+    /// The file `name`, or `None` when the bundle has no such file.
+    fn open(&self, name: &str)
+        -> std::result::Result<Option<Arc<dyn BlockSource>>, blockio::Error>;
+}
+
+/// A bundle directory on local disk.
+pub struct Directory(pub PathBuf);
+
+impl Store for Directory {
+    fn location(&self) -> String {
+        self.0.display().to_string()
+    }
+
+    fn open(
+        &self,
+        name: &str,
+    ) -> std::result::Result<Option<Arc<dyn BlockSource>>, blockio::Error> {
+        let path = self.0.join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(blockio::FileSource::open(path)?)))
+    }
 }
 
 /// An opened bundle. Opening checks the manifest's shape; [`Bundle::verify`] checks
 /// every byte.
 pub struct Bundle {
-    dir: PathBuf,
+    store: Box<dyn Store>,
     /// The manifest.
     pub manifest: Manifest,
     manifest_bytes: Vec<u8>,
-    blocks: File,
+    blocks: Arc<dyn BlockSource>,
 }
+
+/// The whole of `source`, refused past `limit` bytes.
+fn read_all(source: &dyn BlockSource, limit: u64) -> std::result::Result<Vec<u8>, String> {
+    let len = source.len();
+    if len > limit {
+        return Err(format!("{len} bytes is more than the {limit} allowed"));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    source
+        .read_exact_at(&mut bytes, 0)
+        .map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// The largest bundled document read (the audit, the SBOM, the vulnerability
+/// database): 4 GiB, far above any real one.
+const FILE_LIMIT: u64 = 4 << 30;
 
 /// What [`Bundle::verify`] checked.
 #[derive(Debug, Clone, Serialize)]
@@ -337,18 +391,26 @@ pub struct Verified {
 impl Bundle {
     /// Opens the bundle directory `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let manifest_path = dir.join(MANIFEST);
-        let len = std::fs::metadata(&manifest_path)
-            .map_err(io(&manifest_path))?
-            .len();
+        Self::open_in(Box::new(Directory(dir.into())))
+    }
+
+    /// Opens the bundle whose files `store` holds.
+    pub fn open_in(store: Box<dyn Store>) -> Result<Self> {
+        let manifest_path = PathBuf::from(format!("{}/{MANIFEST}", store.location()));
         let bad = |reason: String| Error::Manifest {
             path: manifest_path.clone(),
             reason,
         };
-        if len > MANIFEST_LIMIT {
-            return Err(bad(format!("{len} bytes is more than any image needs")));
+        let manifest_source = store
+            .open(MANIFEST)?
+            .ok_or_else(|| bad("there is no manifest: not a bundle".into()))?;
+        if manifest_source.len() > MANIFEST_LIMIT {
+            return Err(bad(format!(
+                "{} bytes is more than any image needs",
+                manifest_source.len()
+            )));
         }
-        let manifest_bytes = std::fs::read(&manifest_path).map_err(io(&manifest_path))?;
+        let manifest_bytes = read_all(&*manifest_source, MANIFEST_LIMIT).map_err(bad)?;
         let manifest: Manifest =
             serde_json::from_slice(&manifest_bytes).map_err(|e| bad(e.to_string()))?;
         if manifest.format != FORMAT || manifest.format_version != FORMAT_VERSION {
@@ -384,10 +446,12 @@ impl Bundle {
                 "the block table does not add up to blocks_file_size".into()
             ));
         }
-        let blocks_path = dir.join(BLOCKS);
-        let blocks = File::open(&blocks_path).map_err(io(&blocks_path))?;
+        let blocks = store.open(BLOCKS)?.ok_or_else(|| Error::File {
+            name: BLOCKS.into(),
+            reason: format!("missing from {}", store.location()),
+        })?;
         Ok(Self {
-            dir: dir.into(),
+            store,
             manifest,
             manifest_bytes,
             blocks,
@@ -399,9 +463,9 @@ impl Bundle {
         hex(&sha2::Sha256::digest(&self.manifest_bytes))
     }
 
-    /// The bundle's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the bundle is: its directory, or its S3 prefix.
+    pub fn location(&self) -> String {
+        self.store.location()
     }
 
     /// Block `i` of the manifest's table, decompressed and checked against its hash.
@@ -413,7 +477,7 @@ impl Bundle {
         let mut frame = vec![0u8; entry.length as usize];
         self.blocks
             .read_exact_at(&mut frame, entry.offset)
-            .map_err(|e| bad(format!("{BLOCKS} ends before its frame: {e}")))?;
+            .map_err(|e| bad(format!("{BLOCKS} cannot give its frame: {e}")))?;
         let data = zstd::bulk::decompress(&frame, BLOCK_SIZE as usize)
             .map_err(|e| bad(format!("corrupt zstd frame: {e}")))?;
         if data.len() as u64 != BLOCK_SIZE {
@@ -435,8 +499,15 @@ impl Bundle {
             name: name.into(),
             reason: "not in the manifest".into(),
         })?;
-        let path = self.dir.join(name);
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let missing = || Error::File {
+            name: name.into(),
+            reason: format!("missing from {}", self.location()),
+        };
+        let source = self.store.open(name)?.ok_or_else(missing)?;
+        let bytes = read_all(&*source, FILE_LIMIT).map_err(|reason| Error::File {
+            name: name.into(),
+            reason,
+        })?;
         let got = hex(&sha2::Sha256::digest(&bytes));
         if &got != want {
             return Err(Error::File {
@@ -454,12 +525,18 @@ impl Bundle {
         key: Option<&ed25519_dalek::VerifyingKey>,
         progress: &dyn ebs::Progress,
     ) -> Result<Verified> {
-        let sig_path = self.dir.join(SIGNATURE);
+        let signature_file = self.store.open(SIGNATURE)?;
         let signature = match key {
             Some(key) => {
-                let text = std::fs::read_to_string(&sig_path).map_err(|_| {
-                    Error::Signature(format!("{SIGNATURE} is missing: the bundle is not signed"))
-                })?;
+                let text = signature_file
+                    .as_deref()
+                    .and_then(|s| read_all(s, 1024).ok())
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .ok_or_else(|| {
+                        Error::Signature(format!(
+                            "{SIGNATURE} is missing: the bundle is not signed"
+                        ))
+                    })?;
                 let bytes: [u8; 64] = unhex(text.trim())
                     .and_then(|b| b.try_into().ok())
                     .ok_or_else(|| Error::Signature(format!("{SIGNATURE} is not 64 hex bytes")))?;
@@ -472,7 +549,7 @@ impl Bundle {
                     })?;
                 "verified".to_string()
             }
-            None if sig_path.exists() => "not checked (no public key given)".into(),
+            None if signature_file.is_some() => "not checked (no public key given)".into(),
             None => "unsigned".into(),
         };
         let mut files = Vec::new();
@@ -480,10 +557,7 @@ impl Bundle {
             self.file(name)?;
             files.push(name.clone());
         }
-        progress.started(
-            &self.dir.display().to_string(),
-            self.manifest.blocks.len() as u64,
-        );
+        progress.started(&self.location(), self.manifest.blocks.len() as u64);
         let digests: Vec<Result<[u8; 32]>> = self
             .manifest
             .blocks
@@ -496,11 +570,7 @@ impl Bundle {
             .collect();
         let digests: Vec<[u8; 32]> = digests.into_iter().collect::<Result<_>>()?;
         // After the blocks, so a removed frame is reported as the block it shifted.
-        let size = self
-            .blocks
-            .metadata()
-            .map_err(io(&self.dir.join(BLOCKS)))?
-            .len();
+        let size = self.blocks.len();
         if size != self.manifest.blocks_file_size {
             return Err(Error::File {
                 name: BLOCKS.into(),
@@ -513,7 +583,7 @@ impl Bundle {
         let aggregate = ebs::linear_aggregate(digests.iter());
         if aggregate != self.manifest.aggregate {
             return Err(Error::Manifest {
-                path: self.dir.join(MANIFEST),
+                path: PathBuf::from(format!("{}/{MANIFEST}", self.location())),
                 reason: format!(
                     "the aggregate of the blocks is {aggregate}, the manifest says {}",
                     self.manifest.aggregate
@@ -533,10 +603,7 @@ impl Bundle {
     pub fn extract(&self, out: &Path, progress: &dyn ebs::Progress) -> Result<u64> {
         let f = File::create(out).map_err(io(out))?;
         f.set_len(self.manifest.image_size).map_err(io(out))?;
-        progress.started(
-            &self.dir.display().to_string(),
-            self.manifest.blocks.len() as u64,
-        );
+        progress.started(&self.location(), self.manifest.blocks.len() as u64);
         let image_size = self.manifest.image_size;
         for batch in self.manifest.blocks.chunks(BATCH) {
             let blocks: Vec<Result<(u64, Vec<u8>)>> = batch

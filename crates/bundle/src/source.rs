@@ -25,7 +25,7 @@ impl BundleSource {
     fn error(&self, e: crate::Error) -> blockio::Error {
         blockio::Error::Io {
             what: "read the bundle",
-            path: self.bundle.dir().to_path_buf(),
+            path: self.bundle.location().into(),
             source: std::io::Error::other(e.to_string()),
         }
     }
@@ -80,6 +80,6 @@ impl BlockSource for BundleSource {
     }
 
     fn name(&self) -> String {
-        self.bundle.dir().display().to_string()
+        self.bundle.location()
     }
 }
