@@ -1,4 +1,4 @@
-//! The commands: inspect, ls, cat.
+//! The commands: inspect, ls, cat, diff.
 
 use crate::cli::{write_json, Format};
 use anyhow::{bail, Context, Result};
@@ -375,5 +375,112 @@ impl<W: Write> Write for HashingWriter<W> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// The blocks of `ebs::BLOCK_SIZE` bytes that differ between two disks, found by
+/// reading both where either holds data (a disk shorter than the other reads as
+/// zeros past its end).
+fn differing_blocks(
+    a: &dyn blockio::BlockSource,
+    b: &dyn blockio::BlockSource,
+) -> Result<Vec<u64>> {
+    let block = ebs::BLOCK_SIZE;
+    let size = a.len().max(b.len());
+    let mut candidates: Vec<u64> = Vec::new();
+    for r in a.data_ranges()?.into_iter().chain(b.data_ranges()?) {
+        candidates.extend(r.start / block..r.end.div_ceil(block));
+    }
+    candidates.sort_unstable();
+    candidates.dedup();
+    let read = |s: &dyn blockio::BlockSource, buf: &mut [u8], at: u64| -> Result<()> {
+        let inside = s.len().saturating_sub(at).min(buf.len() as u64) as usize;
+        s.read_exact_at(&mut buf[..inside], at)?;
+        buf[inside..].fill(0);
+        Ok(())
+    };
+    let (mut x, mut y) = (vec![0u8; block as usize], vec![0u8; block as usize]);
+    let mut changed = Vec::new();
+    for i in candidates.into_iter().filter(|i| i * block < size) {
+        read(a, &mut x, i * block)?;
+        read(b, &mut y, i * block)?;
+        if x != y {
+            changed.push(i);
+        }
+    }
+    Ok(changed)
+}
+
+#[derive(Serialize)]
+struct DiffOutput<'a> {
+    first: String,
+    second: String,
+    /// "ListChangedBlocks" or "compared".
+    method: &'static str,
+    #[serde(flatten)]
+    diff: &'a inspect::diff::Diff,
+}
+
+pub fn diff(first: &Path, second: &Path, format: Format) -> Result<()> {
+    let listed = crate::input::changed_blocks(first, second)?;
+    let a = open(first)?;
+    let b = open(second)?;
+    let (method, changed) = match listed {
+        Some(blocks) => ("ListChangedBlocks", blocks),
+        None => ("compared", differing_blocks(&**a.source(), &**b.source())?),
+    };
+    let diff = inspect::diff::compare(&a, &b, &changed, ebs::BLOCK_SIZE);
+    let out = DiffOutput {
+        first: first.display().to_string(),
+        second: second.display().to_string(),
+        method,
+        diff: &diff,
+    };
+    match format {
+        Format::Json => write_json(&out),
+        Format::Text => {
+            let mut o = std::io::stdout().lock();
+            writeln!(
+                o,
+                "{} → {}: {} blocks changed ({}, {method})",
+                out.first,
+                out.second,
+                diff.changed_blocks,
+                human_size(diff.changed_bytes)
+            )?;
+            for t in &diff.table_changes {
+                writeln!(o, "  partition table: {t}")?;
+            }
+            if diff.changed_outside_partitions > 0 {
+                writeln!(
+                    o,
+                    "  {} blocks outside any partition",
+                    diff.changed_outside_partitions
+                )?;
+            }
+            for p in &diff.partitions {
+                let blocks = p
+                    .changed_blocks
+                    .map(|n| format!("{n} blocks changed"))
+                    .unwrap_or_else(|| "a logical volume".into());
+                writeln!(
+                    o,
+                    "{} ({}): {blocks}",
+                    p.label,
+                    p.filesystem.as_deref().unwrap_or("no filesystem read")
+                )?;
+                if let Some(why) = &p.not_examined {
+                    writeln!(o, "  files not compared: {why}")?;
+                }
+                if let Some(f) = &p.files {
+                    for (mark, paths) in [("+", &f.added), ("-", &f.removed), ("M", &f.modified)] {
+                        for path in paths {
+                            writeln!(o, "  {mark} {path}")?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
     }
 }

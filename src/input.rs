@@ -72,6 +72,33 @@ fn snapshot(id: &str) -> Result<Arc<dyn blockio::BlockSource>> {
     Ok(Arc::new(source))
 }
 
+/// The blocks that differ between two snapshots (`snap-…`, or `ami-…` for its
+/// root snapshot), from ListChangedBlocks; `None` unless both arguments name one.
+pub fn changed_blocks(first: &Path, second: &Path) -> Result<Option<Vec<u64>>> {
+    let snapshot_of = |arg: &Path| -> Result<Option<String>> {
+        if let Some(id) = aws_id(arg, "snap-") {
+            return Ok(Some(id.to_string()));
+        }
+        aws_id(arg, "ami-").map(root_snapshot_of).transpose()
+    };
+    let (Some(a), Some(b)) = (snapshot_of(first)?, snapshot_of(second)?) else {
+        return Ok(None);
+    };
+    let aws = AWS.get_or_init(crate::cli::AwsArgs::from_environment);
+    let runtime = runtime()?;
+    let api = runtime.block_on(aws.ebs_client())?;
+    let (blocks, _) = runtime
+        .block_on(ebs::changed_blocks(&*api, &a, &b, &aws.retry()))
+        .with_context(|| format!("cannot list the blocks changed from {a} to {b}"))?;
+    tracing::info!(
+        first = a,
+        second = b,
+        blocks = blocks.len(),
+        "ListChangedBlocks"
+    );
+    Ok(Some(blocks))
+}
+
 /// Sets how images are opened: the directory backing files may be followed in, and
 /// the version of an S3 object to read.
 pub fn configure(allow_backing: Option<PathBuf>, version_id: Option<String>) {

@@ -111,6 +111,23 @@ enum Command {
         #[command(flatten)]
         aws: cli::AwsArgs,
     },
+    /// What changed from one image to another of the same disk: the blocks, the
+    /// partitions they fall in, and the files added, removed and modified. Two
+    /// snapshots (`snap-…`, or `ami-…` for its root snapshot) are compared with
+    /// ListChangedBlocks, reading only the partitions that changed; any other pair
+    /// is compared by reading both.
+    Diff {
+        /// The earlier image, file or snapshot.
+        first: std::path::PathBuf,
+        /// The later image, file or snapshot (for snapshots: a descendant of the
+        /// first, such as one uploaded with --parent-snapshot).
+        second: std::path::PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(flatten)]
+        aws: cli::AwsArgs,
+    },
     /// Audit an image before it ships: packages, secrets (in files, compressed files
     /// and unallocated space), hygiene, EC2 boot readiness. Exit 1 when a finding is
     /// at or above --fail-on.
@@ -194,6 +211,15 @@ fn main() -> ExitCode {
         } => {
             input::configure_aws(aws);
             commands::cat(&image, &path, partition.as_deref(), format)
+        }
+        Command::Diff {
+            first,
+            second,
+            format,
+            aws,
+        } => {
+            input::configure_aws(aws);
+            commands::diff(&first, &second, format)
         }
         Command::Audit(args) => match audit::audit_command(args, show_progress) {
             Ok(true) => Ok(()),

@@ -379,6 +379,36 @@ impl EbsApi for SdkEbs {
         })
     }
 
+    async fn list_changed_blocks(
+        &self,
+        first: &str,
+        second: &str,
+        next_token: Option<String>,
+    ) -> ApiResult<ebs::ChangedPage> {
+        let out = self
+            .ebs
+            .list_changed_blocks()
+            .first_snapshot_id(first)
+            .second_snapshot_id(second)
+            .set_next_token(next_token)
+            .max_results(10_000)
+            .send()
+            .await
+            .map_err(classify)?;
+        let mut blocks = Vec::with_capacity(out.changed_blocks().len());
+        for b in out.changed_blocks() {
+            let Some(i) = b.block_index() else { continue };
+            blocks.push(u64::try_from(i).map_err(|_| {
+                ApiError::new(ErrorKind::Other, None, format!("negative block index {i}"))
+            })?);
+        }
+        Ok(ebs::ChangedPage {
+            blocks,
+            next_token: out.next_token().map(str::to_string),
+            volume_size_gib: out.volume_size().and_then(|v| u64::try_from(v).ok()),
+        })
+    }
+
     async fn get_block(
         &self,
         snapshot_id: &str,

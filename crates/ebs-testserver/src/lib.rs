@@ -5,7 +5,8 @@
 //! (the EC2 query protocol) on one loopback port, and it checks:
 //! - block size (524288 bytes), index range and the per-block SHA-256;
 //! - ChangedBlocksCount and the LINEAR aggregate checksum on CompleteSnapshot;
-//! - ParentSnapshotId inheritance (children read their parent's blocks);
+//! - ParentSnapshotId inheritance (children read their parent's blocks), and
+//!   ListChangedBlocks over the lineage (unrelated snapshots refused);
 //! - pending → completed after a configurable delay, and the idle Timeout;
 //! - ClientToken idempotency (same token, other parameters: ConflictException);
 //! - the encryption flag. Unwritten blocks of an encrypted snapshot read back as
@@ -344,6 +345,10 @@ fn router(state: Shared) -> axum::Router {
             put(ebs::put_block).get(ebs::get_block),
         )
         .route("/snapshots/{id}/blocks", get(ebs::list_blocks))
+        .route(
+            "/snapshots/{id}/changedblocks",
+            get(ebs::list_changed_blocks),
+        )
         .route("/snapshots/completion/{id}", post(ebs::complete_snapshot))
         .route("/", post(ec2::query))
         .route("/list-rules", post(rbin::list_rules))

@@ -59,6 +59,17 @@ pub struct BlockPage {
     pub volume_size_gib: Option<u64>,
 }
 
+/// One page of ListChangedBlocks.
+#[derive(Debug, Clone)]
+pub struct ChangedPage {
+    /// The indices of the blocks that differ between the two snapshots, ascending.
+    pub blocks: Vec<u64>,
+    /// Token for the next page.
+    pub next_token: Option<String>,
+    /// The second snapshot's volume size in GiB.
+    pub volume_size_gib: Option<u64>,
+}
+
 /// A block read back: its bytes and the service's base64 SHA-256.
 #[derive(Debug, Clone)]
 pub struct FetchedBlock {
@@ -175,6 +186,14 @@ pub trait EbsApi: Send + Sync + 'static {
         snapshot_id: &str,
         next_token: Option<String>,
     ) -> impl Future<Output = ApiResult<BlockPage>> + Send;
+    /// One page of ListChangedBlocks: the blocks of `second` that differ from
+    /// `first`, an earlier snapshot of the same lineage.
+    fn list_changed_blocks(
+        &self,
+        first: &str,
+        second: &str,
+        next_token: Option<String>,
+    ) -> impl Future<Output = ApiResult<ChangedPage>> + Send;
     /// GetSnapshotBlock.
     fn get_block(
         &self,

@@ -72,6 +72,61 @@ pub(crate) async fn list_all<A: EbsApi>(
     Ok((blocks, volume))
 }
 
+/// The blocks of `second` that differ from `first` (ListChangedBlocks, every page),
+/// ascending, and `second`'s volume size in GiB. The pages are bounded by what a
+/// volume can hold, so a service that keeps answering with a next token cannot
+/// keep the caller forever.
+pub async fn changed_blocks<A: EbsApi>(
+    api: &A,
+    first: &str,
+    second: &str,
+    retry: &RetryPolicy,
+) -> Result<(Vec<u64>, u64)> {
+    // The fewest blocks a page holds (MaxResults' floor), and the most a volume has.
+    const MIN_PAGE: u64 = 100;
+    let max_blocks = crate::MAX_VOLUME_GIB * crate::BLOCKS_PER_GIB;
+    let mut blocks = Vec::new();
+    let mut token = None;
+    let mut volume = None;
+    for _ in 0..=max_blocks / MIN_PAGE {
+        let (r, attempts) = retry
+            .run(None, &|| false, || {
+                api.list_changed_blocks(first, second, token.clone())
+            })
+            .await;
+        let page = r.map_err(|source| Error::Api {
+            op: "ListChangedBlocks",
+            snapshot_id: Some(format!("{first} → {second}")),
+            block: None,
+            attempts,
+            source,
+        })?;
+        volume = volume.or(page.volume_size_gib);
+        if page.blocks.iter().any(|&b| b >= max_blocks) {
+            return Err(Error::Invalid(format!(
+                "ListChangedBlocks {first} → {second} names a block past any volume"
+            )));
+        }
+        blocks.extend(page.blocks);
+        match page.next_token {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => {
+                blocks.sort_unstable();
+                blocks.dedup();
+                let volume = volume.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "ListChangedBlocks {first} → {second} gave no volume size"
+                    ))
+                })?;
+                return Ok((blocks, volume));
+            }
+        }
+    }
+    Err(Error::Invalid(format!(
+        "ListChangedBlocks {first} → {second}: more pages than any volume needs"
+    )))
+}
+
 /// Fetches one block and checks it against the checksum the service sent.
 pub(crate) async fn fetch<A: EbsApi>(
     api: &A,

@@ -27,10 +27,10 @@ mod source;
 mod upload;
 
 pub use api::{
-    ApiError, ApiResult, BlockPage, EbsApi, ErrorKind, FetchedBlock, SnapshotState, StartRequest,
-    StartedSnapshot,
+    ApiError, ApiResult, BlockPage, ChangedPage, EbsApi, ErrorKind, FetchedBlock, SnapshotState,
+    StartRequest, StartedSnapshot,
 };
-pub use download::{download, verify, DownloadOutcome, VerifyOutcome};
+pub use download::{changed_blocks, download, verify, DownloadOutcome, VerifyOutcome};
 pub use journal::{ImageIdentity, Journal, JournalHeader};
 pub use manifest::{linear_aggregate, Manifest};
 pub use plan::{plan, Plan};

@@ -799,6 +799,14 @@ mod tests {
     }
 
     impl EbsApi for CountingEbs {
+        async fn list_changed_blocks(
+            &self,
+            _: &str,
+            _: &str,
+            _: Option<String>,
+        ) -> ApiResult<crate::ChangedPage> {
+            Err(ApiError::new(ErrorKind::Other, None, "not used by uploads"))
+        }
         async fn start_snapshot(&self, _: StartRequest) -> ApiResult<StartedSnapshot> {
             Ok(StartedSnapshot {
                 snapshot_id: "snap-1".into(),

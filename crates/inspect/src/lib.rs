@@ -12,6 +12,7 @@
 //! println!("{:?} on {:?}", report.os, report.architecture);
 //! ```
 
+pub mod diff;
 mod identity;
 mod lvm_volumes;
 
