@@ -150,3 +150,112 @@ pub fn put_bundle(dir: &Path, url: &str, created: &bundle::Created) -> Result<()
     }
     Ok(())
 }
+
+/// How often an upload journal kept in S3 is copied there while the upload runs:
+/// a runner killed outright loses at most this much of its confirmations (those
+/// blocks are sent again on resume).
+const JOURNAL_SYNC: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An upload journal that lives in S3 (`--state-dir s3://bucket/prefix/`), so that
+/// an upload interrupted on one CI runner resumes on another. The uploader keeps
+/// its journal in a local working copy; this copies it to the object every
+/// [`JOURNAL_SYNC`] while it changes, and once more at the end (or deletes the
+/// object when the upload completed and the journal is gone).
+pub struct JournalMirror {
+    target: awsapi::ObjectTarget,
+    local: std::path::PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl JournalMirror {
+    /// Mirrors the journal at `local` to the object named like it under `prefix`;
+    /// when resuming, fetches that object to `local` first.
+    pub fn start(prefix: &str, local: &Path, resume: bool) -> Result<Self> {
+        let name = local
+            .file_name()
+            .context("the journal has no file name")?
+            .to_string_lossy();
+        let target = awsapi::ObjectTarget {
+            url: format!("{}/{name}", prefix.trim_end_matches('/')),
+            metadata: Vec::new(),
+        };
+        if resume {
+            fetch(&target.url, local)?;
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (stop, local, url) = (stop.clone(), local.to_path_buf(), target.url.clone());
+            move || {
+                let mut last = None;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::park_timeout(JOURNAL_SYNC);
+                    let now = std::fs::metadata(&local)
+                        .ok()
+                        .map(|m| (m.len(), m.modified().ok()));
+                    if now.is_some() && now != last {
+                        match put_journal(&url, &local) {
+                            Ok(()) => last = now,
+                            Err(e) => {
+                                tracing::warn!("the journal could not be copied to {url}: {e:#}")
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        tracing::info!(journal = %target.url, "the upload journal is kept in S3");
+        Ok(Self {
+            target,
+            local: local.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops copying; leaves the object holding the final journal, or deletes it
+    /// when the upload completed (the uploader removed the journal).
+    pub fn finish(mut self) -> Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+        if self.local.exists() {
+            put_journal(&self.target.url, &self.local)
+        } else {
+            let (client, runtime, retry) = s3()?;
+            runtime.block_on(awsapi::delete_object(&client, &self.target, &retry))?;
+            Ok(())
+        }
+    }
+}
+
+fn put_journal(url: &str, local: &Path) -> Result<()> {
+    let (client, runtime, retry) = s3()?;
+    let target = awsapi::ObjectTarget {
+        url: url.to_string(),
+        metadata: Vec::new(),
+    };
+    runtime.block_on(awsapi::put_file(&client, &target, local, &retry))?;
+    Ok(())
+}
+
+/// Copies the object `url` to the file `out`, 1 MiB at a time.
+fn fetch(url: &str, out: &Path) -> Result<()> {
+    use std::io::Write;
+    let (config, runtime, retry) = crate::input::aws_config()?;
+    let source = awsapi::S3Source::open(&config, runtime.handle().clone(), url, None, 4, retry)
+        .with_context(|| format!("no upload journal to resume from at {url}"))?;
+    let mut file =
+        std::fs::File::create(out).with_context(|| format!("cannot write {}", out.display()))?;
+    let mut buf = vec![0u8; awsapi::S3_CHUNK as usize];
+    let mut at = 0;
+    while at < blockio::BlockSource::len(&source) {
+        let n = (blockio::BlockSource::len(&source) - at).min(buf.len() as u64) as usize;
+        blockio::BlockSource::read_exact_at(&source, &mut buf[..n], at)?;
+        file.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    Ok(())
+}

@@ -56,7 +56,9 @@ pub struct UploadArgs {
     /// Continue the interrupted upload recorded in the journal.
     #[arg(long)]
     pub resume: bool,
-    /// Where the resume journal lives (default: beside the image).
+    /// Where the resume journal lives (default: beside the image). An S3 prefix
+    /// (`s3://bucket/prefix/`) keeps it there, copied every few seconds, so that an
+    /// upload interrupted on one CI runner resumes on another.
     #[arg(long, value_name = "DIR", env = "AMIFORGE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Output format.
@@ -155,17 +157,37 @@ pub fn run_upload(
     };
     // An image read in place from S3 has no directory to journal beside: the journal
     // goes to --state-dir, else the current directory.
+    // A --state-dir in S3 holds the journal as an object; the uploader works on a
+    // local copy in a staging directory (crate::objects::JournalMirror).
     let remote = args.image.to_str().is_some_and(|p| p.starts_with("s3://"));
-    let state_dir = match (&args.state_dir, remote) {
-        (Some(d), _) => Some(d.clone()),
-        (None, true) => Some(PathBuf::from(".")),
-        (None, false) => None,
+    let state_in_s3 = args
+        .state_dir
+        .as_deref()
+        .and_then(crate::objects::s3_url)
+        .map(str::to_string);
+    let staging = match &state_in_s3 {
+        Some(_) => Some(tempfile::tempdir().context("cannot make a staging directory")?),
+        None => None,
+    };
+    let state_dir = match (&staging, &args.state_dir, remote) {
+        (Some(t), _, _) => Some(t.path().to_path_buf()),
+        (None, Some(d), _) => Some(d.clone()),
+        (None, None, true) => Some(PathBuf::from(".")),
+        (None, None, false) => None,
     };
     let journal_path = ebs::Journal::path_for(&args.image, state_dir.as_deref());
-    if let Some(d) = &args.state_dir {
+    if let (Some(d), None) = (&args.state_dir, &staging) {
         std::fs::create_dir_all(d)
             .with_context(|| format!("cannot create --state-dir {}", d.display()))?;
     }
+    let mirror = match &state_in_s3 {
+        Some(prefix) => Some(crate::objects::JournalMirror::start(
+            prefix,
+            &journal_path,
+            args.resume,
+        )?),
+        None => None,
+    };
     if !args.resume && journal_path.exists() {
         tracing::warn!(
             "{} records an unfinished upload; starting a new one (use --resume to continue it instead)",
@@ -209,6 +231,9 @@ pub fn run_upload(
         Ok::<_, anyhow::Error>(ebs::upload(api, image, &args.image, opts, reporter.clone()).await)
     })?;
     reporter.finish();
+    if let Some(m) = mirror {
+        m.finish()?;
+    }
     let outcome = match result {
         Ok(o) => o,
         Err(e) => {

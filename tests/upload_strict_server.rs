@@ -541,3 +541,95 @@ fn uploads_from_qcow2_and_stream_optimized_vmdk_send_the_virtual_disk_and_verify
     }
     assert!(server.stats().rejected.is_empty(), "{:?}", server.stats());
 }
+
+/// The keys under `prefix` in moto's bucket, listed by boto3.
+fn s3_keys(moto: &Moto, bucket: &str, prefix: &str) -> Vec<String> {
+    let o = std::process::Command::new(venv().join("bin/python"))
+        .args([
+            "-c",
+            "import sys, boto3; c = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='t', aws_secret_access_key='t')\n\
+             try: c.create_bucket(Bucket=sys.argv[2])\n\
+             except c.exceptions.BucketAlreadyOwnedByYou: pass\n\
+             print('\\n'.join(o['Key'] for o in c.list_objects_v2(Bucket=sys.argv[2], Prefix=sys.argv[3]).get('Contents', [])))",
+            &moto.endpoint,
+            bucket,
+            prefix,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn an_upload_interrupted_on_one_runner_resumes_on_another_from_a_journal_in_s3() {
+    let faults = Faults {
+        put_delay_ms: 40,
+        ..Default::default()
+    };
+    let server = start_background(Config { faults, ..quiet() }).unwrap();
+    let moto = Moto::start();
+    assert!(s3_keys(&moto, "ci-state", "").is_empty());
+    let dir = Scratch::new("strict-resume-s3");
+    let image = dir.path("nightly.img");
+    make_image(&image, 40 << 20, 15);
+    let state = "s3://ci-state/runs/nightly/";
+    // The EBS and EC2 calls go to the strict server, the S3 calls to moto.
+    let runner = |workdir: &Path| {
+        let mut cmd = amiforge_at(&server.endpoint());
+        cmd.env("AWS_ENDPOINT_URL_S3", &moto.endpoint)
+            .env_remove("AMIFORGE_STATE_DIR")
+            .current_dir(workdir);
+        cmd
+    };
+    let first_runner = dir.path("runner-1");
+    std::fs::create_dir_all(&first_runner).unwrap();
+    let child = runner(&first_runner)
+        .arg("upload")
+        .arg(&image)
+        .args(["--workers", "2", "--no-progress", "--state-dir", state])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(|| server.stats().blocks_stored >= 8);
+    unsafe_kill(child.id(), 2); // SIGINT: the runner stops cleanly
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("--state-dir {state}")), "{stderr}");
+    assert_eq!(
+        s3_keys(&moto, "ci-state", "runs/nightly/"),
+        ["runs/nightly/nightly.img.amiforge-upload"],
+        "the journal is in S3"
+    );
+    std::fs::remove_dir_all(&first_runner).unwrap();
+
+    // Another runner, another directory, the same image and state prefix.
+    server.set_faults(Faults::default());
+    let second_runner = dir.path("runner-2");
+    std::fs::create_dir_all(&second_runner).unwrap();
+    let (code, stdout, stderr) = outcome(runner(&second_runner).arg("upload").arg(&image).args([
+        "--resume",
+        "--state-dir",
+        state,
+        "--format",
+        "json",
+        "--no-progress",
+    ]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(r["blocks_resumed"].as_u64().unwrap() >= 8, "{r}");
+    let id = r["snapshot_id"].as_str().unwrap();
+    assert_eq!(server.describe(id).unwrap().0, "completed");
+    assert!(
+        s3_keys(&moto, "ci-state", "runs/nightly/").is_empty(),
+        "the journal object is deleted once the upload completed"
+    );
+    download(&server.endpoint(), id, &dir.path("back.img"));
+    assert_same_padded(&image, &dir.path("back.img"));
+}

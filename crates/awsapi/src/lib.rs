@@ -14,8 +14,8 @@ mod s3;
 pub use aws_config::SdkConfig;
 pub use aws_sdk_s3::Client as S3Client;
 pub use s3::{
-    client as s3_client, parse_s3_url, put_bytes, put_file, ObjectTarget, S3Source, PART_SIZE,
-    S3_CHUNK,
+    client as s3_client, delete_object, parse_s3_url, put_bytes, put_file, ObjectTarget, S3Source,
+    PART_SIZE, S3_CHUNK,
 };
 
 use aws_config::retry::RetryConfig;

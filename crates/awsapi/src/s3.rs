@@ -444,3 +444,25 @@ pub async fn put_file(
     }
     result
 }
+
+/// Deletes the object at `target` (a missing object is not an error: S3 answers
+/// DeleteObject the same either way).
+pub async fn delete_object(
+    client: &aws_sdk_s3::Client,
+    target: &ObjectTarget,
+    retry: &RetryPolicy,
+) -> ApiResult<()> {
+    let (bucket, key) = target.parts()?;
+    let (r, _) = retry
+        .run(None, &|| false, || async {
+            client
+                .delete_object()
+                .bucket(&bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(classify)
+        })
+        .await;
+    r.map(|_| ()).map_err(target.named("DeleteObject"))
+}
