@@ -49,6 +49,15 @@ fn root_snapshot_of(id: &str) -> Result<String> {
     Ok(snapshot)
 }
 
+/// The snapshots of the AMI `id`'s data volumes: (device, snapshot).
+fn data_snapshots_of(id: &str) -> Result<Vec<(String, String)>> {
+    let aws = AWS.get_or_init(crate::cli::AwsArgs::from_environment);
+    runtime()?.block_on(async {
+        let client = ami::client(&aws.options(), &aws.retry()).await?;
+        Ok(ami::data_snapshots(&client, id).await?)
+    })
+}
+
 /// The snapshot `id`, read in place.
 fn snapshot(id: &str) -> Result<Arc<dyn blockio::BlockSource>> {
     let aws = AWS.get_or_init(crate::cli::AwsArgs::from_environment);
@@ -204,8 +213,15 @@ pub fn image(path: &Path) -> Result<inspect::Image> {
     if let Some(id) = aws_id(path, "ami-") {
         remote("an AMI")?;
         let snap = root_snapshot_of(id)?;
-        return inspect::Image::from_source(snapshot(&snap)?)
-            .with_context(|| format!("cannot inspect {id} (its root snapshot {snap})"));
+        let mut image = inspect::Image::from_source(snapshot(&snap)?)
+            .with_context(|| format!("cannot inspect {id} (its root snapshot {snap})"))?;
+        for (device, data) in data_snapshots_of(id)? {
+            tracing::info!(image = id, device, snapshot = data, "reading a data volume");
+            image
+                .add_disk(snapshot(&data)?, &format!("{device} ({data})"))
+                .with_context(|| format!("cannot inspect {id}'s data volume {device} ({data})"))?;
+        }
+        return Ok(image);
     }
     inspect::Image::from_opened(disk(path)?)
         .with_context(|| format!("cannot inspect {}", path.display()))

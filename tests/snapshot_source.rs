@@ -177,3 +177,63 @@ fn an_ami_reads_as_its_root_snapshot() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("ami-0123456789abcdef0"), "{stderr}");
 }
+
+#[test]
+fn an_amis_data_volumes_read_as_partitions_of_their_own() {
+    let server = start_background(quiet(Faults::default())).unwrap();
+    let root_image = fixture("gpt-uefi.img");
+    let data_image = fixture("bare-ext4.img");
+    let root = upload(&server.endpoint(), &root_image);
+    let data = upload(&server.endpoint(), &data_image);
+    let (code, stdout, stderr) = outcome(
+        amiforge_at(&server.endpoint())
+            .args(["register", "--name", "with-data", "--snapshot", &root])
+            .args(["--data-snapshot", &format!("{data}:/dev/sdb")])
+            .arg("--image")
+            .arg(&root_image)
+            .args(["--format", "json"]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let ami = serde_json::from_str::<Value>(&stdout).unwrap()["image_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let report =
+        json_of(amiforge_at(&server.endpoint()).args(["inspect", &ami, "--format", "json"]));
+    let parts = report["partitions"].as_array().unwrap();
+    let local = json_of(
+        amiforge()
+            .arg("inspect")
+            .arg(&root_image)
+            .args(["--format", "json"]),
+    );
+    let own = local["partitions"].as_array().unwrap();
+    assert_eq!(
+        &parts[..own.len()],
+        &own[..],
+        "the root disk's partitions come first"
+    );
+    let extra = &parts[own.len()..];
+    assert_eq!(extra.len(), 1, "{report}");
+    assert_eq!(extra[0]["number"], own.len() as u64 + 1);
+    assert_eq!(extra[0]["disk"], format!("/dev/sdb ({data})"));
+    assert_eq!(extra[0]["filesystem"]["kind"], "ext4");
+
+    // Its files read like the local image's.
+    let listing = |cmd: &mut std::process::Command| {
+        let (code, stdout, stderr) = outcome(cmd.args(["--format", "json"]));
+        assert_eq!(code, Some(0), "{stderr}");
+        stdout
+    };
+    let number = (own.len() + 1).to_string();
+    assert_eq!(
+        listing(amiforge_at(&server.endpoint()).args(["ls", &ami, "/", "--partition", &number])),
+        listing(
+            amiforge()
+                .arg("ls")
+                .arg(&data_image)
+                .args(["/", "--partition", "0"])
+        )
+    );
+}

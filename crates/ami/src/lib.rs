@@ -416,6 +416,26 @@ pub async fn root_snapshot(client: &aws_sdk_ec2::Client, image_id: &str) -> Resu
     })
 }
 
+/// The EBS snapshots of an AMI's data volumes, as (device name, snapshot id), in
+/// the order DescribeImages lists them: every block device mapping with a snapshot
+/// other than the root device's.
+pub async fn data_snapshots(
+    client: &aws_sdk_ec2::Client,
+    image_id: &str,
+) -> Result<Vec<(String, String)>> {
+    let image = lifecycle::describe(client, image_id).await?;
+    let root = image.root_device_name().unwrap_or_default();
+    Ok(image
+        .block_device_mappings()
+        .iter()
+        .filter(|m| m.device_name() != Some(root))
+        .filter_map(|m| {
+            let snapshot = m.ebs()?.snapshot_id()?;
+            Some((m.device_name()?.to_string(), snapshot.to_string()))
+        })
+        .collect())
+}
+
 fn root_snapshot_of(image: &aws_sdk_ec2::types::Image) -> Option<String> {
     let root = image.root_device_name()?;
     image

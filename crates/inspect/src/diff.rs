@@ -87,6 +87,19 @@ pub fn compare(first: &Image, second: &Image, changed: &[u64], block_size: u64) 
     let mut partitions = Vec::new();
     for volume in second.volumes() {
         let p = &volume.partition;
+        if let Some(disk) = &volume.disk {
+            partitions.push(PartitionDiff {
+                number: p.number,
+                label: volume.label(),
+                filesystem: volume.kind.map(|k| k.name().to_string()),
+                changed_blocks: None,
+                files: None,
+                not_examined: Some(format!(
+                    "it is on {disk}, a data volume: diff compares the root disks"
+                )),
+            });
+            continue;
+        }
         let logical = p.kind == partition::PartitionType::LogicalVolume;
         let counted = (!logical).then(|| {
             let mut n = 0;
@@ -139,7 +152,7 @@ pub fn compare(first: &Image, second: &Image, changed: &[u64], block_size: u64) 
         }
         partitions.push(entry);
     }
-    for v in first.volumes() {
+    for v in first.volumes().iter().filter(|v| v.disk.is_none()) {
         if !second
             .volumes()
             .iter()

@@ -85,6 +85,9 @@ pub struct Volume {
     pub unread_signatures: Vec<(FsKind, String)>,
     /// Parts of its filesystem that no path under `/` reaches: (what, why).
     pub unreachable: Vec<(String, String)>,
+    /// The disk it is on, when that is not the image's own (an AMI's data volume:
+    /// "/dev/sdb (snap-…)").
+    pub disk: Option<String>,
 }
 
 /// The filesystem found on a partition.
@@ -111,6 +114,9 @@ pub struct PartitionReport {
     pub partition: Partition,
     /// What it holds.
     pub filesystem: FilesystemReport,
+    /// The disk it is on, when that is not the image's own (an AMI's data volume).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
 }
 
 /// The partition table as reported.
@@ -306,6 +312,51 @@ impl Image {
         })
     }
 
+    /// Adds another disk of the same machine (an AMI's data volume) named `disk`:
+    /// its partitions, or its bare filesystem, become volumes numbered on from the
+    /// last one, each naming the disk, and are read like the image's own.
+    pub fn add_disk(&mut self, source: Arc<dyn BlockSource>, disk: &str) -> Result<()> {
+        let table = partition::read_table(&*source).map_err(|e| Error::Table {
+            path: source.name(),
+            source: e,
+        })?;
+        let parts = if table.kind == TableKind::None {
+            vec![Partition {
+                number: 0,
+                start: 0,
+                size: source.len(),
+                kind: partition::PartitionType::Mbr(0),
+                name: None,
+                guid: None,
+                bootable: false,
+                extended: false,
+                logical: false,
+            }]
+        } else {
+            table.partitions.clone()
+        };
+        let mut number = self
+            .volumes
+            .iter()
+            .map(|v| v.partition.number)
+            .max()
+            .unwrap_or(0);
+        let mut added: Vec<Volume> = parts
+            .into_iter()
+            .map(|mut p| {
+                number += 1;
+                p.number = number;
+                Volume::probe(&source, p)
+            })
+            .collect();
+        lvm_volumes::add(&mut added);
+        for v in &mut added {
+            v.disk = Some(disk.to_string());
+        }
+        self.volumes.extend(added);
+        Ok(())
+    }
+
     /// The partition table.
     pub fn table(&self) -> &PartitionTable {
         &self.table
@@ -424,6 +475,7 @@ impl Image {
                         signatures: v.signatures.iter().map(|k| k.name().to_string()).collect(),
                         notes: v.notes.clone(),
                     },
+                    disk: v.disk.clone(),
                 }
             })
             .collect();
@@ -517,7 +569,7 @@ impl Image {
 impl Volume {
     /// How reports name it: "partition 2", or "logical volume vg0/root (partition 5)".
     pub fn label(&self) -> String {
-        match (&self.partition.kind, &self.partition.name) {
+        let base = match (&self.partition.kind, &self.partition.name) {
             (partition::PartitionType::LogicalVolume, Some(name)) => {
                 format!(
                     "logical volume {name} (partition {})",
@@ -525,6 +577,10 @@ impl Volume {
                 )
             }
             _ => format!("partition {}", self.partition.number),
+        };
+        match &self.disk {
+            Some(disk) => format!("{base} on {disk}"),
+            None => base,
         }
     }
 
@@ -549,6 +605,7 @@ impl Volume {
             notes: Vec::new(),
             unread_signatures: Vec::new(),
             unreachable: Vec::new(),
+            disk: None,
         }
     }
 
@@ -565,6 +622,7 @@ impl Volume {
             notes: Vec::new(),
             unread_signatures: Vec::new(),
             unreachable: Vec::new(),
+            disk: None,
         };
         if volume.partition.extended {
             return volume;
