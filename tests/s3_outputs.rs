@@ -184,6 +184,19 @@ fn a_bundle_written_to_s3_verifies_uploads_and_refuses_a_flipped_byte() {
             .arg(&snapshot),
     );
     assert_eq!(code, Some(0), "the snapshot holds the image: {stderr}");
+    let (code, stdout, stderr) = outcome(amiforge_at(&moto.endpoint).args([
+        "publish",
+        "s3://bundles/nightly/web/",
+        "--format",
+        "json",
+        "--no-progress",
+    ]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let published: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        published["image_id"].as_str().unwrap().starts_with("ami-"),
+        "{published}"
+    );
 
     // A flipped byte in the block store is refused, naming the block.
     s3_object(

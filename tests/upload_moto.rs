@@ -84,6 +84,16 @@ fn a_fixture_image_uploads_to_moto_and_reads_back_identical_with_boto3_and_amifo
     for key in ["partitions", "os", "boot_mode", "kernels", "architecture"] {
         assert_eq!(remote[key], local[key], "{key}");
     }
+    // And audits like it.
+    let audit = |cmd: &mut Command| {
+        let (code, stdout, stderr) = outcome(cmd.args(["--format", "json", "--fail-on", "none"]));
+        assert_eq!(code, Some(0), "{stderr}");
+        comparable_audit(serde_json::from_str(&stdout).unwrap())
+    };
+    assert_eq!(
+        audit(amiforge_at(&moto.endpoint).arg("audit").arg(id)),
+        audit(amiforge().arg("audit").arg(&image))
+    );
 }
 
 #[test]
@@ -469,4 +479,19 @@ fn an_image_in_s3_uploads_to_a_snapshot_without_touching_local_disk() {
     let id = r["snapshot_id"].as_str().unwrap();
     readback_with_boto3(&moto.endpoint, id, &dir.path("boto3.img"));
     assert_same_padded(&image, &dir.path("boto3.img"));
+
+    // publish: gated on the audit of the object read in place, registered in moto,
+    // and its snapshot reads back identical with boto3.
+    let (code, stdout, stderr) = outcome(
+        amiforge_at(&moto.endpoint)
+            .args(["publish", "s3://images/web.img", "--name", "web-from-s3"])
+            .args(["--fail-on", "none", "--format", "json", "--no-progress"])
+            .env("AMIFORGE_STATE_DIR", dir.path("state")),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let p: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(p["image_id"].as_str().unwrap().starts_with("ami-"), "{p}");
+    let snapshot = p["snapshot_id"].as_str().unwrap();
+    readback_with_boto3(&moto.endpoint, snapshot, &dir.path("published.img"));
+    assert_same_padded(&image, &dir.path("published.img"));
 }
