@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Benchmark: audit an image where it already lives. The 4 GiB ext4 image holding the
 # tree of scripts/bench-tree.sh (the image bench-audit.sh makes) is audited from the
-# local file, in place from moto's S3, and in place from a snapshot on the strict EBS
+# local file, in place from S3, and in place from a snapshot on the strict EBS
 # server; beside them, boto3's managed download (what `aws s3 cp` does: ranged GETs
 # on 10 threads) of the same object alone, in one run.
+#
+# S3 is the project's own S3 test server (`ebs-testserver --s3`, objects in memory),
+# not moto: moto reads the whole object for every ranged GET, so a 4 GiB object
+# read in ranges takes it hours, whoever reads it. The object is put with boto3.
 #
 #   scripts/bench-sources.sh [TREE_MIB]     (default 2048)
 #
@@ -33,15 +37,19 @@ fi
 venv=${AMIFORGE_VENV:-$HOME/.cache/amiforge/venv}
 
 . scripts/bench-common.sh
-trap 'kill $moto_pid $server_pid 2>/dev/null || true' EXIT
+trap 'kill $s3_pid $server_pid 2>/dev/null || true' EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-MOTO_EC2_LOAD_DEFAULT_AMIS=false "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >/dev/null 2>&1 &
-moto_pid=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
-moto=http://127.0.0.1:$port
-echo "putting the image into moto's S3 with boto3..." >&2
-"$venv/bin/python" tests/support/s3_put.py "$moto" images image.img "$image" > /dev/null
+"$target/ebs-testserver" --s3 > "$dir/s3.out" &
+s3_pid=$!
+for _ in $(seq 100); do grep -q listening "$dir/s3.out" 2>/dev/null && break; sleep 0.1; done
+s3=$(sed -n 's/^listening on //p' "$dir/s3.out")
+echo "putting the image into S3 with boto3..." >&2
+"$venv/bin/python" -c '
+import sys, boto3
+from boto3.s3.transfer import TransferConfig
+s3 = boto3.client("s3", endpoint_url=sys.argv[1])
+s3.create_bucket(Bucket="images")
+s3.upload_file(sys.argv[2], "images", "image.img", Config=TransferConfig(multipart_chunksize=64 << 20))' "$s3" "$image"
 
 start_strict
 echo "uploading the image to the strict server as a snapshot..." >&2
@@ -52,13 +60,13 @@ snapshot=$(AWS_ENDPOINT_URL=$endpoint "$target/amiforge" upload "$image" --no-pr
 fetch='import sys, boto3; boto3.client("s3", endpoint_url=sys.argv[1]).download_file("images", "image.img", sys.argv[2])'
 
 sync
-cat "$image" > /dev/null   # the local file is read from the page cache, as moto's copy is
+cat "$image" > /dev/null   # the local file is read from the page cache, as the S3 server's copy is (in memory)
 results=()
 for _ in $(seq "${RUNS:-3}"); do
   results+=("$(measure audit-local "$target/amiforge" audit "$image" --format json --fail-on none --no-progress)")
-  results+=("$(AWS_ENDPOINT_URL=$moto measure audit-s3 "$target/amiforge" audit s3://images/image.img --format json --fail-on none --no-progress)")
+  results+=("$(AWS_ENDPOINT_URL=$s3 measure audit-s3 "$target/amiforge" audit s3://images/image.img --format json --fail-on none --no-progress)")
   results+=("$(AWS_ENDPOINT_URL=$endpoint measure audit-snapshot "$target/amiforge" audit "$snapshot" --format json --fail-on none --no-progress)")
-  results+=("$(measure download-only "$venv/bin/python" -c "$fetch" "$moto" "$dir/downloaded.img")")
+  results+=("$(measure download-only "$venv/bin/python" -c "$fetch" "$s3" "$dir/downloaded.img")")
   rm -f "$dir/downloaded.img"
 done
 stop_server

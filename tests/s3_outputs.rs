@@ -11,10 +11,15 @@ use std::process::Command;
 
 /// One s3_object.py call; its stdout.
 fn s3_object(moto: &Moto, args: &[&str]) -> String {
+    s3_object_at(&moto.endpoint, args)
+}
+
+/// One s3_object.py call against the S3 endpoint `endpoint`; its stdout.
+fn s3_object_at(endpoint: &str, args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/s3_object.py");
     let o = Command::new(venv().join("bin/python"))
         .arg(script)
-        .arg(&moto.endpoint)
+        .arg(endpoint)
         .args(args)
         .output()
         .unwrap();
@@ -37,11 +42,15 @@ fn get(moto: &Moto, dir: &Scratch, bucket: &str, key: &str) -> (Vec<u8>, Value) 
 }
 
 fn make_bucket(moto: &Moto, bucket: &str) {
+    make_bucket_at(&moto.endpoint, bucket)
+}
+
+fn make_bucket_at(endpoint: &str, bucket: &str) {
     let o = Command::new(venv().join("bin/python"))
         .args([
             "-c",
             "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').create_bucket(Bucket=sys.argv[2])",
-            &moto.endpoint,
+            endpoint,
             bucket,
         ])
         .output()
@@ -220,4 +229,44 @@ fn a_bundle_written_to_s3_verifies_uploads_and_refuses_a_flipped_byte() {
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("holds a bundle already"), "{stderr}");
+}
+
+#[test]
+fn a_bundle_goes_to_the_strict_s3_server_which_checks_every_parts_sha256() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s3 = runtime.block_on(ebs_testserver::start_s3_on(0)).unwrap();
+    let endpoint = s3.endpoint();
+    let dir = Scratch::new("strict-s3-bundle");
+    make_bucket_at(&endpoint, "bundles");
+    let image = image_with_incompressible_data(&dir);
+    let (code, _, stderr) = outcome(amiforge_at(&endpoint).args(["bundle"]).arg(&image).args([
+        "--out",
+        "s3://bundles/web/",
+        "--fail-on",
+        "none",
+        "--no-progress",
+    ]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(s3.stats().rejected.is_empty(), "{:?}", s3.stats());
+    let (code, _, stderr) =
+        outcome(amiforge_at(&endpoint).args(["bundle", "verify", "s3://bundles/web/"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let stats = s3.stats();
+    assert!(stats.gets > 1 && stats.bytes_sent > 40 << 20, "{stats:?}");
+
+    // The server is strict: a part whose bytes do not match its SHA-256 is refused.
+    let o = Command::new(venv().join("bin/python"))
+        .args([
+            "-c",
+            "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='t', aws_secret_access_key='t').put_object(Bucket='bundles', Key='x', Body=b'data', ChecksumSHA256='AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=')",
+            &endpoint,
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("BadDigest"));
 }

@@ -28,6 +28,9 @@
 mod ebs;
 mod ec2;
 mod rbin;
+mod s3;
+
+pub use s3::{start_s3_on, S3Server, S3Stats};
 mod sigv4;
 
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,6 @@
 //! `ebs-testserver`: the strict EBS direct test server as a standalone process, for
-//! benchmarks and manual runs. Prints `listening on http://127.0.0.1:PORT`.
+//! benchmarks and manual runs (`--s3`: the S3 server instead). Prints
+//! `listening on http://127.0.0.1:PORT`.
 
 use clap::Parser;
 
@@ -37,11 +38,20 @@ struct Args {
     /// accepts unsigned requests).
     #[arg(long, default_value = ebs_testserver::TEST_SECRET_ACCESS_KEY)]
     secret_access_key: String,
+    /// Serve S3 (path-style, objects in memory) instead of EBS and EC2.
+    #[arg(long)]
+    s3: bool,
 }
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let a = Args::parse();
+    if a.s3 {
+        let server = ebs_testserver::start_s3_on(a.port).await?;
+        println!("listening on {}", server.endpoint());
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
     let config = ebs_testserver::Config {
         completion_delay_ms: a.completion_delay_ms,
         faults: ebs_testserver::Faults {
