@@ -50,10 +50,8 @@ pub struct S3Source {
     etag: Option<String>,
     size: u64,
     retry: RetryPolicy,
-    read_ahead: u64,
+    read_ahead: blockio::ReadAhead,
     cache: Mutex<blockio::PieceCache<Bytes>>,
-    last_chunk: AtomicU64,
-    window: AtomicU64,
     requests: AtomicU64,
     bytes_fetched: AtomicU64,
 }
@@ -119,10 +117,8 @@ impl S3Source {
             etag: head.e_tag().map(str::to_string),
             size,
             retry,
-            read_ahead: workers.max(1) as u64,
+            read_ahead: blockio::ReadAhead::new(workers),
             cache: Mutex::new(blockio::PieceCache::new(CACHE_CHUNKS)),
-            last_chunk: AtomicU64::new(u64::MAX),
-            window: AtomicU64::new(1),
             requests: AtomicU64::new(0),
             bytes_fetched: AtomicU64::new(0),
         })
@@ -178,6 +174,7 @@ impl S3Source {
                 ),
             ));
         }
+        tracing::trace!(chunk = index, "GetObject");
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes_fetched
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -187,23 +184,14 @@ impl S3Source {
     /// Chunk `index`: from the cache, or fetched (with the chunks after it when the
     /// reads go forward).
     fn chunk(&self, index: u64) -> ApiResult<Bytes> {
-        let sequential = self
-            .last_chunk
-            .swap(index, Ordering::Relaxed)
-            .wrapping_add(1)
-            == index;
+        let forward = self.read_ahead.note(index);
         let last = (self.size.div_ceil(S3_CHUNK)).saturating_sub(1);
         let wanted: Vec<u64> = {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(c) = cache.get(index) {
                 return Ok(c);
             }
-            let window = if sequential {
-                (self.window.load(Ordering::Relaxed) * 2).min(self.read_ahead)
-            } else {
-                1
-            };
-            self.window.store(window, Ordering::Relaxed);
+            let window = self.read_ahead.window(forward);
             let end = (index + window - 1).min(last);
             (index..=end).filter(|i| !cache.contains(*i)).collect()
         };

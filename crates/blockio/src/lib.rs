@@ -133,8 +133,50 @@ pub fn read_pieces<T: AsRef<[u8]>>(
     Ok(())
 }
 
+/// How many pieces a remote source fetches on a miss: while reads go forward (a
+/// miss on the piece after the one read last) the window doubles, up to `max`; any
+/// other read resets it to one piece, so random reads (a filesystem's metadata)
+/// fetch only what they need.
+#[derive(Debug)]
+pub struct ReadAhead {
+    last: std::sync::atomic::AtomicU64,
+    window: std::sync::atomic::AtomicU64,
+    max: u64,
+}
+
+impl ReadAhead {
+    /// A window of at most `max` pieces.
+    pub fn new(max: usize) -> Self {
+        Self {
+            last: std::sync::atomic::AtomicU64::new(u64::MAX),
+            window: std::sync::atomic::AtomicU64::new(1),
+            max: (max as u64).max(1),
+        }
+    }
+
+    /// Notes a read of piece `index` (hit or miss); says whether it follows the
+    /// previous one.
+    pub fn note(&self, index: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.last.swap(index, Relaxed).wrapping_add(1) == index
+    }
+
+    /// The pieces to fetch on a miss: doubled after a forward read, else one.
+    pub fn window(&self, forward: bool) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let w = if forward {
+            (self.window.load(Relaxed) * 2).min(self.max)
+        } else {
+            1
+        };
+        self.window.store(w, Relaxed);
+        w
+    }
+}
+
 /// The pieces of a remote source kept in memory: at most `capacity` of them, the
-/// oldest fetched dropped first.
+/// least recently used dropped first (a filesystem's metadata is read again and
+/// again between streams of file data).
 #[derive(Debug)]
 pub struct PieceCache<T> {
     pieces: std::collections::HashMap<u64, T>,
@@ -152,9 +194,14 @@ impl<T: Clone> PieceCache<T> {
         }
     }
 
-    /// Piece `index`, when held.
-    pub fn get(&self, index: u64) -> Option<T> {
-        self.pieces.get(&index).cloned()
+    /// Piece `index`, when held; it becomes the most recently used.
+    pub fn get(&mut self, index: u64) -> Option<T> {
+        let piece = self.pieces.get(&index).cloned()?;
+        if let Some(at) = self.order.iter().rposition(|&i| i == index) {
+            self.order.remove(at);
+            self.order.push_back(index);
+        }
+        Some(piece)
     }
 
     /// Whether piece `index` is held.
@@ -467,15 +514,25 @@ mod tests {
     }
 
     #[test]
-    fn a_piece_cache_keeps_at_most_its_capacity_and_drops_the_oldest() {
+    fn a_piece_cache_keeps_at_most_its_capacity_and_drops_the_least_recently_used() {
         let mut c = PieceCache::new(2);
         c.insert(1, "a");
         c.insert(2, "b");
         c.insert(1, "a again");
-        assert_eq!(c.get(1), Some("a again"));
+        assert_eq!(c.get(2), Some("b"), "2 is now the most recently used");
         c.insert(3, "c");
-        assert!(!c.contains(1), "the oldest went first");
+        assert!(!c.contains(1), "the least recently used went first");
         assert_eq!((c.get(2), c.get(3)), (Some("b"), Some("c")));
+    }
+
+    #[test]
+    fn read_ahead_grows_while_reads_go_forward_and_resets_on_a_jump() {
+        let r = ReadAhead::new(8);
+        assert!(!r.note(10));
+        assert_eq!(r.window(false), 1);
+        let grown: Vec<u64> = (11..15).map(|i| r.window(r.note(i))).collect();
+        assert_eq!(grown, [2, 4, 8, 8], "doubles up to the maximum");
+        assert_eq!(r.window(r.note(100)), 1, "a jump fetches one piece");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! An EBS snapshot read in place, as a [`BlockSource`]: ListSnapshotBlocks gives the
 //! blocks it holds (the others read as zeros), GetSnapshotBlock fetches them, each
 //! checked against the checksum the service sends. A read that misses the cache
-//! fetches its block and the next listed blocks after it in parallel (read-ahead,
-//! for sequential scans); the cache holds a bounded number of blocks. Throttling and
+//! fetches its block, and, while reads go forward, the next listed blocks after it
+//! in parallel (a read-ahead window that doubles up to the worker count; a random
+//! read fetches one block); the cache holds a bounded number of blocks. Throttling and
 //! other transient failures are retried with backoff ([`RetryPolicy`]).
 
 use crate::api::EbsApi;
@@ -26,7 +27,7 @@ pub struct SnapshotSource<A: EbsApi> {
     blocks: BTreeMap<u64, String>,
     size: u64,
     retry: RetryPolicy,
-    read_ahead: usize,
+    read_ahead: blockio::ReadAhead,
     cache: Mutex<blockio::PieceCache<Bytes>>,
     fetched: AtomicU64,
 }
@@ -56,7 +57,7 @@ impl<A: EbsApi> SnapshotSource<A> {
             blocks,
             size: volume_gib * GIB,
             retry,
-            read_ahead: workers.max(1),
+            read_ahead: blockio::ReadAhead::new(workers),
             cache: Mutex::new(blockio::PieceCache::new(CACHE_BLOCKS)),
             fetched: AtomicU64::new(0),
         })
@@ -77,15 +78,17 @@ impl<A: EbsApi> SnapshotSource<A> {
         if !self.blocks.contains_key(&index) {
             return Ok(None);
         }
+        let forward = self.read_ahead.note(index);
         let wanted: Vec<(u64, String)> = {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(b) = cache.get(index) {
                 return Ok(Some(b));
             }
+            let window = self.read_ahead.window(forward) as usize;
             self.blocks
                 .range(index..)
+                .take(window)
                 .filter(|(i, _)| !cache.contains(**i))
-                .take(self.read_ahead)
                 .map(|(i, t)| (*i, t.clone()))
                 .collect()
         };
