@@ -68,6 +68,12 @@ fn an_image_in_s3_inspects_and_audits_like_the_local_file() {
         outcome(amiforge_at(&moto.endpoint).args(["cat", url, "/etc/hostname"]));
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stdout, "fixture-host\n");
+    let components = |cmd: &mut std::process::Command| json_of(cmd).0["components"].clone();
+    assert_eq!(
+        components(amiforge_at(&moto.endpoint).args(["sbom", url])),
+        components(amiforge().arg("sbom").arg(&image)),
+        "the SBOM lists the same packages"
+    );
 }
 
 #[test]
