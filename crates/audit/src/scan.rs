@@ -130,7 +130,7 @@ fn read_and_scan(
         });
         false
     };
-    let mut file = match fs.open(raw) {
+    let mut file = match fs.open_walked(raw) {
         Ok(f) => f,
         Err(e) => return not_read(out, e.to_string()),
     };

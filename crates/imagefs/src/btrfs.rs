@@ -1297,7 +1297,11 @@ impl Filesystem for Btrfs {
 
     fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>> {
         let resolved = crate::resolve(self, path)?;
-        let inode = self.lstat(&resolved)?;
+        self.open_walked(&resolved)
+    }
+
+    fn open_walked(&self, path: &[u8]) -> Result<Box<dyn Read + '_>> {
+        let inode = self.lstat(path)?;
         match inode.kind() {
             FileKind::File => Ok(Box::new(self.open_inode(path, &inode)?)),
             FileKind::Dir => Err(Error::WrongType {

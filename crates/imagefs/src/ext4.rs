@@ -229,7 +229,11 @@ impl Filesystem for Ext4Fs {
     fn open(&self, p: &[u8]) -> Result<Box<dyn std::io::Read + '_>> {
         // Resolve inside the image ourselves, so that `..` never climbs above the root.
         let resolved = crate::resolve(self, p)?;
-        let file = self.fs.open(path(&resolved)?).map_err(self.err(p))?;
+        self.open_walked(&resolved)
+    }
+
+    fn open_walked(&self, p: &[u8]) -> Result<Box<dyn std::io::Read + '_>> {
+        let file = self.fs.open(path(p)?).map_err(self.err(p))?;
         Ok(Box::new(file))
     }
 }

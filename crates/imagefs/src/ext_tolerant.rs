@@ -899,7 +899,11 @@ impl Filesystem for TolerantExt {
 
     fn open(&self, path: &[u8]) -> Result<Box<dyn Read + '_>> {
         let resolved = crate::resolve(self, path)?;
-        let inode = self.lstat(&resolved)?;
+        self.open_walked(&resolved)
+    }
+
+    fn open_walked(&self, path: &[u8]) -> Result<Box<dyn Read + '_>> {
+        let inode = self.lstat(path)?;
         match inode.kind() {
             FileKind::File => self.reader(path, &inode),
             FileKind::Dir => Err(Error::WrongType {

@@ -200,6 +200,13 @@ pub trait Filesystem {
     /// Opens a regular file for reading, following symlinks inside the image.
     fn open(&self, path: &[u8]) -> Result<Box<dyn std::io::Read + '_>>;
 
+    /// Opens a regular file at a path a [`walk`] produced: no component of it is
+    /// a symlink, so the in-image resolution [`Filesystem::open`] does first
+    /// (a lookup from the root for every component) is skipped. Only for such paths.
+    fn open_walked(&self, path: &[u8]) -> Result<Box<dyn std::io::Read + '_>> {
+        self.open(path)
+    }
+
     /// What was unusual about the volume but did not stop it being read: a layout
     /// another reader would refuse, a journal not replayed.
     fn notes(&self) -> Vec<String> {
