@@ -5,6 +5,10 @@
 # image holding that tree.
 #
 #   scripts/bench-audit.sh [TREE_MIB]     (default 2048)
+#   scripts/bench-audit.sh debian         (a debootstrap'd Debian 12 cloud root)
+#
+# The default tree is synthetic (scripts/bench-tree.sh); `debian` is a real
+# distribution tree with the same planted secrets (scripts/bench-debian-tree.sh).
 #
 # Kingfisher and detect-secrets scan the extracted directory. amiforge scans an ext4
 # image of the same directory (made by mkfs.ext4 -d), so its time includes reading the
@@ -25,9 +29,14 @@ profile=${BENCH_PROFILE:-release}
 # The same package set as bench-upload.sh, so both reuse one build.
 cargo build --profile "$profile" --locked --quiet -p amiforge -p ebs-testserver
 target=${CARGO_TARGET_DIR:-$PWD/target}/$([ "$profile" = dev ] && echo debug || echo "$profile")
-dir=${BENCH_DIR:-$PWD/target/bench}/audit
+if [ "$tree_mib" = debian ]; then
+  dir=${BENCH_DIR:-$PWD/target/bench}/audit-debian
+  tree=$(scripts/bench-debian-tree.sh "$dir")
+else
+  dir=${BENCH_DIR:-$PWD/target/bench}/audit
+  tree=$(scripts/bench-tree.sh "$dir" "$tree_mib")
+fi
 mkdir -p "$dir"
-tree=$(scripts/bench-tree.sh "$dir" "$tree_mib")
 tree_bytes=$(du -sb "$tree" | cut -f1)
 image=$dir/image-4g.img
 if [ ! -f "$image" ] || [ "$tree.done" -nt "$image" ]; then
