@@ -21,7 +21,9 @@ if [ ! -f "$root.done" ]; then
   [ -n "$mirror" ] || { echo "no Debian mirror in this host's apt sources; set AMIFORGE_DEBIAN_MIRROR" >&2; exit 2; }
   echo "debootstrap of a Debian 12 cloud root into $root (several minutes)..." >&2
   rm -rf "$root"
-  debootstrap --include=linux-image-cloud-amd64,cloud-init,openssh-server,python3 \
+  # debootstrap does not resolve virtual packages: python3-cffi-backend provides the
+  # python3-cffi-backend-api-* that python3-cryptography (for cloud-init) needs.
+  debootstrap --include=linux-image-cloud-amd64,cloud-init,openssh-server,python3,python3-cffi-backend \
     bookworm "$root" "$mirror" > "$dir/debootstrap.log" 2>&1 ||
     { tail -20 "$dir/debootstrap.log" >&2; exit 2; }
   touch "$root.done"

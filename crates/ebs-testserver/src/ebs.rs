@@ -444,6 +444,30 @@ pub(crate) struct ListQuery {
     starting_block_index: Option<u64>,
 }
 
+/// One page of ascending block indices, as the List operations page them: from the
+/// page token (the next index) or the starting index, MaxResults clamped to
+/// 100..=10000; and the next page's token.
+fn page_of(
+    all: impl IntoIterator<Item = u64>,
+    max_results: Option<usize>,
+    page_token: Option<String>,
+    starting_block_index: Option<u64>,
+) -> (Vec<u64>, Option<String>) {
+    let max = max_results.unwrap_or(10_000).clamp(100, 10_000);
+    let from = page_token
+        .and_then(|t| t.parse::<u64>().ok())
+        .or(starting_block_index)
+        .unwrap_or(0);
+    let mut page: Vec<u64> = all
+        .into_iter()
+        .filter(|&i| i >= from)
+        .take(max + 1)
+        .collect();
+    let next = (page.len() > max).then(|| page[max].to_string());
+    page.truncate(max);
+    (page, next)
+}
+
 /// The blocks a reader sees: written ones, and for encrypted snapshots every block
 /// of the volume (unwritten ones hold garbage there, as on AWS).
 fn readable(st: &State, id: &str) -> Vec<u64> {
@@ -473,23 +497,14 @@ pub(crate) async fn list_blocks(
         return validation(&mut st, "INVALID_SNAPSHOT_STATE", &msg);
     }
     let volume = snap.volume_size_gib;
-    let max = q.max_results.unwrap_or(10_000).clamp(100, 10_000);
-    let from = q
-        .page_token
-        .and_then(|t| t.parse::<u64>().ok())
-        .or(q.starting_block_index)
-        .unwrap_or(0);
-    let all = readable(&st, &id);
-    let page: Vec<u64> = all
-        .iter()
-        .copied()
-        .filter(|&i| i >= from)
-        .take(max + 1)
-        .collect();
-    let next = page.get(max).map(|n| n.to_string());
+    let (page, next) = page_of(
+        readable(&st, &id),
+        q.max_results,
+        q.page_token,
+        q.starting_block_index,
+    );
     let blocks: Vec<serde_json::Value> = page
         .iter()
-        .take(max)
         .map(|i| serde_json::json!({ "BlockIndex": i, "BlockToken": format!("{id}:{i}") }))
         .collect();
     axum::Json(serde_json::json!({
@@ -571,18 +586,10 @@ pub(crate) async fn list_changed_blocks(
         .map(|f| st.all_blocks(f))
         .unwrap_or_default();
     let volume = st.snapshots[&second].volume_size_gib;
-    let max = q.max_results.unwrap_or(10_000).clamp(100, 10_000);
-    let from = q
-        .page_token
-        .and_then(|t| t.parse::<u64>().ok())
-        .or(q.starting_block_index)
-        .unwrap_or(0);
-    let page: Vec<u64> = changed.range(from..).copied().take(max + 1).collect();
-    let next = page.get(max).map(|n| n.to_string());
+    let (page, next) = page_of(changed, q.max_results, q.page_token, q.starting_block_index);
     let first = q.first_snapshot_id.unwrap_or_default();
     let blocks: Vec<serde_json::Value> = page
         .iter()
-        .take(max)
         .map(|i| {
             let mut b = serde_json::json!({
                 "BlockIndex": i,

@@ -271,25 +271,7 @@ impl Image {
 
     /// Like [`Image::open`], over any source.
     pub fn from_source(source: Arc<dyn BlockSource>) -> Result<Self> {
-        let table = partition::read_table(&*source).map_err(|e| Error::Table {
-            path: source.name(),
-            source: e,
-        })?;
-        let parts = if table.kind == TableKind::None {
-            vec![Partition {
-                number: 0,
-                start: 0,
-                size: source.len(),
-                kind: partition::PartitionType::Mbr(0),
-                name: None,
-                guid: None,
-                bootable: false,
-                extended: false,
-                logical: false,
-            }]
-        } else {
-            table.partitions.clone()
-        };
+        let (table, parts) = partitions_of(&*source)?;
         let mut volumes: Vec<Volume> = parts
             .into_iter()
             .map(|p| Volume::probe(&source, p))
@@ -316,25 +298,7 @@ impl Image {
     /// its partitions, or its bare filesystem, become volumes numbered on from the
     /// last one, each naming the disk, and are read like the image's own.
     pub fn add_disk(&mut self, source: Arc<dyn BlockSource>, disk: &str) -> Result<()> {
-        let table = partition::read_table(&*source).map_err(|e| Error::Table {
-            path: source.name(),
-            source: e,
-        })?;
-        let parts = if table.kind == TableKind::None {
-            vec![Partition {
-                number: 0,
-                start: 0,
-                size: source.len(),
-                kind: partition::PartitionType::Mbr(0),
-                name: None,
-                guid: None,
-                bootable: false,
-                extended: false,
-                logical: false,
-            }]
-        } else {
-            table.partitions.clone()
-        };
+        let (_, parts) = partitions_of(&*source)?;
         let mut number = self
             .volumes
             .iter()
@@ -564,6 +528,31 @@ impl Image {
             not_examined,
         }
     }
+}
+
+/// The partition table of a disk and its partitions; a disk without a table is one
+/// pseudo-partition numbered 0, the whole disk.
+fn partitions_of(source: &dyn BlockSource) -> Result<(PartitionTable, Vec<Partition>)> {
+    let table = partition::read_table(source).map_err(|e| Error::Table {
+        path: source.name(),
+        source: e,
+    })?;
+    let parts = if table.kind == TableKind::None {
+        vec![Partition {
+            number: 0,
+            start: 0,
+            size: source.len(),
+            kind: partition::PartitionType::Mbr(0),
+            name: None,
+            guid: None,
+            bootable: false,
+            extended: false,
+            logical: false,
+        }]
+    } else {
+        table.partitions.clone()
+    };
+    Ok((table, parts))
 }
 
 impl Volume {
