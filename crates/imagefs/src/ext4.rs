@@ -93,6 +93,13 @@ pub(crate) fn open(source: Arc<dyn BlockSource>, kind: FsKind) -> Result<Box<dyn
 pub(crate) struct Ext4Fs {
     fs: Ext4,
     kind: FsKind,
+    source: Arc<dyn BlockSource>,
+    /// amiforge's own reader of the same volume, made on first use, for
+    /// [`Filesystem::open_walked`]: ext4-view opens only by path, and each open
+    /// scans every directory on the way, which in the unindexed directories
+    /// `mkfs.ext4 -d` writes (`/var/lib/dpkg/info`) made the audit quadratic. `None`
+    /// when that reader would not give the same bytes (a journal to replay).
+    by_inode: std::cell::OnceCell<Option<TolerantExt>>,
 }
 
 fn convert(kind: FsKind, path: &[u8], e: Ext4Error) -> Error {
@@ -134,7 +141,7 @@ fn convert(kind: FsKind, path: &[u8], e: Ext4Error) -> Error {
 
 impl Ext4Fs {
     pub(crate) fn open(source: Arc<dyn BlockSource>, kind: FsKind) -> Result<Self> {
-        let fs = Ext4::load(Box::new(Reader(source))).map_err(|e| match convert(kind, b"", e) {
+        let fs = Ext4::load(Box::new(Reader(source.clone()))).map_err(|e| match convert(kind, b"", e) {
             Error::Corrupt { kind, reason, .. } => Error::Corrupt {
                 kind,
                 path: None,
@@ -146,7 +153,12 @@ impl Ext4Fs {
             },
             other => other,
         })?;
-        Ok(Self { fs, kind })
+        Ok(Self {
+            fs,
+            kind,
+            source,
+            by_inode: std::cell::OnceCell::new(),
+        })
     }
 
     fn err(&self, path: &[u8]) -> impl Fn(Ext4Error) -> Error + '_ {
@@ -233,6 +245,16 @@ impl Filesystem for Ext4Fs {
     }
 
     fn open_walked(&self, p: &[u8]) -> Result<Box<dyn std::io::Read + '_>> {
+        let fast = self.by_inode.get_or_init(|| {
+            TolerantExt::open(self.source.clone(), self.kind, String::new())
+                .ok()
+                .filter(TolerantExt::reads_like_ext4_view)
+        });
+        // Anything the fast reader cannot open (encrypted, unusual) goes to
+        // ext4-view, whose answer stands.
+        if let Some(file) = fast.as_ref().and_then(|t| t.open_walked(p).ok()) {
+            return Ok(file);
+        }
         let file = self.fs.open(path(p)?).map_err(self.err(p))?;
         Ok(Box::new(file))
     }

@@ -25,6 +25,8 @@ const ROOT_INODE: u32 = 2;
 const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 /// s_feature_ro_compat: superblock backups only in groups 0, 1 and powers of 3, 5, 7.
 const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
+/// s_feature_ro_compat: blocks allocated in clusters.
+const RO_COMPAT_BIGALLOC: u32 = 0x200;
 
 /// s_feature_incompat bits.
 pub(crate) const INCOMPAT_COMPRESSION: u32 = 0x1;
@@ -267,7 +269,16 @@ pub(crate) struct TolerantExt {
     /// Each group's inode table block.
     inode_tables: Vec<u64>,
     notes: Vec<String>,
+    /// The directories looked in last: inode number → name → inode number, so that
+    /// opening the files of one directory in turn parses it once, not once a file.
+    dirs: std::cell::RefCell<std::collections::VecDeque<(u32, Arc<Directory>)>>,
 }
+
+/// A directory's entries by name.
+type Directory = std::collections::HashMap<Vec<u8>, u32>;
+
+/// Directories kept parsed: enough for the components of the paths being opened.
+const DIRS_KEPT: usize = 32;
 
 fn corrupt(kind: FsKind, path: Option<&[u8]>, reason: String) -> Error {
     Error::Corrupt {
@@ -357,7 +368,41 @@ impl TolerantExt {
             kind,
             inode_tables,
             notes,
+            dirs: Default::default(),
         })
+    }
+
+    /// Whether this reader gives the bytes ext4-view would for every file of the
+    /// volume, so that it may stand in for it: no journal to replay, no bigalloc.
+    pub(crate) fn reads_like_ext4_view(&self) -> bool {
+        self.sb.incompat & INCOMPAT_RECOVER == 0 && self.sb.ro_compat & RO_COMPAT_BIGALLOC == 0
+    }
+
+    /// The inode number of `name` in the directory `number` (`dir`), parsing the
+    /// directory once for the next lookups in it.
+    fn child(&self, path: &[u8], number: u32, dir: &Inode, name: &[u8]) -> Result<u32> {
+        let kept = self
+            .dirs
+            .borrow()
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map(|(_, d)| d.clone());
+        let entries = match kept {
+            Some(d) => d,
+            None => {
+                let d: Arc<Directory> = Arc::new(self.entries(path, dir)?.into_iter().collect());
+                let mut dirs = self.dirs.borrow_mut();
+                if dirs.len() == DIRS_KEPT {
+                    dirs.pop_front();
+                }
+                dirs.push_back((number, d.clone()));
+                d
+            }
+        };
+        entries
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::NotFound { path: show(path) })
     }
 
     fn read(&self, path: &[u8], buf: &mut [u8], offset: u64) -> Result<()> {
@@ -758,7 +803,8 @@ impl TolerantExt {
     /// Looks `path` up component by component, following no symlink. `Ok(None)`
     /// when a component before the last is a symlink.
     fn lookup(&self, path: &[u8]) -> Result<Option<Inode>> {
-        let mut inode = self.inode(path, ROOT_INODE)?;
+        let mut number = ROOT_INODE;
+        let mut inode = self.inode(path, number)?;
         let parts: Vec<&[u8]> = path
             .split(|&b| b == b'/')
             .filter(|c| !c.is_empty() && *c != b".")
@@ -777,12 +823,7 @@ impl TolerantExt {
             if part == b".." {
                 return Ok(None); // let the resolver handle it inside the root
             }
-            let number = self
-                .entries(path, &inode)?
-                .into_iter()
-                .find(|(name, _)| name == part)
-                .map(|(_, n)| n)
-                .ok_or_else(|| Error::NotFound { path: show(path) })?;
+            number = self.child(path, number, &inode, part)?;
             inode = self.inode(path, number)?;
         }
         Ok(Some(inode))
