@@ -141,17 +141,19 @@ fn convert(kind: FsKind, path: &[u8], e: Ext4Error) -> Error {
 
 impl Ext4Fs {
     pub(crate) fn open(source: Arc<dyn BlockSource>, kind: FsKind) -> Result<Self> {
-        let fs = Ext4::load(Box::new(Reader(source.clone()))).map_err(|e| match convert(kind, b"", e) {
-            Error::Corrupt { kind, reason, .. } => Error::Corrupt {
-                kind,
-                path: None,
-                reason,
-            },
-            Error::Read { source, .. } => Error::Read {
-                path: "(superblock)".into(),
-                source,
-            },
-            other => other,
+        let fs = Ext4::load(Box::new(Reader(source.clone()))).map_err(|e| {
+            match convert(kind, b"", e) {
+                Error::Corrupt { kind, reason, .. } => Error::Corrupt {
+                    kind,
+                    path: None,
+                    reason,
+                },
+                Error::Read { source, .. } => Error::Read {
+                    path: "(superblock)".into(),
+                    source,
+                },
+                other => other,
+            }
         })?;
         Ok(Self {
             fs,
