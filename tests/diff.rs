@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use ebs_testserver::{start_background, Config};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// The root partition of gpt-uefi.img, in 512-byte sectors (sfdisk -d).
@@ -115,19 +115,6 @@ fn two_image_files_differ_in_exactly_the_files_debugfs_changed() {
     assert_eq!(same["changed_blocks"], 0);
 }
 
-fn upload(endpoint: &str, image: &Path, extra: &[&str]) -> String {
-    let (code, stdout, stderr) = outcome(
-        amiforge_at(endpoint)
-            .arg("upload")
-            .arg(image)
-            .args(["--format", "json", "--no-progress"])
-            .args(extra),
-    );
-    assert_eq!(code, Some(0), "upload failed: {stderr}");
-    let v: Value = serde_json::from_str(&stdout).unwrap();
-    v["snapshot_id"].as_str().unwrap().to_string()
-}
-
 #[test]
 fn a_snapshot_and_its_incremental_child_differ_in_exactly_the_changed_files() {
     let server = start_background(Config {
@@ -140,12 +127,12 @@ fn a_snapshot_and_its_incremental_child_differ_in_exactly_the_changed_files() {
     let changed = changed_image(&dir);
     let manifest = dir.path("blocks.json");
     let manifest = manifest.to_str().unwrap();
-    let parent = upload(
+    let parent = upload_snapshot(
         &endpoint,
         &fixture("gpt-uefi.img"),
         &["--manifest", manifest],
     );
-    let child = upload(
+    let child = upload_snapshot(
         &endpoint,
         &changed,
         &["--parent-snapshot", &parent, "--manifest", manifest],
@@ -158,7 +145,7 @@ fn a_snapshot_and_its_incremental_child_differ_in_exactly_the_changed_files() {
     assert!(listed.unwrap_or(0) >= 1, "the server was asked");
 
     // Snapshots of different lineages cannot be compared by their changed blocks.
-    let stranger = upload(&endpoint, &changed, &[]);
+    let stranger = upload_snapshot(&endpoint, &changed, &[]);
     let (code, _, stderr) = outcome(amiforge_at(&endpoint).args(["diff", &parent, &stranger]));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(

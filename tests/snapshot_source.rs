@@ -17,14 +17,7 @@ fn quiet(faults: Faults) -> Config {
 }
 
 fn upload(endpoint: &str, image: &Path) -> String {
-    let (code, stdout, stderr) = outcome(amiforge_at(endpoint).arg("upload").arg(image).args([
-        "--format",
-        "json",
-        "--no-progress",
-    ]));
-    assert_eq!(code, Some(0), "upload failed: {stderr}");
-    let v: Value = serde_json::from_str(&stdout).unwrap();
-    v["snapshot_id"].as_str().unwrap().to_string()
+    upload_snapshot(endpoint, image, &[])
 }
 
 fn json_of(cmd: &mut std::process::Command) -> Value {

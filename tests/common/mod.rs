@@ -185,6 +185,21 @@ pub fn amiforge_at(endpoint: &str) -> Command {
     cmd
 }
 
+/// Uploads `image` (with `extra` arguments) to the service at `endpoint`; the new
+/// snapshot's id.
+pub fn upload_snapshot(endpoint: &str, image: &Path, extra: &[&str]) -> String {
+    let (code, stdout, stderr) = outcome(
+        amiforge_at(endpoint)
+            .arg("upload")
+            .arg(image)
+            .args(["--format", "json", "--no-progress"])
+            .args(extra),
+    );
+    assert_eq!(code, Some(0), "upload failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    v["snapshot_id"].as_str().unwrap().to_string()
+}
+
 /// Runs a prepared command; returns (exit code, stdout, stderr), failing on a panic.
 pub fn outcome(cmd: &mut Command) -> (Option<i32>, String, String) {
     let out = cmd.output().expect("amiforge runs");

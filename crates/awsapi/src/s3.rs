@@ -199,16 +199,11 @@ impl S3Source {
             let calls = wanted.iter().map(|&i| self.get(i));
             futures_util::future::join_all(calls).await
         });
+        let fetched = fetched.into_iter().collect::<ApiResult<Vec<_>>>()?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let mut found = None;
-        for r in fetched {
-            let (i, data) = r?;
-            if i == index {
-                found = Some(data.clone());
-            }
-            cache.insert(i, data);
-        }
-        found.ok_or_else(|| ApiError::new(ErrorKind::Other, None, "chunk not fetched".to_string()))
+        cache
+            .insert_all(fetched, index)
+            .ok_or_else(|| ApiError::new(ErrorKind::Other, None, "chunk not fetched".to_string()))
     }
 }
 

@@ -209,7 +209,19 @@ impl<T: Clone> PieceCache<T> {
         self.pieces.contains_key(&index)
     }
 
-    /// Keeps piece `index`, dropping the oldest past the capacity.
+    /// Keeps every fetched `(index, piece)`, and gives back piece `wanted` among them.
+    pub fn insert_all(&mut self, fetched: Vec<(u64, T)>, wanted: u64) -> Option<T> {
+        let mut found = None;
+        for (i, piece) in fetched {
+            if i == wanted {
+                found = Some(piece.clone());
+            }
+            self.insert(i, piece);
+        }
+        found
+    }
+
+    /// Keeps piece `index`, dropping the least recently used past the capacity.
     pub fn insert(&mut self, index: u64, piece: T) {
         if self.pieces.insert(index, piece).is_none() {
             self.order.push_back(index);

@@ -444,6 +444,18 @@ pub(crate) struct ListQuery {
     starting_block_index: Option<u64>,
 }
 
+/// Why snapshot `id` cannot be read (it does not exist, or is not completed), as
+/// the answer to send; `None` when it can.
+fn unreadable(st: &mut State, id: &str) -> Option<Response> {
+    match st.snapshots.get(id) {
+        None => return Some(not_found(id)),
+        Some(snap) if snap.status == Status::Completed => return None,
+        Some(_) => {}
+    }
+    let msg = format!("snapshot {id} is not completed");
+    Some(validation(st, "INVALID_SNAPSHOT_STATE", &msg))
+}
+
 /// One page of ascending block indices, as the List operations page them: from the
 /// page token (the next index) or the starting index, MaxResults clamped to
 /// 100..=10000; and the next page's token.
@@ -489,13 +501,10 @@ pub(crate) async fn list_blocks(
         return r;
     }
     st.tick(&id);
-    let Some(snap) = st.snapshots.get(&id) else {
-        return not_found(&id);
-    };
-    if snap.status != Status::Completed {
-        let msg = format!("snapshot {id} is not completed");
-        return validation(&mut st, "INVALID_SNAPSHOT_STATE", &msg);
+    if let Some(refused) = unreadable(&mut st, &id) {
+        return refused;
     }
+    let snap = &st.snapshots[&id];
     let volume = snap.volume_size_gib;
     let (page, next) = page_of(
         readable(&st, &id),
@@ -546,12 +555,8 @@ pub(crate) async fn list_changed_blocks(
     }
     st.tick(&second);
     for id in std::iter::once(&second).chain(q.first_snapshot_id.as_ref()) {
-        let Some(snap) = st.snapshots.get(id) else {
-            return not_found(id);
-        };
-        if snap.status != Status::Completed {
-            let msg = format!("snapshot {id} is not completed");
-            return validation(&mut st, "INVALID_SNAPSHOT_STATE", &msg);
+        if let Some(refused) = unreadable(&mut st, id) {
+            return refused;
         }
     }
     let changed: std::collections::BTreeSet<u64> = match &q.first_snapshot_id {
@@ -632,13 +637,10 @@ pub(crate) async fn get_block(
     }
     let mut st = lock(&s);
     st.tick(&id);
-    let Some(snap) = st.snapshots.get(&id) else {
-        return not_found(&id);
-    };
-    if snap.status != Status::Completed {
-        let msg = format!("snapshot {id} is not completed");
-        return validation(&mut st, "INVALID_SNAPSHOT_STATE", &msg);
+    if let Some(refused) = unreadable(&mut st, &id) {
+        return refused;
     }
+    let encrypted = st.snapshots[&id].encrypted;
     let Ok(index) = index.parse::<u64>() else {
         return validation(&mut st, "INVALID_BLOCK", "bad block index");
     };
@@ -649,7 +651,6 @@ pub(crate) async fn get_block(
             "the block token does not match",
         );
     }
-    let encrypted = snap.encrypted;
     let data = match st.all_blocks(&id).remove(&index) {
         Some((data, _)) => data,
         // An unwritten block of an encrypted snapshot: garbage, not zeros.

@@ -111,14 +111,7 @@ impl<A: EbsApi> SnapshotSource<A> {
         self.fetched
             .fetch_add(fetched.len() as u64, Ordering::Relaxed);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let mut found = None;
-        for (i, data) in fetched {
-            if i == index {
-                found = Some(data.clone());
-            }
-            cache.insert(i, data);
-        }
-        Ok(found)
+        Ok(cache.insert_all(fetched, index))
     }
 }
 
