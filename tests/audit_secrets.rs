@@ -369,3 +369,94 @@ open(f"{out}/values.yaml", "w").write(
         "a line of the key is in the report"
     );
 }
+
+/// The scan reads a stream in windows of 8 MiB, each carrying the 64 KiB before it
+/// (crates/audit/src/scan.rs: CHUNK and OVERLAP); compressed files are scanned
+/// the same way as they are decompressed, never whole.
+const WINDOW: usize = 8 << 20;
+const OVERLAP: usize = 64 << 10;
+
+#[test]
+fn keys_deep_in_compressed_logs_are_found_across_windows_and_after_damage() {
+    let scratch = Scratch::new("audit-compressed-stream");
+    let tree = scratch.path("tree");
+    std::fs::create_dir_all(tree.join("var/log")).unwrap();
+    // Python writes 24 MiB of log lines with a fresh GitHub token (i) just before
+    // the first window's end, (ii) across the end of the first read, where only the
+    // next window sees it whole, and (iii) deep in the stream; then compresses it
+    // with gzip, xz and zstd. damaged.log.gz is a gzip member holding token (iv),
+    // then bytes that start a second member and are not one, then token (v) in
+    // plain text. The tokens and their line numbers go to expected.json.
+    let script = r#"
+import gzip, json, lzma, os, secrets, string, subprocess, sys
+out, window, overlap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+alphabet = string.ascii_letters + string.digits
+def token():
+    return "ghp_" + "".join(secrets.choice(alphabet) for _ in range(36))
+expected = {}
+def log(name):
+    line = b"Dec  5 17:34:08 host sshd[812]: Accepted publickey for admin from 10.0.0.7 port 50222\n"
+    data, found = bytearray(), []
+    for at in (window - 10, window + overlap - 10, 20 << 20):
+        while len(data) + len(line) <= at:
+            data += line
+        data += b"x" * (at - len(data))
+        t = token()
+        found.append({"token": t, "line": data.count(b"\n") + 1})
+        data += ("GITHUB_TOKEN=" + t + "\n").encode()
+    while len(data) < 24 << 20:
+        data += line
+    expected[name] = found
+    return bytes(data)
+open(f"{out}/var/log/app.log.gz", "wb").write(gzip.compress(log("/var/log/app.log.gz"), 6))
+open(f"{out}/var/log/app.log.xz", "wb").write(lzma.compress(log("/var/log/app.log.xz")))
+plain = log("/var/log/app.log.zst")
+open(f"{out}/var/log/app.log.zst", "wb").write(subprocess.run(["zstd", "-q", "-c"], input=plain, capture_output=True, check=True).stdout)
+inside, after = token(), token()
+member = gzip.compress(("GITHUB_TOKEN=" + inside + "\n").encode())
+damaged = member + b"\x1f\x8b\x08garbage\n"
+open(f"{out}/var/log/damaged.log.gz", "wb").write(damaged + ("GITHUB_TOKEN=" + after + "\n").encode())
+expected["/var/log/damaged.log.gz"] = [
+    {"token": inside, "line": 1}, {"token": after, "line": damaged.count(b"\n") + 1}]
+json.dump(expected, open(f"{out}/../expected.json", "w"))
+"#;
+    tool_output(
+        Command::new("python3")
+            .args(["-c", script, tree.to_str().unwrap()])
+            .arg(WINDOW.to_string())
+            .arg(OVERLAP.to_string()),
+    );
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(scratch.path("expected.json")).unwrap()).unwrap();
+    let image = scratch.path("logs.img");
+    ext4_of(&tree, &image);
+    let (_, report) = audit_json(&image, &["--fail-on", "none"]);
+    let found = findings(&report, "secret.github-pat");
+    for (path, tokens) in expected.as_object().unwrap() {
+        let here: Vec<_> = found.iter().filter(|f| f["path"] == *path).collect();
+        assert_eq!(
+            here.len(),
+            tokens.as_array().unwrap().len(),
+            "{path}: {here:#?}"
+        );
+        // The excerpt masks the token; the line it is on says which it is.
+        for t in tokens.as_array().unwrap() {
+            assert!(
+                here.iter().any(|f| f["line"] == t["line"]),
+                "{path}: the token on line {} not found in {here:#?}",
+                t["line"]
+            );
+        }
+    }
+    // The damaged file is said to be damaged; no other file is reported as not
+    // examined, and all three logs were scanned to their ends.
+    let gaps: Vec<&Value> = report["not_examined"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["kind"] == "file" || g["kind"] == "compressed-file")
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:#?}");
+    assert_eq!(gaps[0]["what"], "/var/log/damaged.log.gz");
+    assert!(report["summary"]["bytes_scanned"].as_u64().unwrap() > 3 * (24 << 20));
+}

@@ -275,7 +275,7 @@ pub fn assert_same_padded(image: &Path, downloaded: &Path) {
     let image_len = a.metadata().unwrap().len();
     let volume_len = b.metadata().unwrap().len();
     assert!(
-        volume_len >= image_len && volume_len % (1 << 30) == 0,
+        volume_len >= image_len && volume_len.is_multiple_of(1 << 30),
         "volume {volume_len} for image {image_len}"
     );
     let mut x = vec![0u8; 1 << 20];

@@ -413,8 +413,15 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
     let files = FileIndex::build(image, config);
     let provenance = inspection
         .root_partition
-        .and_then(|n| image.filesystem(n).ok())
-        .map(|fs| packages::provenance(&*fs))
+        .and_then(|n| Some((n, image.filesystem(n).ok()?)))
+        .map(|(n, fs)| {
+            let walked: std::collections::HashSet<&str> = files
+                .on(n)
+                .filter(|f| f.metadata.kind == imagefs::FileKind::Dir)
+                .map(|f| f.path.as_str())
+                .collect();
+            packages::provenance(&*fs, &|dir| walked.contains(dir))
+        })
         .unwrap_or_default();
     let ctx = Context {
         image,

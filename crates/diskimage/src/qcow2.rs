@@ -315,7 +315,7 @@ pub(crate) fn open(file: Container, chain: &mut Chain) -> Result<Opened> {
             format!("{l1_size} entries is over qemu's limit of {MAX_L1_BYTES} bytes"),
         ));
     }
-    if l1_offset % cluster != 0 || l1_offset.saturating_add(needed * 8) > file_len {
+    if !l1_offset.is_multiple_of(cluster) || l1_offset.saturating_add(needed * 8) > file_len {
         return Err(site.corrupt(
             "L1 table",
             l1_offset,
@@ -345,7 +345,7 @@ pub(crate) fn open(file: Container, chain: &mut Chain) -> Result<Opened> {
                 format!("entry {i} points to the L2 table at {at} that entry {first} uses too"),
             ));
         }
-        if at % cluster != 0 || at.saturating_add(cluster) > file_len {
+        if !at.is_multiple_of(cluster) || at.saturating_add(cluster) > file_len {
             return Err(site.corrupt(
                 "L1 table",
                 where_,
@@ -455,7 +455,7 @@ fn check_l2(
         if !uses_host {
             continue;
         }
-        if host == 0 || host % cluster != 0 || host.saturating_add(cluster) > file_len {
+        if host == 0 || !host.is_multiple_of(cluster) || host.saturating_add(cluster) > file_len {
             return Err(site.corrupt(
                 "L2 table",
                 where_,

@@ -327,7 +327,7 @@ pub(crate) fn open(file: Container) -> Result<Opened> {
     if sector != 512 && sector != 4096 {
         return Err(site.corrupt("logical sector size", meta_at, format!("{sector} bytes")));
     }
-    if size == 0 || size > MAX_VIRTUAL_SIZE || size % sector != 0 {
+    if size == 0 || size > MAX_VIRTUAL_SIZE || !size.is_multiple_of(sector) {
         return Err(site.corrupt("virtual disk size", meta_at, format!("{size} bytes")));
     }
 
@@ -347,7 +347,7 @@ pub(crate) fn open(file: Container) -> Result<Opened> {
     let bat: Vec<u64> = (0..entries as usize).map(|i| le64(&raw, 8 * i)).collect();
     for (i, &e) in bat.iter().enumerate() {
         let i = i as u64;
-        if (i + 1) % (chunk_ratio + 1) == 0 {
+        if (i + 1).is_multiple_of(chunk_ratio + 1) {
             continue; // a sector bitmap entry
         }
         let payload = i - i / (chunk_ratio + 1);

@@ -232,7 +232,7 @@ impl Layout {
             12 => {
                 let at = (cluster * 3 / 2) as usize;
                 let v = le16(table.get(at..at + 2)?, 0);
-                Some(if cluster % 2 == 0 { v & 0xfff } else { v >> 4 })
+                Some(if cluster.is_multiple_of(2) { v & 0xfff } else { v >> 4 })
             }
             16 => Some(le16(table.get((cluster * 2) as usize..)?.get(..2)?, 0)),
             _ => Some(le32(table.get((cluster * 4) as usize..)?.get(..4)?, 0) & 0x0fff_ffff),
@@ -504,7 +504,7 @@ impl FatFs {
         }
         let b = &bytes[(at - *start) as usize..];
         Ok(match l.bits {
-            12 if cluster % 2 == 0 => le16(b, 0) & 0xfff,
+            12 if cluster.is_multiple_of(2) => le16(b, 0) & 0xfff,
             12 => le16(b, 0) >> 4,
             16 => le16(b, 0),
             _ => le32(b, 0) & 0x0fff_ffff,

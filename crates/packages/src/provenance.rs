@@ -10,6 +10,7 @@
 //! a walk of the filesystem finds it.
 
 use std::collections::HashMap;
+use std::io::Read;
 
 use imagefs::Filesystem;
 
@@ -17,6 +18,9 @@ use crate::{rpm, stanzas, Unread, DATABASE_LIMIT};
 
 const DPKG_INFO: &str = "/var/lib/dpkg/info";
 const DPKG_STATUS: &str = "/var/lib/dpkg/status";
+/// Linux's PATH_MAX: a longer path names no file (and its directories are
+/// resolved one level of recursion per component).
+const PATH_MAX: usize = 4096;
 /// The most files the provenance keeps (a full desktop install has about 500,000).
 pub const MAX_OWNED_FILES: usize = 4 << 20;
 
@@ -105,9 +109,17 @@ impl Provenance {
 }
 
 /// Reads the file lists of every package database found in `fs`.
-pub fn provenance(fs: &dyn Filesystem) -> Provenance {
+///
+/// `walked_dir` says whether a path (as [`imagefs::show`] writes it) is a directory
+/// that a walk of `fs` reached: no component of such a path is a symlink, so it
+/// names itself, and the files listed under it need no lookups to be resolved. It
+/// may say `false` for everything; every path is then resolved in `fs`.
+pub fn provenance(fs: &dyn Filesystem, walked_dir: &dyn Fn(&str) -> bool) -> Provenance {
     let mut out = Provenance::default();
-    let mut resolver = Resolver::default();
+    let mut resolver = Resolver {
+        walked_dir,
+        dirs: HashMap::new(),
+    };
     dpkg_md5sums(fs, &mut resolver, &mut out);
     dpkg_conffiles(fs, &mut resolver, &mut out);
     rpm_files(fs, &mut resolver, &mut out);
@@ -116,31 +128,83 @@ pub fn provenance(fs: &dyn Filesystem) -> Provenance {
 }
 
 /// Resolves each path's directory through the filesystem's symlinks, once per
-/// directory.
-#[derive(Default)]
-struct Resolver {
+/// directory, and not at all for a directory the walk reached.
+struct Resolver<'a> {
+    walked_dir: &'a dyn Fn(&str) -> bool,
     dirs: HashMap<String, Option<String>>,
 }
 
-impl Resolver {
+impl Resolver<'_> {
     /// The path where a walk finds `path`: its directory resolved inside `fs`.
     fn resolve(&mut self, fs: &dyn Filesystem, path: &str) -> Option<String> {
+        if path.len() > PATH_MAX {
+            return None;
+        }
         let (dir, name) = path.rsplit_once('/')?;
-        let dir = if dir.is_empty() { "/" } else { dir };
-        let resolved = self
-            .dirs
-            .entry(dir.to_string())
-            .or_insert_with(|| {
-                imagefs::resolve(fs, dir.as_bytes())
-                    .ok()
-                    .map(|p| imagefs::show(&p))
-            })
-            .as_deref()?;
+        let resolved = self.resolve_dir(fs, dir)?;
         Some(if resolved == "/" {
             format!("/{name}")
         } else {
             format!("{resolved}/{name}")
         })
+    }
+
+    /// `dir` resolved inside `fs`, from its parent's resolution: a directory
+    /// under a symlink (`/lib/modules/…` on a merged-/usr system) costs a lookup
+    /// of the symlink once, not one of each of its components.
+    fn resolve_dir(&mut self, fs: &dyn Filesystem, dir: &str) -> Option<String> {
+        if dir.is_empty() || dir == "/" || (self.walked_dir)(dir) {
+            return Some(if dir.is_empty() {
+                "/".into()
+            } else {
+                dir.into()
+            });
+        }
+        if let Some(known) = self.dirs.get(dir) {
+            return known.clone();
+        }
+        let (parent, name) = dir.rsplit_once('/')?;
+        let candidate = match self.resolve_dir(fs, parent) {
+            Some(p) if p == "/" => format!("/{name}"),
+            Some(p) => format!("{p}/{name}"),
+            None => dir.to_string(),
+        };
+        let resolved = if (self.walked_dir)(&candidate) {
+            Some(candidate)
+        } else {
+            imagefs::resolve(fs, candidate.as_bytes())
+                .ok()
+                .map(|p| imagefs::show(&p))
+        };
+        self.dirs.insert(dir.to_string(), resolved.clone());
+        resolved
+    }
+
+    /// Reads a database file, `size` bytes long by its directory's listing, at
+    /// most `DATABASE_LIMIT`; in a walked directory without looking it up again.
+    fn read(&self, fs: &dyn Filesystem, path: &str, size: u64) -> imagefs::Result<Vec<u8>> {
+        let walked = path
+            .rsplit_once('/')
+            .is_some_and(|(dir, _)| (self.walked_dir)(dir));
+        if !walked || size > DATABASE_LIMIT {
+            return fs.read_file(path.as_bytes(), DATABASE_LIMIT);
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        fs.open_walked(path.as_bytes())?
+            .take(DATABASE_LIMIT + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| imagefs::Error::Read {
+                path: path.to_string(),
+                source: Box::new(e),
+            })?;
+        if data.len() as u64 > DATABASE_LIMIT {
+            return Err(imagefs::Error::TooLarge {
+                path: path.to_string(),
+                size: data.len() as u64,
+                limit: DATABASE_LIMIT,
+            });
+        }
+        Ok(data)
     }
 }
 
@@ -157,16 +221,16 @@ fn dpkg_md5sums(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Provenan
     let Ok(entries) = fs.read_dir(DPKG_INFO.as_bytes()) else {
         return;
     };
-    let mut names: Vec<String> = entries
+    let mut names: Vec<(String, u64)> = entries
         .iter()
         .filter(|e| e.metadata.kind == imagefs::FileKind::File)
-        .map(|e| imagefs::show(&e.name))
-        .filter(|n| n.ends_with(".md5sums"))
+        .map(|e| (imagefs::show(&e.name), e.metadata.size))
+        .filter(|(n, _)| n.ends_with(".md5sums"))
         .collect();
     names.sort();
-    for name in names {
+    for (name, size) in names {
         let path = format!("{DPKG_INFO}/{name}");
-        let data = match fs.read_file(path.as_bytes(), DATABASE_LIMIT) {
+        let data = match resolver.read(fs, &path, size) {
             Ok(d) => d,
             Err(e) => {
                 out.unread.push(Unread {

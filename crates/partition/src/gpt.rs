@@ -106,7 +106,7 @@ fn read_header(
     let entries_crc = le32(&sector, 88);
     if entry_size < ENTRY_SIZE as u32
         || entry_size > MAX_ENTRY_SIZE
-        || entry_size % ENTRY_SIZE as u32 != 0
+        || !entry_size.is_multiple_of(ENTRY_SIZE as u32)
     {
         return Err(damaged(format!(
             "partition entry size {entry_size} is not a multiple of 128 up to {MAX_ENTRY_SIZE}"

@@ -1,4 +1,4 @@
-//! Opening compressed files (rotated logs, compressed configs) with a size bound.
+//! Reading compressed files (rotated logs, compressed configs) as streams.
 
 use std::io::Read;
 
@@ -50,27 +50,16 @@ pub enum DecompressError {
     },
 }
 
-/// What [`decompress`] produced.
-#[derive(Debug)]
-pub struct Decompressed {
-    /// The format.
-    pub format: Compression,
-    /// The decompressed bytes, at most the limit.
-    pub data: Vec<u8>,
-    /// Whether the output was cut at the limit (a decompression bomb, or a huge log).
-    pub truncated: bool,
-}
-
-/// Decompresses `data` if it is gzip, xz or zstd, keeping at most `limit` bytes.
-/// Returns `Ok(None)` for data in none of those formats.
-pub fn decompress(data: &[u8], limit: u64) -> Result<Option<Decompressed>, DecompressError> {
-    let Some(format) = Compression::detect(data) else {
-        return Ok(None);
-    };
-    let reader: Box<dyn Read + '_> = match format {
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
-        Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(data)),
-        Compression::Zstd => match zstd::stream::read::Decoder::with_buffer(data) {
+/// A decoder of `format` reading `input` as it needs it, so a compressed file is
+/// never held whole: the caller bounds what it reads from it.
+pub fn decoder<'a>(
+    format: Compression,
+    input: impl Read + 'a,
+) -> Result<Box<dyn Read + 'a>, DecompressError> {
+    Ok(match format {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(input)),
+        Compression::Zstd => match zstd::stream::read::Decoder::new(input) {
             Ok(d) => Box::new(d),
             Err(source) => {
                 return Err(DecompressError::Corrupt {
@@ -79,22 +68,7 @@ pub fn decompress(data: &[u8], limit: u64) -> Result<Option<Decompressed>, Decom
                 })
             }
         },
-    };
-    let mut out = Vec::new();
-    reader
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|source| DecompressError::Corrupt {
-            format: format.name(),
-            source,
-        })?;
-    let truncated = out.len() as u64 > limit;
-    out.truncate(limit as usize);
-    Ok(Some(Decompressed {
-        format,
-        data: out,
-        truncated,
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -106,6 +80,24 @@ mod tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    /// Decompresses `data`, at most `limit` bytes of output: (bytes, cut at the limit).
+    fn decompress(data: &[u8], limit: u64) -> Result<Option<(Vec<u8>, bool)>, DecompressError> {
+        let Some(format) = Compression::detect(data) else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        decoder(format, data)?
+            .take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(|source| DecompressError::Corrupt {
+                format: format.name(),
+                source,
+            })?;
+        let cut = out.len() as u64 > limit;
+        out.truncate(limit as usize);
+        Ok(Some((out, cut)))
     }
 
     #[test]
@@ -123,19 +115,19 @@ mod tests {
             (xz, Compression::Xz),
             (zst, Compression::Zstd),
         ] {
-            let d = decompress(&bytes, 1 << 20).unwrap().unwrap();
-            assert_eq!(d.format, format);
-            assert_eq!(d.data, text);
-            assert!(!d.truncated);
+            assert_eq!(Compression::detect(&bytes), Some(format));
+            let (data, cut) = decompress(&bytes, 1 << 20).unwrap().unwrap();
+            assert_eq!(data, text);
+            assert!(!cut);
         }
     }
 
     #[test]
     fn output_is_cut_at_the_limit() {
         let bomb = gzip(&vec![0u8; 10 << 20]);
-        let d = decompress(&bomb, 1 << 20).unwrap().unwrap();
-        assert_eq!(d.data.len(), 1 << 20);
-        assert!(d.truncated);
+        let (data, cut) = decompress(&bomb, 1 << 20).unwrap().unwrap();
+        assert_eq!(data.len(), 1 << 20);
+        assert!(cut);
     }
 
     #[test]

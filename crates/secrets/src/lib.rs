@@ -7,7 +7,8 @@
 //! Every [`Match`] carries the rule, the line, the byte offset, a redacted excerpt
 //! and a fingerprint; the secret itself never leaves this crate.
 //!
-//! [`decompress`] opens gzip, xz and zstd data (rotated logs) with a size bound.
+//! [`decoder`] reads gzip, xz and zstd data (rotated logs, man pages, initramfs
+//! images) as a stream, so the caller bounds what it reads.
 //!
 //! ```
 //! let scanner = secrets::Scanner::new();
@@ -19,7 +20,7 @@
 mod decompress;
 mod rules;
 
-pub use decompress::{decompress, Compression, DecompressError};
+pub use decompress::{decoder, Compression, DecompressError};
 pub use rules::{rule, Kind, Rule, RULES};
 
 use aho_corasick::AhoCorasick;
