@@ -266,7 +266,11 @@ impl Scanner {
         let regexes = RULES
             .iter()
             .map(|r| {
+                // ASCII classes and word boundaries: secrets are ASCII, and a
+                // Unicode `\b` sends the lazy DFA back to the slow PikeVM at the
+                // first non-ASCII byte, which binaries and man pages are full of.
                 regex::bytes::RegexBuilder::new(r.regex)
+                    .unicode(false)
                     .size_limit(32 << 20)
                     .build()
                     .expect("every rule's regex compiles")
