@@ -140,6 +140,18 @@ fn convert(kind: FsKind, path: &[u8], e: Ext4Error) -> Error {
 }
 
 impl Ext4Fs {
+    /// amiforge's own reader of the volume, made on first use; `None` when it would
+    /// not read what ext4-view reads.
+    fn by_inode(&self) -> Option<&TolerantExt> {
+        self.by_inode
+            .get_or_init(|| {
+                TolerantExt::open(self.source.clone(), self.kind, String::new())
+                    .ok()
+                    .filter(TolerantExt::reads_like_ext4_view)
+            })
+            .as_ref()
+    }
+
     pub(crate) fn open(source: Arc<dyn BlockSource>, kind: FsKind) -> Result<Self> {
         let fs = Ext4::load(Box::new(Reader(source.clone()))).map_err(|e| {
             match convert(kind, b"", e) {
@@ -246,15 +258,21 @@ impl Filesystem for Ext4Fs {
         self.open_walked(&resolved)
     }
 
+    fn read_dir_walked(&self, p: &[u8]) -> Result<Vec<DirEntry>> {
+        // ext4-view resolves every path from the root, scanning each directory on
+        // the way: listing every directory of a volume that way is quadratic.
+        // Anything the fast reader cannot list (a checksum that does not match, a
+        // symlink on the way) goes to ext4-view, whose answer stands.
+        if let Some(Ok(Some(entries))) = self.by_inode().map(|t| t.read_dir_walked(p)) {
+            return Ok(entries);
+        }
+        self.read_dir(p)
+    }
+
     fn open_walked(&self, p: &[u8]) -> Result<Box<dyn std::io::Read + '_>> {
-        let fast = self.by_inode.get_or_init(|| {
-            TolerantExt::open(self.source.clone(), self.kind, String::new())
-                .ok()
-                .filter(TolerantExt::reads_like_ext4_view)
-        });
         // Anything the fast reader cannot open (encrypted, unusual) goes to
         // ext4-view, whose answer stands.
-        if let Some(file) = fast.as_ref().and_then(|t| t.open_walked(p).ok()) {
+        if let Some(file) = self.by_inode().and_then(|t| t.open_walked(p).ok()) {
             return Ok(file);
         }
         let file = self.fs.open(path(p)?).map_err(self.err(p))?;

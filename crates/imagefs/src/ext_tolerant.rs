@@ -27,6 +27,12 @@ const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
 /// s_feature_ro_compat: blocks allocated in clusters.
 const RO_COMPAT_BIGALLOC: u32 = 0x200;
+/// s_feature_ro_compat: CRC32C checksums on metadata (inodes, directory blocks...).
+const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+/// The tail a directory leaf block ends with on a metadata_csum volume: a 12-byte
+/// entry of inode 0, name length 0 and file type 0xde, holding the block's checksum.
+const DIR_TAIL_LEN: usize = 12;
+const DIR_TAIL_FILE_TYPE: u8 = 0xde;
 
 /// s_feature_incompat bits.
 pub(crate) const INCOMPAT_COMPRESSION: u32 = 0x1;
@@ -113,6 +119,8 @@ pub(crate) struct Superblock {
     pub ro_compat: u32,
     pub first_meta_bg: u64,
     pub backup_groups: [u64; 2],
+    /// The seed of every metadata checksum, on a metadata_csum volume.
+    pub csum_seed: Option<u32>,
 }
 
 impl Superblock {
@@ -173,6 +181,13 @@ impl Superblock {
             ro_compat: le32(sb, 0x64),
             first_meta_bg: u64::from(le32(sb, 0x104)),
             backup_groups: [u64::from(le32(sb, 0x24c)), u64::from(le32(sb, 0x250))],
+            csum_seed: (le32(sb, 0x64) & RO_COMPAT_METADATA_CSUM != 0).then(|| {
+                if incompat & INCOMPAT_CSUM_SEED != 0 {
+                    le32(sb, 0x270)
+                } else {
+                    ext4_crc32c(!0, &[&sb[0x68..0x78]])
+                }
+            }),
         })
     }
 
@@ -223,6 +238,13 @@ struct Inode {
 }
 
 impl Inode {
+    /// The seed of this inode's checksums (and its directory blocks'): the
+    /// volume's seed, then the inode's number and generation.
+    fn csum_seed(&self, volume_seed: u32, number: u32) -> u32 {
+        let generation = &self.raw[0x64..0x68];
+        ext4_crc32c(volume_seed, &[&number.to_le_bytes(), generation])
+    }
+
     fn kind(&self) -> FileKind {
         match self.mode & 0xf000 {
             0x4000 => FileKind::Dir,
@@ -286,6 +308,44 @@ fn corrupt(kind: FsKind, path: Option<&[u8]>, reason: String) -> Error {
         path: path.map(show),
         reason,
     }
+}
+
+/// Checks a directory leaf block's checksum, kept in the 12-byte entry it ends
+/// with; a block without one (an htree index block) is left to the parser.
+fn verify_dir_block(kind: FsKind, path: &[u8], block: &[u8], seed: u32) -> Result<()> {
+    let Some(tail_at) = block.len().checked_sub(DIR_TAIL_LEN) else {
+        return Ok(());
+    };
+    let tail = &block[tail_at..];
+    let is_tail = le32(tail, 0) == 0
+        && usize::from(le16(tail, 4)) == DIR_TAIL_LEN
+        && tail[6] == 0
+        && tail[7] == DIR_TAIL_FILE_TYPE;
+    if !is_tail {
+        return Ok(());
+    }
+    let stored = le32(tail, 8);
+    let csum = ext4_crc32c(seed, &[&block[..tail_at]]);
+    if csum != stored {
+        return Err(corrupt(
+            kind,
+            Some(path),
+            format!("directory block checksum {stored:#x} is not {csum:#x}"),
+        ));
+    }
+    Ok(())
+}
+
+/// ext4's metadata checksum: CRC32C (Castagnoli) of `parts` from `seed`, with no
+/// final inversion (the kernel's `ext4_chksum`).
+fn ext4_crc32c(seed: u32, parts: &[&[u8]]) -> u32 {
+    const CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+    // The crc crate takes the register reflected and inverts the result.
+    let mut digest = CASTAGNOLI.digest_with_initial(seed.reverse_bits());
+    for part in parts {
+        digest.update(part);
+    }
+    !digest.finalize()
 }
 
 impl TolerantExt {
@@ -390,7 +450,8 @@ impl TolerantExt {
         let entries = match kept {
             Some(d) => d,
             None => {
-                let d: Arc<Directory> = Arc::new(self.entries(path, dir)?.into_iter().collect());
+                let d: Arc<Directory> =
+                    Arc::new(self.entries(path, dir, None)?.into_iter().collect());
                 let mut dirs = self.dirs.borrow_mut();
                 if dirs.len() == DIRS_KEPT {
                     dirs.pop_front();
@@ -734,7 +795,14 @@ impl TolerantExt {
     }
 
     /// The entries of a directory inode: (name, inode number), without `.` and `..`.
-    fn entries(&self, path: &[u8], dir: &Inode) -> Result<Vec<(Vec<u8>, u32)>> {
+    /// Given the directory's inode number on a metadata_csum volume, each leaf
+    /// block's checksum is verified.
+    fn entries(
+        &self,
+        path: &[u8],
+        dir: &Inode,
+        number: Option<u32>,
+    ) -> Result<Vec<(Vec<u8>, u32)>> {
         if dir.kind() != FileKind::Dir {
             return Err(Error::WrongType {
                 path: show(path),
@@ -758,10 +826,75 @@ impl TolerantExt {
             return Ok(out);
         }
         let data = self.content(path, dir, MAX_DIR_BYTES)?;
+        let seed = number
+            .zip(self.sb.csum_seed)
+            .map(|(n, seed)| dir.csum_seed(seed, n));
         for block in data.chunks(self.sb.block_size as usize) {
+            if let Some(seed) = seed {
+                verify_dir_block(self.kind, path, block, seed)?;
+            }
             self.parse_block(path, block, with_type, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// The entries of the directory at `path`, a path a walk produced, with the
+    /// checksums `ext4-view` would verify verified: the directory's inode and leaf
+    /// blocks, and each entry's inode. `Ok(None)` when a component of `path` is a
+    /// symlink after all.
+    pub(crate) fn read_dir_walked(&self, path: &[u8]) -> Result<Option<Vec<DirEntry>>> {
+        let Some((number, dir)) = self.lookup_numbered(path)? else {
+            return Ok(None);
+        };
+        self.verify_inode(path, number, &dir)?;
+        let mut out = Vec::new();
+        for (name, n) in self.entries(path, &dir, Some(number))? {
+            let mut child = path.to_vec();
+            if !child.ends_with(b"/") {
+                child.push(b'/');
+            }
+            child.extend_from_slice(&name);
+            let inode = self.inode(&child, n)?;
+            self.verify_inode(&child, n, &inode)?;
+            out.push(DirEntry {
+                name,
+                metadata: inode.metadata(),
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// On a metadata_csum volume, checks inode `number`'s checksum.
+    fn verify_inode(&self, path: &[u8], number: u32, inode: &Inode) -> Result<()> {
+        let Some(seed) = self.sb.csum_seed else {
+            return Ok(());
+        };
+        let raw = &inode.raw;
+        // i_checksum_lo at 0x7c; i_checksum_hi at 0x82 when the extra fields reach it.
+        let has_hi = raw.len() > BASE_INODE && usize::from(le16(raw, 0x80)) >= 4;
+        let zero = [0u8; 2];
+        let mut parts: Vec<&[u8]> = vec![&raw[..0x7c], &zero, &raw[0x7e..BASE_INODE]];
+        let mut stored = u32::from(le16(raw, 0x7c));
+        if raw.len() > BASE_INODE {
+            if has_hi {
+                parts.extend([&raw[BASE_INODE..0x82], &zero[..], &raw[0x84..]]);
+                stored |= u32::from(le16(raw, 0x82)) << 16;
+            } else {
+                parts.push(&raw[BASE_INODE..]);
+            }
+        }
+        let mut csum = ext4_crc32c(inode.csum_seed(seed, number), &parts);
+        if !has_hi {
+            csum &= 0xffff;
+        }
+        if csum != stored {
+            return Err(corrupt(
+                self.kind,
+                Some(path),
+                format!("inode {number} checksum {stored:#x} is not {csum:#x}"),
+            ));
+        }
+        Ok(())
     }
 
     fn parse_block(
@@ -803,6 +936,11 @@ impl TolerantExt {
     /// Looks `path` up component by component, following no symlink. `Ok(None)`
     /// when a component before the last is a symlink.
     fn lookup(&self, path: &[u8]) -> Result<Option<Inode>> {
+        Ok(self.lookup_numbered(path)?.map(|(_, inode)| inode))
+    }
+
+    /// [`Self::lookup`], with the inode's number.
+    fn lookup_numbered(&self, path: &[u8]) -> Result<Option<(u32, Inode)>> {
         let mut number = ROOT_INODE;
         let mut inode = self.inode(path, number)?;
         let parts: Vec<&[u8]> = path
@@ -826,7 +964,7 @@ impl TolerantExt {
             number = self.child(path, number, &inode, part)?;
             inode = self.inode(path, number)?;
         }
-        Ok(Some(inode))
+        Ok(Some((number, inode)))
     }
 
     /// The inode of `path`, following symlinks before its last component only.
@@ -902,7 +1040,7 @@ impl Filesystem for TolerantExt {
         let resolved = crate::resolve(self, path)?;
         let dir = self.lstat(&resolved)?;
         let mut out = Vec::new();
-        for (name, number) in self.entries(path, &dir)? {
+        for (name, number) in self.entries(path, &dir, None)? {
             let mut child = resolved.clone();
             if !child.ends_with(b"/") {
                 child.push(b'/');
@@ -991,5 +1129,128 @@ mod tests {
         assert!(Superblock::parse(&raw)
             .unwrap_err()
             .contains("inodes per group"));
+    }
+
+    /// A metadata_csum ext4 image of a small tree, made by mkfs.ext4 -d.
+    fn mkfs_image(dir: &std::path::Path) -> std::path::PathBuf {
+        let tree = dir.join("tree");
+        for d in ["etc/ssh", "usr/share/doc/pkg", "var/lib/dpkg/info"] {
+            std::fs::create_dir_all(tree.join(d)).unwrap();
+        }
+        for i in 0..300 {
+            std::fs::write(tree.join(format!("var/lib/dpkg/info/p{i}.list")), "/x\n").unwrap();
+        }
+        std::fs::write(tree.join("etc/ssh/sshd_config"), "PermitRootLogin no\n").unwrap();
+        std::fs::write(tree.join("etc/hostname"), "build\n").unwrap();
+        std::os::unix::fs::symlink("usr/share", tree.join("share")).unwrap();
+        let image = dir.join("ext4.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        let ok = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-O", "metadata_csum", "-d"])
+            .arg(&tree)
+            .arg(&image)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mkfs.ext4");
+        image
+    }
+
+    /// What debugfs says of `request` (`bmap DIR 0`, `imap PATH`).
+    fn debugfs(image: &std::path::Path, request: &str) -> String {
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", request])
+            .arg(image)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn open(image: &std::path::Path) -> (TolerantExt, crate::ext4::Ext4Fs) {
+        let source: Arc<dyn BlockSource> = Arc::new(blockio::FileSource::open(image).unwrap());
+        (
+            TolerantExt::open(source.clone(), FsKind::Ext4, String::new()).unwrap(),
+            crate::ext4::Ext4Fs::open(source, FsKind::Ext4).unwrap(),
+        )
+    }
+
+    fn flip(image: &std::path::Path, offset: u64) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(image)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, offset).unwrap();
+        f.write_all_at(&[b[0] ^ 0x20], offset).unwrap();
+    }
+
+    /// The walk lists directories through this reader: it must list what ext4-view
+    /// lists, and refuse what ext4-view's checksums refuse.
+    #[test]
+    fn walked_directories_list_as_ext4_view_and_checksums_are_verified() {
+        let dir = std::env::temp_dir().join(format!("amiforge-walked-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = mkfs_image(&dir);
+        let (fast, view) = open(&image);
+        assert!(fast.sb.csum_seed.is_some());
+        for path in [
+            "/",
+            "/etc",
+            "/etc/ssh",
+            "/usr/share/doc",
+            "/var/lib/dpkg/info",
+        ] {
+            let listed = |entries: Vec<DirEntry>| {
+                let mut v: Vec<_> = entries.into_iter().map(|e| (e.name, e.metadata)).collect();
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                v
+            };
+            let ours = listed(fast.read_dir_walked(path.as_bytes()).unwrap().unwrap());
+            let theirs = listed(view.read_dir(path.as_bytes()).unwrap());
+            assert_eq!(ours, theirs, "{path}");
+        }
+        // Through a symlink it is not a walked path: the caller falls back.
+        assert!(fast.read_dir_walked(b"/share/doc").unwrap().is_none());
+
+        // One changed byte in a directory block's entries.
+        let block: u64 = debugfs(&image, "bmap /etc/ssh 0").trim().parse().unwrap();
+        flip(&image, block * fast.sb.block_size + 12 + 8);
+        let (fast, view) = open(&image);
+        let e = fast.read_dir_walked(b"/etc/ssh").unwrap_err().to_string();
+        assert!(e.contains("directory block checksum"), "{e}");
+        assert!(
+            view.read_dir(b"/etc/ssh").is_err(),
+            "ext4-view refuses it too"
+        );
+
+        // One changed byte in a file's inode (its uid): the directory holding it
+        // can no longer be listed, the one above still can.
+        let imap = debugfs(&image, "imap /etc/hostname");
+        let words: Vec<&str> = imap.split_whitespace().collect();
+        let after = |label: &str| {
+            words
+                .iter()
+                .rposition(|w| *w == label)
+                .map(|i| words[i + 1])
+        };
+        let block: u64 = after("block")
+            .unwrap()
+            .trim_end_matches(',')
+            .parse()
+            .unwrap();
+        let offset =
+            u64::from_str_radix(after("offset").unwrap().trim_start_matches("0x"), 16).unwrap();
+        flip(&image, block * fast.sb.block_size + offset + 2);
+        let (fast, view) = open(&image);
+        assert!(fast.read_dir_walked(b"/").unwrap().is_some());
+        let e = fast.read_dir_walked(b"/etc").unwrap_err().to_string();
+        assert!(e.contains("checksum"), "{e}");
+        assert!(view.read_dir(b"/etc").is_err(), "ext4-view refuses it too");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -232,7 +232,11 @@ impl Layout {
             12 => {
                 let at = (cluster * 3 / 2) as usize;
                 let v = le16(table.get(at..at + 2)?, 0);
-                Some(if cluster.is_multiple_of(2) { v & 0xfff } else { v >> 4 })
+                Some(if cluster.is_multiple_of(2) {
+                    v & 0xfff
+                } else {
+                    v >> 4
+                })
             }
             16 => Some(le16(table.get((cluster * 2) as usize..)?.get(..2)?, 0)),
             _ => Some(le32(table.get((cluster * 4) as usize..)?.get(..4)?, 0) & 0x0fff_ffff),

@@ -200,6 +200,12 @@ pub trait Filesystem {
     /// Opens a regular file for reading, following symlinks inside the image.
     fn open(&self, path: &[u8]) -> Result<Box<dyn std::io::Read + '_>>;
 
+    /// Lists a directory at a path a [`walk`] produced (no component of it is a
+    /// symlink), as [`Filesystem::read_dir`] does: a reader may skip resolving it.
+    fn read_dir_walked(&self, path: &[u8]) -> Result<Vec<DirEntry>> {
+        self.read_dir(path)
+    }
+
     /// Opens a regular file at a path a [`walk`] produced: no component of it is
     /// a symlink, so the in-image resolution [`Filesystem::open`] does first
     /// (a lookup from the root for every component) is skipped. Only for such paths.

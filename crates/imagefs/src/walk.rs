@@ -60,7 +60,7 @@ pub fn walk(
     let mut out = WalkOutcome::default();
     let mut stack: Vec<(Vec<u8>, usize)> = vec![(root.to_vec(), 0)];
     while let Some((dir, depth)) = stack.pop() {
-        let mut entries = match fs.read_dir(&dir) {
+        let mut entries = match fs.read_dir_walked(&dir) {
             Ok(e) => e,
             Err(e) => {
                 out.problems.push(WalkProblem {
