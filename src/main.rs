@@ -7,6 +7,7 @@
 
 mod advisories;
 mod audit;
+mod build;
 mod bundle;
 mod bundled;
 mod cli;
@@ -128,6 +129,11 @@ enum Command {
         #[command(flatten)]
         aws: cli::AwsArgs,
     },
+    /// Build a GPT disk image from a root filesystem tree, offline, without root or
+    /// loop devices: BIOS boot partition, ESP (FAT32 with the tree's EFI loader at
+    /// the removable path) and an ext4 root made by mkfs.ext4 -d. With
+    /// SOURCE_DATE_EPOCH (or --seed) two builds of one tree are byte-identical.
+    Build(build::BuildArgs),
     /// Audit an image before it ships: packages, secrets (in files, compressed files
     /// and unallocated space), hygiene, EC2 boot readiness. Exit 1 when a finding is
     /// at or above --fail-on.
@@ -221,6 +227,7 @@ fn main() -> ExitCode {
             input::configure_aws(aws);
             commands::diff(&first, &second, format)
         }
+        Command::Build(args) => build::build(args),
         Command::Audit(args) => match audit::audit_command(args, show_progress) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),

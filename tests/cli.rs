@@ -16,6 +16,7 @@ const COMMANDS: &[(&str, bool)] = &[
     ("audit", true),
     ("sbom", true),
     ("diff", true),
+    ("build", false),
     ("bundle", true),
     ("bundle verify", true),
     ("bundle extract", true),
@@ -155,7 +156,21 @@ fn offline_commands_need_no_aws_environment_and_never_touch_the_network() {
     let bundle = bundle.to_str().unwrap();
     let extracted = dir.path("extracted.img");
     let pages = dir.path("man");
+    let tree = dir.path("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/hostname"), "offline\n").unwrap();
+    let built = dir.path("built.img");
     let runs: Vec<Vec<&str>> = vec![
+        vec![
+            "build",
+            tree.to_str().unwrap(),
+            "-o",
+            built.to_str().unwrap(),
+            "--size",
+            "256M",
+            "--boot",
+            "bios",
+        ],
         vec!["inspect", image],
         vec!["ls", image, "/etc"],
         vec!["cat", image, "/etc/os-release"],

@@ -1,0 +1,526 @@
+//! Builds a disk image from a root filesystem tree, the way a build host needs it:
+//! no root, no loop devices, nothing mounted, and the same bytes every time for
+//! the same tree and seed.
+//!
+//! The disk is GPT, partitions aligned to 1 MiB, their type GUIDs those of the
+//! Discoverable Partitions Specification:
+//!
+//! | # | name | size | type | holds |
+//! |---|---|---|---|---|
+//! | 1 | `bios` | 1 MiB | BIOS boot | GRUB's core image (legacy boot; not written yet) |
+//! | 2 | `esp` | 128 MiB | EFI system | FAT32 (written with `fatfs`): the tree's EFI loader at the removable path |
+//! | 3 | `root` | the rest | root (x86-64 or arm64) | ext4 made by `mkfs.ext4 -d` from the tree, in place |
+//!
+//! The BIOS boot partition is left out for `--boot uefi`. Every identifier (disk
+//! and partition GUIDs, the ext4 UUID and hash seed, the FAT volume id) is
+//! derived from the seed, and every timestamp the tools would take from the clock
+//! is the seed's epoch, so two builds of one tree are byte-identical.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// Partitions start on 1 MiB boundaries (2048 sectors), as every partitioning tool
+/// does by default.
+const ALIGN: u64 = 1 << 20;
+const SECTOR: u64 = 512;
+/// GRUB's core image for a GPT disk lives in a partition of its own; 1 MiB holds it.
+const BIOS_BOOT_SIZE: u64 = 1 << 20;
+/// The ESP: FAT32 needs at least 65,525 clusters, so about 33 MiB with 512-byte
+/// clusters; 128 MiB leaves room for a second loader and a kernel.
+const ESP_SIZE: u64 = 128 << 20;
+/// The GPT's two copies take 34 sectors at the start and 33 at the end; with the
+/// alignment, the first partition starts at 1 MiB and the last ends 1 MiB early.
+const GPT_RESERVE: u64 = ALIGN;
+
+/// How the disk boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// UEFI only: no BIOS boot partition.
+    Uefi,
+    /// Legacy BIOS only (an ESP is still made: EC2 may boot it either way).
+    Bios,
+    /// Both: UEFI preferred.
+    Hybrid,
+}
+
+/// The architecture the tree is for: it picks the root type GUID and the loader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// x86-64.
+    X86_64,
+    /// 64-bit Arm.
+    Arm64,
+}
+
+impl Arch {
+    /// The removable-media loader path UEFI firmware boots with no boot entries.
+    pub fn removable_loader(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "EFI/BOOT/BOOTX64.EFI",
+            Arch::Arm64 => "EFI/BOOT/BOOTAA64.EFI",
+        }
+    }
+
+    /// Loaders looked for in the tree, in order: shim, GRUB's monolithic image,
+    /// systemd-boot.
+    fn loaders(self) -> &'static [&'static str] {
+        match self {
+            Arch::X86_64 => &[
+                "usr/lib/shim/shimx64.efi.signed",
+                "usr/lib/shim/shimx64.efi",
+                "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+                "usr/lib/grub/x86_64-efi/monolithic/grubx64.efi",
+                "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+            ],
+            Arch::Arm64 => &[
+                "usr/lib/shim/shimaa64.efi.signed",
+                "usr/lib/shim/shimaa64.efi",
+                "usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed",
+                "usr/lib/grub/arm64-efi/monolithic/grubaa64.efi",
+                "usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
+            ],
+        }
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The disk's size in bytes.
+    pub size: u64,
+    /// How it boots.
+    pub boot: Boot,
+    /// The tree's architecture.
+    pub arch: Arch,
+    /// Every identifier is derived from this.
+    pub seed: String,
+    /// The time every new timestamp gets (`SOURCE_DATE_EPOCH`).
+    pub epoch: u64,
+}
+
+/// One partition written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltPartition {
+    /// Its number in the GPT (1-based).
+    pub number: u32,
+    /// Its GPT name.
+    pub name: String,
+    /// Its type GUID.
+    pub type_guid: String,
+    /// Its unique GUID.
+    pub guid: String,
+    /// Its first byte.
+    pub start: u64,
+    /// Its length in bytes.
+    pub size: u64,
+}
+
+/// What was built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    /// The disk's GUID.
+    pub disk_guid: String,
+    /// The partitions, in order.
+    pub partitions: Vec<BuiltPartition>,
+    /// The root filesystem's UUID (for fstab and the bootloader).
+    pub root_uuid: String,
+    /// The tree's loader copied to the ESP's removable path, if the disk boots UEFI.
+    pub loader: Option<String>,
+}
+
+/// Why a disk could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The options cannot make a disk.
+    #[error("{0}")]
+    Options(String),
+    /// The tree lacks what the disk needs.
+    #[error("{tree}: {reason}")]
+    Tree {
+        /// The tree.
+        tree: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The partition table could not be written.
+    #[error("writing the GPT of {path}: {reason}")]
+    Gpt {
+        /// The image.
+        path: PathBuf,
+        /// gpt's error.
+        reason: String,
+    },
+    /// The ESP could not be written.
+    #[error("writing the ESP of {path}: {source}")]
+    Esp {
+        /// The image.
+        path: PathBuf,
+        /// fatfs's error.
+        source: std::io::Error,
+    },
+    /// An external tool failed.
+    #[error("{tool} failed ({status}): {stderr}")]
+    Tool {
+        /// The tool.
+        tool: &'static str,
+        /// Its exit status.
+        status: String,
+        /// What it said.
+        stderr: String,
+    },
+}
+
+/// A UUID derived from the seed and what it names: SHA-256 of both, with the
+/// version (4, random-like) and variant bits set, as `uuidgen` would.
+pub fn derived_uuid(seed: &str, what: &str) -> uuid::Uuid {
+    let mut h = Sha256::new();
+    h.update(b"amiforge build\0");
+    h.update(seed.as_bytes());
+    h.update([0]);
+    h.update(what.as_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// Builds the disk image `out` from `tree`. `out` is created or replaced.
+pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildError> {
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { what, path, source }
+    };
+    if !tree.is_dir() {
+        return Err(BuildError::Tree {
+            tree: tree.to_path_buf(),
+            reason: "not a directory".into(),
+        });
+    }
+    let bios = opts.boot != Boot::Uefi;
+    let fixed = ESP_SIZE + if bios { BIOS_BOOT_SIZE } else { 0 };
+    let min = fixed + 2 * GPT_RESERVE + (64 << 20);
+    if opts.size < min || !opts.size.is_multiple_of(ALIGN) {
+        return Err(BuildError::Options(format!(
+            "the disk size must be a multiple of 1 MiB and at least {} MiB (got {} bytes)",
+            min >> 20,
+            opts.size
+        )));
+    }
+    let loader = if opts.boot == Boot::Bios {
+        None
+    } else {
+        Some(find_loader(tree, opts.arch)?)
+    };
+
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .map_err(io("create", out))?;
+    file.set_len(opts.size).map_err(io("size", out))?;
+
+    // The GPT, and the protective MBR gpt does not write.
+    let gpt_err = |e: gpt::GptError| BuildError::Gpt {
+        path: out.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut file = file;
+    let sectors = opts.size / SECTOR;
+    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(sectors - 1).unwrap_or(u32::MAX));
+    mbr.overwrite_lba0(&mut file).map_err(|e| BuildError::Gpt {
+        path: out.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut disk = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
+        .create_from_device(file, Some(derived_uuid(&opts.seed, "disk")))
+        .map_err(gpt_err)?;
+    let root_type = match opts.arch {
+        Arch::X86_64 => gpt::partition_types::LINUX_ROOT_X64,
+        Arch::Arm64 => gpt::partition_types::LINUX_ROOT_ARM_64,
+    };
+    let root_size = opts.size - fixed - 2 * GPT_RESERVE;
+    let mut layout: Vec<(&str, u64, gpt::partition_types::Type)> = Vec::new();
+    if bios {
+        layout.push(("bios", BIOS_BOOT_SIZE, gpt::partition_types::BIOS));
+    }
+    layout.push(("esp", ESP_SIZE, gpt::partition_types::EFI));
+    layout.push(("root", root_size, root_type));
+    let align = Some(ALIGN / SECTOR);
+    for (name, size, kind) in &layout {
+        disk.add_partition(name, *size, kind.clone(), 0, align)
+            .map_err(gpt_err)?;
+    }
+    let mut parts = disk.take_partitions();
+    for p in parts.values_mut() {
+        p.part_guid = derived_uuid(&opts.seed, &format!("partition {}", p.name));
+    }
+    disk.update_partitions(parts).map_err(gpt_err)?;
+    let partitions: Vec<BuiltPartition> = disk
+        .partitions()
+        .iter()
+        .map(|(&number, p)| BuiltPartition {
+            number,
+            name: p.name.clone(),
+            type_guid: p.part_type_guid.guid.to_string(),
+            guid: p.part_guid.to_string(),
+            start: p.first_lba * SECTOR,
+            size: (p.last_lba + 1 - p.first_lba) * SECTOR,
+        })
+        .collect();
+    let mut file = disk.write().map_err(gpt_err)?;
+    file.flush().map_err(io("write", out))?;
+
+    let part = |name: &str| partitions.iter().find(|p| p.name == name);
+    let (Some(esp), Some(root)) = (part("esp"), part("root")) else {
+        return Err(BuildError::Options("the layout lost a partition".into()));
+    };
+    write_esp(&mut file, out, esp, loader.as_ref(), opts)?;
+    drop(file);
+    let root_uuid = derived_uuid(&opts.seed, "root filesystem");
+    make_root(tree, out, root, &root_uuid, opts)?;
+    Ok(Built {
+        disk_guid: derived_uuid(&opts.seed, "disk").to_string(),
+        partitions,
+        root_uuid: root_uuid.to_string(),
+        loader: loader.map(|(from, _)| format!("{from} -> {}", opts.arch.removable_loader())),
+    })
+}
+
+/// The first loader of [`Arch::loaders`] present in the tree: its path in the
+/// tree, and its bytes.
+fn find_loader(tree: &Path, arch: Arch) -> Result<(String, Vec<u8>), BuildError> {
+    for candidate in arch.loaders() {
+        if let Some(bytes) = read_in_tree(tree, candidate)? {
+            return Ok(((*candidate).to_string(), bytes));
+        }
+    }
+    Err(BuildError::Tree {
+        tree: tree.to_path_buf(),
+        reason: format!(
+            "no EFI loader for UEFI boot (looked for {}); install shim, grub-efi or systemd-boot in the tree, or build with --boot bios",
+            arch.loaders().join(", ")
+        ),
+    })
+}
+
+/// Reads `rel` inside `tree`, following symlinks only while they stay inside it
+/// (an absolute link target is taken relative to the tree). `None` when absent.
+fn read_in_tree(tree: &Path, rel: &str) -> Result<Option<Vec<u8>>, BuildError> {
+    const MAX_HOPS: usize = 40;
+    let mut path = tree.join(rel);
+    for _ in 0..MAX_HOPS {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(BuildError::Io {
+                    what: "stat",
+                    path,
+                    source,
+                })
+            }
+        };
+        if !meta.file_type().is_symlink() {
+            return std::fs::read(&path)
+                .map(Some)
+                .map_err(|source| BuildError::Io {
+                    what: "read",
+                    path,
+                    source,
+                });
+        }
+        let target = std::fs::read_link(&path).map_err(|source| BuildError::Io {
+            what: "read link",
+            path: path.clone(),
+            source,
+        })?;
+        path = match target.strip_prefix("/") {
+            Ok(inside) => tree.join(inside),
+            Err(_) => path.parent().unwrap_or(tree).join(target),
+        };
+        // `..` may not climb out of the tree.
+        let normal = path.components().fold(PathBuf::new(), |mut acc, c| {
+            match c {
+                std::path::Component::ParentDir => {
+                    acc.pop();
+                }
+                other => acc.push(other),
+            }
+            acc
+        });
+        if !normal.starts_with(tree) {
+            return Ok(None);
+        }
+        path = normal;
+    }
+    Ok(None)
+}
+
+/// A byte range of a file, as a volume for fatfs.
+struct Slice<'f> {
+    file: &'f mut File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Slice<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let got = self.file.read(&mut buf[..n])?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl Write for Slice<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        if left == 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "past the end of the partition",
+            ));
+        }
+        let n = (buf.len() as u64).min(left) as usize;
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let put = self.file.write(&buf[..n])?;
+        self.pos += put as u64;
+        Ok(put)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for Slice<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+        };
+        match pos {
+            Some(p) if p <= self.len => {
+                self.pos = p;
+                Ok(p)
+            }
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek outside the partition",
+            )),
+        }
+    }
+}
+
+/// Formats the ESP as FAT32 and puts the loader at the removable path.
+fn write_esp(
+    file: &mut File,
+    out: &Path,
+    esp: &BuiltPartition,
+    loader: Option<&(String, Vec<u8>)>,
+    opts: &Options,
+) -> Result<(), BuildError> {
+    let err = |source| BuildError::Esp {
+        path: out.to_path_buf(),
+        source,
+    };
+    let volume_id = u32::from_le_bytes(
+        derived_uuid(&opts.seed, "esp volume id").as_bytes()[..4]
+            .try_into()
+            .unwrap_or([0; 4]),
+    );
+    let mut slice = Slice {
+        file,
+        start: esp.start,
+        len: esp.size,
+        pos: 0,
+    };
+    fatfs::format_volume(
+        &mut slice,
+        fatfs::FormatVolumeOptions::new()
+            .fat_type(fatfs::FatType::Fat32)
+            .volume_id(volume_id)
+            .volume_label(*b"ESP        "),
+    )
+    .map_err(err)?;
+    slice.seek(SeekFrom::Start(0)).map_err(err)?;
+    let fs = fatfs::FileSystem::new(&mut slice, fatfs::FsOptions::new()).map_err(err)?;
+    if let Some((_, bytes)) = loader {
+        let root = fs.root_dir();
+        let mut dir = root.create_dir("EFI").map_err(err)?;
+        dir = dir.create_dir("BOOT").map_err(err)?;
+        let name = opts
+            .arch
+            .removable_loader()
+            .rsplit('/')
+            .next()
+            .unwrap_or("BOOTX64.EFI");
+        let mut f = dir.create_file(name).map_err(err)?;
+        f.truncate().map_err(err)?;
+        f.write_all(bytes).map_err(err)?;
+        f.flush().map_err(err)?;
+    }
+    fs.unmount().map_err(err)?;
+    Ok(())
+}
+
+/// Makes the root ext4 in place at the root partition's offset with `mkfs.ext4 -d`
+/// (no mount, no loop device), its UUID and hash seed derived from the seed and its
+/// clock set to the epoch.
+fn make_root(
+    tree: &Path,
+    out: &Path,
+    root: &BuiltPartition,
+    uuid: &uuid::Uuid,
+    opts: &Options,
+) -> Result<(), BuildError> {
+    let hash_seed = derived_uuid(&opts.seed, "root filesystem hash seed");
+    let output = Command::new("mkfs.ext4")
+        .env("E2FSPROGS_FAKE_TIME", opts.epoch.to_string())
+        .args(["-q", "-F", "-L", "root", "-U"])
+        .arg(uuid.to_string())
+        .arg("-E")
+        .arg(format!(
+            "offset={},hash_seed={hash_seed},nodiscard,root_owner=0:0",
+            root.start
+        ))
+        .arg("-d")
+        .arg(tree)
+        .arg(out)
+        .arg(format!("{}k", root.size / 1024))
+        .output()
+        .map_err(|source| BuildError::Io {
+            what: "run mkfs.ext4 on",
+            path: out.to_path_buf(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(BuildError::Tool {
+            tool: "mkfs.ext4",
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}

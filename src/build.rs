@@ -1,0 +1,180 @@
+//! `amiforge build`: a bootable GPT disk image from a root filesystem tree
+//! (`diskbuild`).
+
+use crate::cli::{write_json, Format};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// The root filesystem tree (a directory; nothing in it is changed).
+    tree: PathBuf,
+    /// The disk image to write (raw), replaced if it exists.
+    #[arg(short, long)]
+    out: PathBuf,
+    /// The disk's size: bytes, or a number with K, M, G or T (powers of 1024).
+    #[arg(long, default_value = "4G")]
+    size: String,
+    /// How the disk boots. Default: hybrid (UEFI preferred) on x86_64, uefi on arm64.
+    #[arg(long, value_enum)]
+    boot: Option<BootArg>,
+    /// The tree's architecture.
+    #[arg(long, value_enum, default_value_t = ArchArg::X86_64)]
+    arch: ArchArg,
+    /// Derive every identifier (disk and partition GUIDs, filesystem UUIDs, hash
+    /// seeds) from this string. Default: the value of SOURCE_DATE_EPOCH when it is
+    /// set (so two builds with it are byte-identical), otherwise random.
+    #[arg(long)]
+    seed: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BootArg {
+    Uefi,
+    Bios,
+    Hybrid,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ArchArg {
+    #[value(name = "x86_64")]
+    X86_64,
+    Arm64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    image: String,
+    size: u64,
+    disk_guid: String,
+    root_uuid: String,
+    loader: Option<String>,
+    partitions: Vec<Partition>,
+}
+
+#[derive(Serialize)]
+struct Partition {
+    number: u32,
+    name: String,
+    type_guid: String,
+    guid: String,
+    start: u64,
+    size: u64,
+}
+
+/// "4G" → 4 GiB.
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => bail!("size {s:?}: the unit must be K, M, G or T"),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("size {s:?} is not a number"))?;
+    n.checked_mul(1 << shift)
+        .with_context(|| format!("size {s:?} is too large"))
+}
+
+pub fn build(args: BuildArgs) -> Result<()> {
+    let epoch_var = std::env::var("SOURCE_DATE_EPOCH").ok();
+    let epoch = match &epoch_var {
+        Some(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let seed = args
+        .seed
+        .or(epoch_var)
+        .unwrap_or_else(|| format!("{:032x}", fastrand::u128(..)));
+    let arch = match args.arch {
+        ArchArg::X86_64 => diskbuild::Arch::X86_64,
+        ArchArg::Arm64 => diskbuild::Arch::Arm64,
+    };
+    let boot = match (args.boot, arch) {
+        (Some(BootArg::Uefi), _) | (None, diskbuild::Arch::Arm64) => diskbuild::Boot::Uefi,
+        (Some(BootArg::Bios), _) => diskbuild::Boot::Bios,
+        (Some(BootArg::Hybrid), _) | (None, diskbuild::Arch::X86_64) => diskbuild::Boot::Hybrid,
+    };
+    let opts = diskbuild::Options {
+        size: parse_size(&args.size)?,
+        boot,
+        arch,
+        seed,
+        epoch,
+    };
+    tracing::info!(
+        "building {} from {}",
+        args.out.display(),
+        args.tree.display()
+    );
+    let built = diskbuild::build(&args.tree, &args.out, &opts)?;
+    let report = Report {
+        image: args.out.display().to_string(),
+        size: opts.size,
+        disk_guid: built.disk_guid,
+        root_uuid: built.root_uuid,
+        loader: built.loader,
+        partitions: built
+            .partitions
+            .into_iter()
+            .map(|p| Partition {
+                number: p.number,
+                name: p.name,
+                type_guid: p.type_guid,
+                guid: p.guid,
+                start: p.start,
+                size: p.size,
+            })
+            .collect(),
+    };
+    match args.format {
+        Format::Json => write_json(&report),
+        Format::Text => {
+            println!(
+                "{} ({} bytes, GPT {})",
+                report.image, report.size, report.disk_guid
+            );
+            for p in &report.partitions {
+                println!(
+                    "  {} {:<5} start {:>12} size {:>12} type {}",
+                    p.number, p.name, p.start, p.size, p.type_guid
+                );
+            }
+            println!("  root filesystem UUID {}", report.root_uuid);
+            if let Some(l) = &report.loader {
+                println!("  EFI loader {l}");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(super::parse_size("4G").unwrap(), 4 << 30);
+        assert_eq!(super::parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(super::parse_size("1048576").unwrap(), 1 << 20);
+        assert!(super::parse_size("4X").is_err());
+        assert!(super::parse_size("99999999999T").is_err());
+    }
+}

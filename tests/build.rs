@@ -1,0 +1,240 @@
+//! `amiforge build`: a GPT disk from a root tree, checked with tools we did not
+//! write: sfdisk reads the partition table, mtools the ESP, debugfs the root
+//! filesystem; two builds with one SOURCE_DATE_EPOCH are byte-identical.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+
+/// A small root tree: configuration, a binary-looking file, a symlink, a nested
+/// directory, and a stand-in for systemd-boot's EFI binary (random bytes: this test
+/// checks where the loader goes, not that it boots).
+fn make_tree(dir: &Path) {
+    for d in [
+        "etc/ssh",
+        "usr/bin",
+        "usr/lib/systemd/boot/efi",
+        "var/log",
+        "boot",
+    ] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(dir.join("etc/hostname"), "builder\n").unwrap();
+    std::fs::write(
+        dir.join("etc/ssh/sshd_config"),
+        "PasswordAuthentication no\n",
+    )
+    .unwrap();
+    let blob: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("usr/bin/tool"), &blob).unwrap();
+    std::os::unix::fs::symlink("usr/bin", dir.join("bin")).unwrap();
+    let loader: Vec<u8> = (0..65_536u32).map(|i| (i * 7 + 3) as u8).collect();
+    std::fs::write(
+        dir.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
+        loader,
+    )
+    .unwrap();
+}
+
+fn build(tree: &Path, out: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    outcome(
+        amiforge()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .arg("build")
+            .arg(tree)
+            .arg("-o")
+            .arg(out)
+            .args(["--size", "256M", "--format", "json"])
+            .args(extra),
+    )
+}
+
+/// Every file, directory and symlink under `dir`: path → (kind, content digest or
+/// link target).
+fn listing(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let what = if meta.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p).unwrap().display())
+            } else if meta.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else {
+                format!("file {}", sha256_file(&p))
+            };
+            out.insert(rel, what);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_tree_becomes_a_gpt_disk_that_sfdisk_mtools_and_debugfs_read_back() {
+    let scratch = Scratch::new("build");
+    let tree = scratch.path("tree");
+    make_tree(&tree);
+    let before = listing(&tree);
+    let image = scratch.path("disk.img");
+    let (code, stdout, stderr) = build(&tree, &image, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listing(&tree), before, "the tree is not changed");
+
+    // The partition table, as sfdisk reads it.
+    let sfdisk: Value =
+        serde_json::from_slice(&tool_output(tool("sfdisk").arg("--json").arg(&image))).unwrap();
+    let table = &sfdisk["partitiontable"];
+    assert_eq!(table["label"], "gpt");
+    assert_eq!(
+        table["id"].as_str().unwrap().to_lowercase(),
+        report["disk_guid"].as_str().unwrap()
+    );
+    let theirs = table["partitions"].as_array().unwrap();
+    let ours = report["partitions"].as_array().unwrap();
+    assert_eq!(theirs.len(), 3);
+    for (t, o) in theirs.iter().zip(ours) {
+        assert_eq!(
+            t["start"].as_u64().unwrap() * 512,
+            o["start"].as_u64().unwrap()
+        );
+        assert_eq!(
+            t["size"].as_u64().unwrap() * 512,
+            o["size"].as_u64().unwrap()
+        );
+        assert_eq!(
+            t["type"].as_str().unwrap().to_lowercase(),
+            o["type_guid"].as_str().unwrap()
+        );
+        assert_eq!(
+            t["uuid"].as_str().unwrap().to_lowercase(),
+            o["guid"].as_str().unwrap()
+        );
+        assert_eq!(t["name"], o["name"]);
+        assert_eq!(t["start"].as_u64().unwrap() % 2048, 0, "aligned to 1 MiB");
+    }
+    let types: Vec<&str> = theirs.iter().map(|p| p["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "21686148-6449-6E6F-744E-656564454649", // BIOS boot
+            "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", // EFI system
+            "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", // root, x86-64 (DPS)
+        ]
+    );
+
+    // The ESP, as mtools reads it: the loader at the removable path.
+    let esp = ours[1]["start"].as_u64().unwrap();
+    let at = format!("{}@@{esp}", image.display());
+    let dir = String::from_utf8(tool_output(tool("mdir").args(["-i", &at, "-/", "::/"]))).unwrap();
+    assert!(
+        dir.contains("BOOTX64 EFI") || dir.contains("BOOTX64.EFI"),
+        "{dir}"
+    );
+    let copied = scratch.path("BOOTX64.EFI");
+    tool_output(
+        tool("mcopy")
+            .args(["-i", &at, "::/EFI/BOOT/BOOTX64.EFI"])
+            .arg(&copied),
+    );
+    assert_eq!(
+        sha256_file(&copied),
+        sha256_file(&tree.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"))
+    );
+
+    // The root filesystem, as debugfs dumps it: the tree, file for file.
+    let root = &ours[2];
+    let root_img = scratch.path("root.img");
+    tool_output(
+        tool("dd")
+            .arg(format!("if={}", image.display()))
+            .arg(format!("of={}", root_img.display()))
+            .args(["bs=1M", "conv=sparse", "status=none"])
+            .arg(format!("skip={}", root["start"].as_u64().unwrap() >> 20))
+            .arg(format!("count={}", root["size"].as_u64().unwrap() >> 20)),
+    );
+    let uuid = String::from_utf8(tool_output(
+        tool("blkid")
+            .args(["-s", "UUID", "-o", "value"])
+            .arg(&root_img),
+    ))
+    .unwrap();
+    assert_eq!(uuid.trim(), report["root_uuid"].as_str().unwrap());
+    let dumped = scratch.path("dumped");
+    std::fs::create_dir_all(&dumped).unwrap();
+    tool_output(
+        tool("debugfs")
+            .arg("-R")
+            .arg(format!("rdump / {}", dumped.display()))
+            .arg(&root_img),
+    );
+    let mut theirs = listing(&dumped);
+    theirs.remove("lost+found");
+    assert_eq!(theirs, before);
+
+    // amiforge reads its own disk like any other.
+    let inspected = json(&["inspect", image.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(inspected["boot_mode"], "uefi-preferred", "{inspected:#}");
+}
+
+#[test]
+fn builds_with_one_source_date_epoch_are_identical_and_a_changed_file_changes_them() {
+    let scratch = Scratch::new("build-repro");
+    let tree = scratch.path("tree");
+    make_tree(&tree);
+    let (a, b, c) = (
+        scratch.path("a.img"),
+        scratch.path("b.img"),
+        scratch.path("c.img"),
+    );
+    assert_eq!(build(&tree, &a, &[]).0, Some(0));
+    assert_eq!(build(&tree, &b, &[]).0, Some(0));
+    assert_eq!(sha256_file(&a), sha256_file(&b));
+    std::fs::write(tree.join("etc/hostname"), "other\n").unwrap();
+    assert_eq!(build(&tree, &c, &[]).0, Some(0));
+    assert_ne!(sha256_file(&a), sha256_file(&c));
+    // A different seed gives different identifiers for the same tree.
+    let (_, first, _) = build(&tree, &a, &["--seed", "one"]);
+    let (_, second, _) = build(&tree, &b, &["--seed", "two"]);
+    let (first, second): (Value, Value) = (
+        serde_json::from_str(&first).unwrap(),
+        serde_json::from_str(&second).unwrap(),
+    );
+    assert_ne!(first["disk_guid"], second["disk_guid"]);
+    assert_ne!(first["root_uuid"], second["root_uuid"]);
+}
+
+#[test]
+fn a_tree_without_an_efi_loader_is_refused_for_uefi_and_built_for_bios() {
+    let scratch = Scratch::new("build-noloader");
+    let tree = scratch.path("tree");
+    make_tree(&tree);
+    std::fs::remove_file(tree.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi")).unwrap();
+    let image = scratch.path("disk.img");
+    let (code, _, stderr) = build(&tree, &image, &["--boot", "uefi"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no EFI loader"), "{stderr}");
+    assert!(stderr.contains("systemd-bootx64.efi"), "{stderr}");
+    let (code, stdout, stderr) = build(&tree, &image, &["--boot", "bios"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["loader"], Value::Null);
+    // Too small a disk is an error, not a panic.
+    let (code, _, stderr) = outcome(
+        amiforge()
+            .arg("build")
+            .arg(&tree)
+            .arg("-o")
+            .arg(&image)
+            .args(["--boot", "bios", "--size", "10M"]),
+    );
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("at least"), "{stderr}");
+}
