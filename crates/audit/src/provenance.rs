@@ -145,10 +145,27 @@ impl Hasher {
 /// faster, and most package files are small (on a Debian root, 95% of them are
 /// under 64 KiB).
 pub(crate) const BATCHED_FILE_MAX: u64 = 8 << 20;
-/// A batch is hashed once it holds this many files...
-const BATCH_FILES: usize = 256;
-/// ... or this many bytes.
-const BATCH_BYTES: usize = 16 << 20;
+/// Files above this size wait in a group of their own: among small files a large
+/// one runs nearly alone in its SIMD lane, slower than one stream would.
+const LARGE_FILE: usize = 1 << 20;
+/// A group of small files is hashed once it holds this many files or bytes...
+const SMALL_GROUP: Limits = Limits {
+    files: 256,
+    bytes: 16 << 20,
+};
+/// ... and a group of large files at 8 of them (8 lanes busy from start to end,
+/// sorted by length) or 16 MiB.
+const LARGE_GROUP: Limits = Limits {
+    files: 8,
+    bytes: 16 << 20,
+};
+
+/// When a group of waiting files is hashed.
+#[derive(Clone, Copy)]
+struct Limits {
+    files: usize,
+    bytes: usize,
+}
 
 /// How a file's digest is being made.
 enum Digesting {
@@ -226,16 +243,21 @@ impl<'a> Check<'a> {
                 out.findings.extend(found);
             }
             Digesting::Buffered(bytes) => {
-                batch.bytes += bytes.len();
-                batch.waiting.push(Waiting {
+                let group = if bytes.len() > LARGE_FILE {
+                    &mut batch.large
+                } else {
+                    &mut batch.small
+                };
+                group.bytes += bytes.len();
+                group.waiting.push(Waiting {
                     owned: self.owned,
                     partition: file.0,
                     path: file.1.to_string(),
                     bytes,
                     found,
                 });
-                if batch.waiting.len() >= BATCH_FILES || batch.bytes >= BATCH_BYTES {
-                    batch.hash(ctx, out);
+                if group.waiting.len() >= group.limits.files || group.bytes >= group.limits.bytes {
+                    group.hash(batch.engine, ctx, out);
                 }
             }
         }
@@ -251,31 +273,52 @@ struct Waiting<'a> {
     found: Vec<Finding>,
 }
 
-/// Small package files waiting to be hashed together (MD5 in SIMD lanes, 16 at a
-/// time with AVX-512), so that checking them costs a fraction of one stream's time.
+/// Package files waiting to be hashed together (MD5 in SIMD lanes, 16 at a time
+/// with AVX-512), so that checking them costs a fraction of one stream's time: the
+/// small ones in one group, the large ones in another.
 pub(crate) struct Batch<'a> {
     engine: md5_many::Md5Many,
+    small: Group<'a>,
+    large: Group<'a>,
+}
+
+/// Files waiting, and when they are hashed.
+struct Group<'a> {
     waiting: Vec<Waiting<'a>>,
     bytes: usize,
+    limits: Limits,
 }
 
 impl<'a> Batch<'a> {
     pub(crate) fn new() -> Self {
-        Batch {
-            engine: md5_many::Md5Many::new(),
+        let group = |limits| Group {
             waiting: Vec::new(),
             bytes: 0,
+            limits,
+        };
+        Batch {
+            engine: md5_many::Md5Many::new(),
+            small: group(SMALL_GROUP),
+            large: group(LARGE_GROUP),
         }
     }
 
-    /// Hashes the files waiting, and puts their findings in `out`.
+    /// Hashes every file waiting, and puts their findings in `out`.
     pub(crate) fn hash(&mut self, ctx: &Context<'_>, out: &mut Output) {
+        self.small.hash(self.engine, ctx, out);
+        self.large.hash(self.engine, ctx, out);
+    }
+}
+
+impl Group<'_> {
+    /// Hashes the files waiting, and puts their findings in `out`.
+    fn hash(&mut self, engine: md5_many::Md5Many, ctx: &Context<'_>, out: &mut Output) {
         // Lanes of one SIMD group run for as long as the longest file in it: files
         // of like lengths side by side waste the fewest.
         self.waiting.sort_unstable_by_key(|w| w.bytes.len());
         let inputs: Vec<&[u8]> = self.waiting.iter().map(|w| w.bytes.as_slice()).collect();
         let mut digests = vec![[0u8; 16]; inputs.len()];
-        self.engine.hash_many(&inputs, &mut digests);
+        engine.hash_many(&inputs, &mut digests);
         for (w, digest) in self.waiting.drain(..).zip(digests) {
             let mut found = w.found;
             judge(ctx, w.owned, (w.partition, &w.path), &digest, &mut found);
