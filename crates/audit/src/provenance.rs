@@ -264,7 +264,7 @@ impl<'a> Check<'a> {
     }
 }
 
-/// A small package file read whole, waiting for its digest.
+/// A package file read whole, waiting for its digest.
 struct Waiting<'a> {
     owned: &'a packages::Owned,
     partition: u32,

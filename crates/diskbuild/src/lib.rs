@@ -241,6 +241,7 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
         reason: e.to_string(),
     };
     let mut file = file;
+    let disk_guid = derived_uuid(&opts.seed, "disk");
     let sectors = opts.size / SECTOR;
     let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(sectors - 1).unwrap_or(u32::MAX));
     mbr.overwrite_lba0(&mut file).map_err(|e| BuildError::Gpt {
@@ -250,7 +251,7 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
     let mut disk = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-        .create_from_device(file, Some(derived_uuid(&opts.seed, "disk")))
+        .create_from_device(file, Some(disk_guid))
         .map_err(gpt_err)?;
     let root_type = match opts.arch {
         Arch::X86_64 => gpt::partition_types::LINUX_ROOT_X64,
@@ -297,7 +298,7 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
     let root_uuid = derived_uuid(&opts.seed, "root filesystem");
     make_root(tree, out, root, &root_uuid, opts)?;
     Ok(Built {
-        disk_guid: derived_uuid(&opts.seed, "disk").to_string(),
+        disk_guid: disk_guid.to_string(),
         partitions,
         root_uuid: root_uuid.to_string(),
         loader: loader.map(|(from, _)| format!("{from} -> {}", opts.arch.removable_loader())),

@@ -847,21 +847,30 @@ impl TolerantExt {
             return Ok(None);
         };
         self.verify_inode(path, number, &dir)?;
+        self.listing(path, &dir, Some(number)).map(Some)
+    }
+
+    /// The entries of directory `dir` at `path`, with their inodes' metadata.
+    /// Given the directory's inode number, every checksum is verified (its leaf
+    /// blocks', each entry's inode's), as ext4-view does.
+    fn listing(&self, path: &[u8], dir: &Inode, number: Option<u32>) -> Result<Vec<DirEntry>> {
         let mut out = Vec::new();
-        for (name, n) in self.entries(path, &dir, Some(number))? {
+        for (name, n) in self.entries(path, dir, number)? {
             let mut child = path.to_vec();
             if !child.ends_with(b"/") {
                 child.push(b'/');
             }
             child.extend_from_slice(&name);
             let inode = self.inode(&child, n)?;
-            self.verify_inode(&child, n, &inode)?;
+            if number.is_some() {
+                self.verify_inode(&child, n, &inode)?;
+            }
             out.push(DirEntry {
                 name,
                 metadata: inode.metadata(),
             });
         }
-        Ok(Some(out))
+        Ok(out)
     }
 
     /// On a metadata_csum volume, checks inode `number`'s checksum.
@@ -1039,20 +1048,7 @@ impl Filesystem for TolerantExt {
     fn read_dir(&self, path: &[u8]) -> Result<Vec<DirEntry>> {
         let resolved = crate::resolve(self, path)?;
         let dir = self.lstat(&resolved)?;
-        let mut out = Vec::new();
-        for (name, number) in self.entries(path, &dir, None)? {
-            let mut child = resolved.clone();
-            if !child.ends_with(b"/") {
-                child.push(b'/');
-            }
-            child.extend_from_slice(&name);
-            let inode = self.inode(&child, number)?;
-            out.push(DirEntry {
-                name,
-                metadata: inode.metadata(),
-            });
-        }
-        Ok(out)
+        self.listing(&resolved, &dir, None)
     }
 
     fn read_link(&self, path: &[u8]) -> Result<Vec<u8>> {
