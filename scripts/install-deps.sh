@@ -18,20 +18,30 @@ packages=(
   mdadm            # mdadm --examine: reference reader of the hand-written md superblocks
   lvm2             # pvcreate, vgcreate, vgcfgrestore, lvs: the LVM fixtures and their layout
   qemu-utils       # qemu-img: the qcow2, VMDK, VHD and VHDX containers of the input tests
+  qemu-system-x86 ovmf seabios   # boot-test: QEMU with UEFI (OVMF) and legacy (SeaBIOS) firmware
+  grub-common      # grub-mkimage: build assembles GRUB's images from the tree's own modules
   openssh-client openssl zstd xz-utils   # planted keys, compressed logs
   python3 python3-venv
 )
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}" >&2
+missing_packages() {
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+}
+# Two rounds: installing qemu-system-x86 may remove a qemu-utils of another release
+# (a machine can come with a newer one), and the second round puts it back.
+for round in 1 2; do
+  missing_packages
+  [ ${#missing[@]} -gt 0 ] || break
+  echo "installing (round $round): ${missing[*]}" >&2
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
+  [ "$round" -gt 1 ] || $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+done
+missing_packages
+[ ${#missing[@]} -eq 0 ] || { echo "still missing after installing: ${missing[*]}" >&2; exit 2; }
 
 # btrfs-progs of at least 6.11 for the btrfs fixtures: `mkfs.btrfs --rootdir` with
 # --compress (zlib, lzo, zstd) and --subvol, which the release's 6.2 lacks. The

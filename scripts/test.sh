@@ -13,6 +13,7 @@ scripts/make-fixtures.sh "$AMIFORGE_FIXTURES"
 scripts/make-foreign-fixtures.sh "$AMIFORGE_FIXTURES"
 scripts/make-volume-fixtures.sh "$AMIFORGE_FIXTURES"
 scripts/make-package-fixtures.sh "$AMIFORGE_FIXTURES"
+scripts/make-boot-tree.sh "$AMIFORGE_FIXTURES" >/dev/null
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

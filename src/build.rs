@@ -52,8 +52,27 @@ struct Report {
     size: u64,
     disk_guid: String,
     root_uuid: String,
+    esp_uuid: String,
+    /// What boots the disk under UEFI (the ESP's removable path), if it does.
     loader: Option<String>,
+    /// What boots it from legacy BIOS, if it does.
+    bios_loader: Option<String>,
+    /// The kernel version GRUB's configuration boots.
+    kernel: Option<String>,
     partitions: Vec<Partition>,
+    /// What the image holds that the tree does not.
+    added: Vec<Added>,
+    /// Files mirrored into the stage as hard links, and as copies.
+    staged_linked: u64,
+    staged_copied: u64,
+    /// Inodes whose times were clamped to SOURCE_DATE_EPOCH (or the build time).
+    clamped_inodes: u64,
+}
+
+#[derive(Serialize)]
+struct Added {
+    path: String,
+    what: String,
 }
 
 #[derive(Serialize)]
@@ -131,7 +150,18 @@ pub fn build(args: BuildArgs) -> Result<()> {
         size: opts.size,
         disk_guid: built.disk_guid,
         root_uuid: built.root_uuid,
+        esp_uuid: built.esp_uuid,
         loader: built.loader,
+        bios_loader: built.bios_loader,
+        kernel: built.kernel,
+        added: built
+            .added
+            .into_iter()
+            .map(|(path, what)| Added { path, what })
+            .collect(),
+        staged_linked: built.staged.0,
+        staged_copied: built.staged.1,
+        clamped_inodes: built.clamped_inodes,
         partitions: built
             .partitions
             .into_iter()
@@ -158,9 +188,21 @@ pub fn build(args: BuildArgs) -> Result<()> {
                     p.number, p.name, p.start, p.size, p.type_guid
                 );
             }
-            println!("  root filesystem UUID {}", report.root_uuid);
+            println!(
+                "  root filesystem UUID {}, ESP {}",
+                report.root_uuid, report.esp_uuid
+            );
             if let Some(l) = &report.loader {
-                println!("  EFI loader {l}");
+                println!("  UEFI: {l}");
+            }
+            if let Some(l) = &report.bios_loader {
+                println!("  BIOS: {l}");
+            }
+            if let Some(k) = &report.kernel {
+                println!("  kernel {k}");
+            }
+            for a in &report.added {
+                println!("  added {}: {}", a.path, a.what);
             }
             Ok(())
         }

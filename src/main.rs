@@ -7,6 +7,7 @@
 
 mod advisories;
 mod audit;
+mod boot_test;
 mod build;
 mod bundle;
 mod bundled;
@@ -134,6 +135,11 @@ enum Command {
     /// the removable path) and an ext4 root made by mkfs.ext4 -d. With
     /// SOURCE_DATE_EPOCH (or --seed) two builds of one tree are byte-identical.
     Build(build::BuildArgs),
+    /// Boot an image in QEMU (UEFI with OVMF and/or legacy BIOS with SeaBIOS) with a
+    /// NoCloud seed and check each step on the serial console: firmware, loader,
+    /// kernel, multi-user, cloud-init user data, SSH host keys. Exit 1 names the
+    /// step that did not happen. The image is never written.
+    BootTest(boot_test::BootTestArgs),
     /// Audit an image before it ships: packages, secrets (in files, compressed files
     /// and unallocated space), hygiene, EC2 boot readiness. Exit 1 when a finding is
     /// at or above --fail-on.
@@ -228,6 +234,11 @@ fn main() -> ExitCode {
             commands::diff(&first, &second, format)
         }
         Command::Build(args) => build::build(args),
+        Command::BootTest(args) => match boot_test::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
+            Err(e) => Err(e),
+        },
         Command::Audit(args) => match audit::audit_command(args, show_progress) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),

@@ -1,6 +1,8 @@
 //! `amiforge build`: a GPT disk from a root tree, checked with tools we did not
 //! write: sfdisk reads the partition table, mtools the ESP, debugfs the root
-//! filesystem; two builds with one SOURCE_DATE_EPOCH are byte-identical.
+//! filesystem; two builds with one SOURCE_DATE_EPOCH are byte-identical. These
+//! use a small tree with a stand-in EFI loader (UEFI only); tests/boot.rs builds
+//! and boots a real Debian tree.
 
 mod common;
 use common::*;
@@ -83,10 +85,20 @@ fn a_tree_becomes_a_gpt_disk_that_sfdisk_mtools_and_debugfs_read_back() {
     make_tree(&tree);
     let before = listing(&tree);
     let image = scratch.path("disk.img");
-    let (code, stdout, stderr) = build(&tree, &image, &[]);
+    let (code, stdout, stderr) = build(&tree, &image, &["--boot", "uefi"]);
     assert_eq!(code, Some(0), "{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(listing(&tree), before, "the tree is not changed");
+    let stages: Vec<_> = std::fs::read_dir(scratch.path(""))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".amiforge-stage")
+        })
+        .collect();
+    assert!(stages.is_empty(), "the staging directory is removed");
 
     // The partition table, as sfdisk reads it.
     let sfdisk: Value =
@@ -99,7 +111,7 @@ fn a_tree_becomes_a_gpt_disk_that_sfdisk_mtools_and_debugfs_read_back() {
     );
     let theirs = table["partitions"].as_array().unwrap();
     let ours = report["partitions"].as_array().unwrap();
-    assert_eq!(theirs.len(), 3);
+    assert_eq!(theirs.len(), 2);
     for (t, o) in theirs.iter().zip(ours) {
         assert_eq!(
             t["start"].as_u64().unwrap() * 512,
@@ -124,14 +136,13 @@ fn a_tree_becomes_a_gpt_disk_that_sfdisk_mtools_and_debugfs_read_back() {
     assert_eq!(
         types,
         [
-            "21686148-6449-6E6F-744E-656564454649", // BIOS boot
             "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", // EFI system
             "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", // root, x86-64 (DPS)
         ]
     );
 
     // The ESP, as mtools reads it: the loader at the removable path.
-    let esp = ours[1]["start"].as_u64().unwrap();
+    let esp = ours[0]["start"].as_u64().unwrap();
     let at = format!("{}@@{esp}", image.display());
     let dir = String::from_utf8(tool_output(tool("mdir").args(["-i", &at, "-/", "::/"]))).unwrap();
     assert!(
@@ -150,7 +161,7 @@ fn a_tree_becomes_a_gpt_disk_that_sfdisk_mtools_and_debugfs_read_back() {
     );
 
     // The root filesystem, as debugfs dumps it: the tree, file for file.
-    let root = &ours[2];
+    let root = &ours[1];
     let root_img = scratch.path("root.img");
     tool_output(
         tool("dd")
@@ -177,11 +188,37 @@ fn a_tree_becomes_a_gpt_disk_that_sfdisk_mtools_and_debugfs_read_back() {
     );
     let mut theirs = listing(&dumped);
     theirs.remove("lost+found");
+    // The image adds /etc/fstab (the root and the ESP by UUID) and /boot/efi.
+    let fstab = std::fs::read_to_string(dumped.join("etc/fstab")).unwrap();
+    assert!(
+        fstab.contains(&format!(
+            "UUID={} / ext4 ",
+            report["root_uuid"].as_str().unwrap()
+        )),
+        "{fstab}"
+    );
+    let esp_uuid = String::from_utf8(tool_output(
+        tool("blkid")
+            .args(["-p", "-s", "UUID", "-o", "value", "-O"])
+            .arg(esp.to_string())
+            .arg(&image),
+    ))
+    .unwrap();
+    assert_eq!(esp_uuid.trim(), report["esp_uuid"].as_str().unwrap());
+    assert!(
+        fstab.contains(&format!("UUID={} /boot/efi vfat ", esp_uuid.trim())),
+        "{fstab}"
+    );
+    assert_eq!(
+        theirs.remove("etc/fstab").map(|k| k.starts_with("file ")),
+        Some(true)
+    );
+    assert_eq!(theirs.remove("boot/efi").as_deref(), Some("dir"));
     assert_eq!(theirs, before);
 
     // amiforge reads its own disk like any other.
     let inspected = json(&["inspect", image.to_str().unwrap(), "--format", "json"]);
-    assert_eq!(inspected["boot_mode"], "uefi-preferred", "{inspected:#}");
+    assert_eq!(inspected["boot_mode"], "uefi", "{inspected:#}");
 }
 
 #[test]
@@ -194,15 +231,19 @@ fn builds_with_one_source_date_epoch_are_identical_and_a_changed_file_changes_th
         scratch.path("b.img"),
         scratch.path("c.img"),
     );
-    assert_eq!(build(&tree, &a, &[]).0, Some(0));
-    assert_eq!(build(&tree, &b, &[]).0, Some(0));
+    let uefi = ["--boot", "uefi"];
+    assert_eq!(build(&tree, &a, &uefi).0, Some(0));
+    // Reading, linking and copying the tree's files moves their access and change
+    // times; the build clamps them, so a copy of the tree builds the same bytes.
+    tool_output(tool("cp").arg("-a").arg(&tree).arg(scratch.path("copy")));
+    assert_eq!(build(&scratch.path("copy"), &b, &uefi).0, Some(0));
     assert_eq!(sha256_file(&a), sha256_file(&b));
     std::fs::write(tree.join("etc/hostname"), "other\n").unwrap();
-    assert_eq!(build(&tree, &c, &[]).0, Some(0));
+    assert_eq!(build(&tree, &c, &uefi).0, Some(0));
     assert_ne!(sha256_file(&a), sha256_file(&c));
     // A different seed gives different identifiers for the same tree.
-    let (_, first, _) = build(&tree, &a, &["--seed", "one"]);
-    let (_, second, _) = build(&tree, &b, &["--seed", "two"]);
+    let (_, first, _) = build(&tree, &a, &["--boot", "uefi", "--seed", "one"]);
+    let (_, second, _) = build(&tree, &b, &["--boot", "uefi", "--seed", "two"]);
     let (first, second): (Value, Value) = (
         serde_json::from_str(&first).unwrap(),
         serde_json::from_str(&second).unwrap(),
@@ -212,7 +253,7 @@ fn builds_with_one_source_date_epoch_are_identical_and_a_changed_file_changes_th
 }
 
 #[test]
-fn a_tree_without_an_efi_loader_is_refused_for_uefi_and_built_for_bios() {
+fn a_tree_without_grub_is_refused_for_legacy_boot_and_without_a_loader_for_uefi() {
     let scratch = Scratch::new("build-noloader");
     let tree = scratch.path("tree");
     make_tree(&tree);
@@ -222,10 +263,14 @@ fn a_tree_without_an_efi_loader_is_refused_for_uefi_and_built_for_bios() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("no EFI loader"), "{stderr}");
     assert!(stderr.contains("systemd-bootx64.efi"), "{stderr}");
-    let (code, stdout, stderr) = build(&tree, &image, &["--boot", "bios"]);
-    assert_eq!(code, Some(0), "{stderr}");
-    let report: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(report["loader"], Value::Null);
+    let (code, _, stderr) = build(&tree, &image, &["--boot", "hybrid"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("no EFI loader"), "{stderr}");
+    // Legacy boot needs GRUB's i386-pc modules in the tree.
+    let (code, _, stderr) = build(&tree, &image, &["--boot", "bios"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("usr/lib/grub/i386-pc"), "{stderr}");
+    assert!(stderr.contains("grub-pc-bin"), "{stderr}");
     // Too small a disk is an error, not a panic.
     let (code, _, stderr) = outcome(
         amiforge()

@@ -17,6 +17,7 @@ const COMMANDS: &[(&str, bool)] = &[
     ("sbom", true),
     ("diff", true),
     ("build", false),
+    ("boot-test", false),
     ("bundle", true),
     ("bundle verify", true),
     ("bundle extract", true),
@@ -159,6 +160,13 @@ fn offline_commands_need_no_aws_environment_and_never_touch_the_network() {
     let tree = dir.path("tree");
     std::fs::create_dir_all(tree.join("etc")).unwrap();
     std::fs::write(tree.join("etc/hostname"), "offline\n").unwrap();
+    // A stand-in EFI loader: this checks that build stays offline, not that it boots.
+    std::fs::create_dir_all(tree.join("usr/lib/systemd/boot/efi")).unwrap();
+    std::fs::write(
+        tree.join("usr/lib/systemd/boot/efi/systemd-bootx64.efi"),
+        b"MZ stand-in",
+    )
+    .unwrap();
     let built = dir.path("built.img");
     let runs: Vec<Vec<&str>> = vec![
         vec![
@@ -169,7 +177,7 @@ fn offline_commands_need_no_aws_environment_and_never_touch_the_network() {
             "--size",
             "256M",
             "--boot",
-            "bios",
+            "uefi",
         ],
         vec!["inspect", image],
         vec!["ls", image, "/etc"],

@@ -7,14 +7,24 @@
 //!
 //! | # | name | size | type | holds |
 //! |---|---|---|---|---|
-//! | 1 | `bios` | 1 MiB | BIOS boot | GRUB's core image (legacy boot; not written yet) |
-//! | 2 | `esp` | 128 MiB | EFI system | FAT32 (written with `fatfs`): the tree's EFI loader at the removable path |
-//! | 3 | `root` | the rest | root (x86-64 or arm64) | ext4 made by `mkfs.ext4 -d` from the tree, in place |
+//! | 1 | `bios` | 1 MiB | BIOS boot | GRUB's core image (legacy boot; the MBR holds GRUB's boot.img) |
+//! | 2 | `esp` | 128 MiB | EFI system | FAT32 (written with `fatfs`): the EFI loader at the removable path |
+//! | 3 | `root` | the rest | root (x86-64 or arm64) | ext4 made by `mkfs.ext4 -d` from the staged tree, in place |
 //!
-//! The BIOS boot partition is left out for `--boot uefi`. Every identifier (disk
-//! and partition GUIDs, the ext4 UUID and hash seed, the FAT volume id) is
-//! derived from the seed, and every timestamp the tools would take from the clock
-//! is the seed's epoch, so two builds of one tree are byte-identical.
+//! The BIOS boot partition is left out for `--boot uefi`.
+//!
+//! The root filesystem is made from a [`stage::Stage`]: the tree mirrored with
+//! hard links, plus `/etc/fstab` (filesystems by UUID) and, when the tree has
+//! GRUB's modules, `/boot/grub` ([`grub`]). The tree itself is never written.
+//!
+//! Every identifier (disk and partition GUIDs, the ext4 UUID and hash seed, the
+//! FAT volume id) is derived from the seed; every timestamp the tools would take
+//! from the clock is the seed's epoch, and file times are clamped to it
+//! ([`ext4_times`]), so two builds of one tree are byte-identical.
+
+pub mod ext4_times;
+pub mod grub;
+pub mod stage;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -26,7 +36,8 @@ use sha2::{Digest, Sha256};
 /// Partitions start on 1 MiB boundaries (2048 sectors), as every partitioning tool
 /// does by default.
 const ALIGN: u64 = 1 << 20;
-const SECTOR: u64 = 512;
+/// The sector of every disk this builds.
+pub const SECTOR: u64 = 512;
 /// GRUB's core image for a GPT disk lives in a partition of its own; 1 MiB holds it.
 const BIOS_BOOT_SIZE: u64 = 1 << 20;
 /// The ESP: FAT32 needs at least 65,525 clusters, so about 33 MiB with 512-byte
@@ -128,8 +139,29 @@ pub struct Built {
     pub partitions: Vec<BuiltPartition>,
     /// The root filesystem's UUID (for fstab and the bootloader).
     pub root_uuid: String,
-    /// The tree's loader copied to the ESP's removable path, if the disk boots UEFI.
+    /// What the ESP's removable path holds, if the disk boots UEFI: GRUB
+    /// assembled from the tree's modules, or the tree's own loader copied.
     pub loader: Option<String>,
+    /// What boots the disk from legacy BIOS, if it does.
+    pub bios_loader: Option<String>,
+    /// The kernel GRUB's configuration boots (its version), when GRUB is installed.
+    pub kernel: Option<String>,
+    /// The ESP's FAT volume id as fstab writes it (`XXXX-XXXX`).
+    pub esp_uuid: String,
+    /// What the image holds that the tree does not: path and what was done.
+    pub added: Vec<(String, String)>,
+    /// Files staged as hard links to the tree, and copied.
+    pub staged: (u64, u64),
+    /// Inodes whose times were clamped to the epoch.
+    pub clamped_inodes: u64,
+}
+
+/// What puts the EFI loader on the ESP.
+enum EfiLoader {
+    /// GRUB assembled from the tree's modules in this directory.
+    Grub(PathBuf),
+    /// A prebuilt loader from the tree: its path there, and its bytes.
+    Prebuilt(String, Vec<u8>),
 }
 
 /// Why a disk could not be built.
@@ -220,10 +252,33 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
             opts.size
         )));
     }
-    let loader = if opts.boot == Boot::Bios {
-        None
+    let efi = match opts.boot {
+        Boot::Bios => None,
+        _ => Some(
+            match grub::modules_dir(tree, grub::efi_platform(opts.arch)) {
+                Some(dir) => EfiLoader::Grub(dir),
+                None => {
+                    let (from, bytes) = find_loader(tree, opts.arch)?;
+                    EfiLoader::Prebuilt(from, bytes)
+                }
+            },
+        ),
+    };
+    let bios_modules = match opts.boot {
+        Boot::Uefi => None,
+        _ => Some(grub::modules_dir(tree, grub::BIOS_PLATFORM).ok_or_else(|| BuildError::Tree {
+            tree: tree.to_path_buf(),
+            reason: "no GRUB modules for legacy BIOS boot in usr/lib/grub/i386-pc (install grub-pc-bin in the tree), or build with --boot uefi".into(),
+        })?),
+    };
+    let uses_grub = bios_modules.is_some() || matches!(efi, Some(EfiLoader::Grub(_)));
+    let kernel = if uses_grub {
+        Some(grub::newest_kernel(tree)?.ok_or_else(|| BuildError::Tree {
+            tree: tree.to_path_buf(),
+            reason: "no kernel in boot/ (vmlinuz-VERSION) for GRUB to boot".into(),
+        })?)
     } else {
-        Some(find_loader(tree, opts.arch)?)
+        None
     };
 
     let file = std::fs::OpenOptions::new()
@@ -293,16 +348,129 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
     let (Some(esp), Some(root)) = (part("esp"), part("root")) else {
         return Err(BuildError::Options("the layout lost a partition".into()));
     };
-    write_esp(&mut file, out, esp, loader.as_ref(), opts)?;
+    let root_uuid = derived_uuid(&opts.seed, "root filesystem").to_string();
+    let esp_volume_id = u32::from_le_bytes(
+        derived_uuid(&opts.seed, "esp volume id").as_bytes()[..4]
+            .try_into()
+            .unwrap_or([0; 4]),
+    );
+    let esp_uuid = format!("{:04X}-{:04X}", esp_volume_id >> 16, esp_volume_id & 0xffff);
+
+    // The root filesystem's content: the tree, and what the image adds to it.
+    let near = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut staged = stage::Stage::mirror(tree, near)?;
+    let mut added = Vec::new();
+    let fstab = format!(
+        "# Written by amiforge build: the filesystems of this image, by UUID.\n\
+         UUID={root_uuid} / ext4 defaults,errors=remount-ro 0 1\n\
+         UUID={esp_uuid} /boot/efi vfat umask=0077 0 1\n"
+    );
+    let replaced = staged.exists("etc/fstab")?;
+    staged.put("etc/fstab", fstab.as_bytes(), 0o644)?;
+    added.push((
+        "/etc/fstab".to_string(),
+        if replaced { "replaced" } else { "written" }.to_string(),
+    ));
+    staged.make_dir("boot/efi")?;
+    let work = tempfile::tempdir().map_err(io("create a temporary directory for", out))?;
+    if let Some(kernel) = &kernel {
+        let cfg = grub::config(&root_uuid, kernel, &os_name(tree)?, opts.arch);
+        staged.put("boot/grub/grub.cfg", cfg.as_bytes(), 0o644)?;
+        added.push((
+            "/boot/grub/grub.cfg".to_string(),
+            format!("boots {}", kernel.image),
+        ));
+    }
+    let loader_bytes = match &efi {
+        None => None,
+        Some(EfiLoader::Prebuilt(_, bytes)) => Some(bytes.clone()),
+        Some(EfiLoader::Grub(modules)) => {
+            let platform = grub::efi_platform(opts.arch);
+            let n = staged.mirror_files(
+                tree,
+                &format!("usr/lib/grub/{platform}"),
+                &format!("boot/grub/{platform}"),
+            )?;
+            added.push((format!("/boot/grub/{platform}/"), format!("{n} GRUB files")));
+            Some(grub::mkimage(modules, platform, &root_uuid, work.path())?)
+        }
+    };
+    write_esp(
+        &mut file,
+        out,
+        esp,
+        loader_bytes.as_deref(),
+        esp_volume_id,
+        opts,
+    )?;
+    let bios_loader = match (&bios_modules, part("bios")) {
+        (Some(modules), Some(bios)) => {
+            let n = staged.mirror_files(
+                tree,
+                &format!("usr/lib/grub/{}", grub::BIOS_PLATFORM),
+                &format!("boot/grub/{}", grub::BIOS_PLATFORM),
+            )?;
+            added.push((
+                format!("/boot/grub/{}/", grub::BIOS_PLATFORM),
+                format!("{n} GRUB files"),
+            ));
+            let core = grub::mkimage(modules, grub::BIOS_PLATFORM, &root_uuid, work.path())?;
+            let boot_img = modules.join("boot.img");
+            let boot_img = std::fs::read(&boot_img).map_err(io("read", &boot_img))?;
+            grub::install_bios(&file, out, bios, &boot_img, &core)?;
+            Some(format!(
+                "GRUB i386-pc: boot.img in the MBR, a {}-byte core image in partition {}",
+                core.len(),
+                bios.number
+            ))
+        }
+        _ => None,
+    };
     drop(file);
-    let root_uuid = derived_uuid(&opts.seed, "root filesystem");
-    make_root(tree, out, root, &root_uuid, opts)?;
+    staged.seal()?;
+    make_root(staged.root(), out, root, &root_uuid, opts)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(out)
+        .map_err(io("open", out))?;
+    let clamped_inodes = ext4_times::clamp_times(&file, out, root.start, opts.epoch)?;
+    file.sync_all().map_err(io("write", out))?;
     Ok(Built {
         disk_guid: disk_guid.to_string(),
+        root_uuid,
+        loader: efi.map(|l| match l {
+            EfiLoader::Grub(_) => format!(
+                "GRUB {} assembled from the tree's modules -> {}",
+                grub::efi_platform(opts.arch),
+                opts.arch.removable_loader()
+            ),
+            EfiLoader::Prebuilt(from, _) => format!("{from} -> {}", opts.arch.removable_loader()),
+        }),
+        bios_loader,
+        kernel: kernel.map(|k| k.version),
+        esp_uuid,
+        added,
+        staged: (staged.linked, staged.copied),
+        clamped_inodes,
         partitions,
-        root_uuid: root_uuid.to_string(),
-        loader: loader.map(|(from, _)| format!("{from} -> {}", opts.arch.removable_loader())),
     })
+}
+
+/// The tree's operating system name (os-release's PRETTY_NAME), for the boot menu.
+fn os_name(tree: &Path) -> Result<String, BuildError> {
+    for path in ["etc/os-release", "usr/lib/os-release"] {
+        if let Some(bytes) = read_in_tree(tree, path)? {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Some(name) = text.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")) {
+                return Ok(name.trim_matches('"').to_string());
+            }
+        }
+    }
+    Ok("Linux".to_string())
 }
 
 /// The first loader of [`Arch::loaders`] present in the tree: its path in the
@@ -439,18 +607,14 @@ fn write_esp(
     file: &mut File,
     out: &Path,
     esp: &BuiltPartition,
-    loader: Option<&(String, Vec<u8>)>,
+    loader: Option<&[u8]>,
+    volume_id: u32,
     opts: &Options,
 ) -> Result<(), BuildError> {
     let err = |source| BuildError::Esp {
         path: out.to_path_buf(),
         source,
     };
-    let volume_id = u32::from_le_bytes(
-        derived_uuid(&opts.seed, "esp volume id").as_bytes()[..4]
-            .try_into()
-            .unwrap_or([0; 4]),
-    );
     let mut slice = Slice {
         file,
         start: esp.start,
@@ -467,7 +631,7 @@ fn write_esp(
     .map_err(err)?;
     slice.seek(SeekFrom::Start(0)).map_err(err)?;
     let fs = fatfs::FileSystem::new(&mut slice, fatfs::FsOptions::new()).map_err(err)?;
-    if let Some((_, bytes)) = loader {
+    if let Some(bytes) = loader {
         let root = fs.root_dir();
         let mut dir = root.create_dir("EFI").map_err(err)?;
         dir = dir.create_dir("BOOT").map_err(err)?;
@@ -493,14 +657,14 @@ fn make_root(
     tree: &Path,
     out: &Path,
     root: &BuiltPartition,
-    uuid: &uuid::Uuid,
+    uuid: &str,
     opts: &Options,
 ) -> Result<(), BuildError> {
     let hash_seed = derived_uuid(&opts.seed, "root filesystem hash seed");
     let output = Command::new("mkfs.ext4")
         .env("E2FSPROGS_FAKE_TIME", opts.epoch.to_string())
         .args(["-q", "-F", "-L", "root", "-U"])
-        .arg(uuid.to_string())
+        .arg(uuid)
         .arg("-E")
         .arg(format!(
             "offset={},hash_seed={hash_seed},nodiscard,root_owner=0:0",

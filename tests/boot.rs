@@ -1,0 +1,240 @@
+//! `amiforge build` of a real Debian 12 tree (debootstrap with the cloud kernel,
+//! GRUB's EFI and BIOS modules, cloud-init and openssh-server, made by
+//! scripts/make-boot-tree.sh), and `amiforge boot-test` of the result in QEMU
+//! with OVMF and SeaBIOS: the disk boots both ways to cloud-init's user data.
+//! The pieces are checked with readers we did not write: sfdisk, e2fsck, debugfs,
+//! blkid and mtools.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn boot_tree() -> PathBuf {
+    fixture("debian-boot-root")
+}
+
+fn build(tree: &Path, out: &Path) -> Value {
+    let (code, stdout, stderr) = outcome(
+        amiforge()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .arg("build")
+            .arg(tree)
+            .arg("-o")
+            .arg(out)
+            .args(["--size", "2G", "--format", "json"]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+fn boot_test(image: &Path, extra: &[&str]) -> (Option<i32>, Value, String) {
+    let (code, stdout, stderr) = outcome(
+        amiforge()
+            .arg("boot-test")
+            .arg(image)
+            .args(["--format", "json", "--timeout", "480"])
+            .args(extra),
+    );
+    let report =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} / {stderr}"));
+    (code, report, stderr)
+}
+
+/// The debugfs view of the image's root filesystem, at its partition's offset.
+fn debugfs(image: &Path, root_start: u64, request: &str) -> String {
+    String::from_utf8(tool_output(
+        tool("debugfs")
+            .arg("-R")
+            .arg(request)
+            .arg(format!("{}?offset={root_start}", image.display())),
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_debian_tree_builds_into_a_hybrid_disk_that_boots_with_uefi_and_with_bios() {
+    let scratch = Scratch::new("boot");
+    let image = scratch.path("debian.img");
+    let report = build(&boot_tree(), &image);
+    let root_uuid = report["root_uuid"].as_str().unwrap();
+    let parts = report["partitions"].as_array().unwrap();
+    let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["bios", "esp", "root"]);
+    assert!(report["loader"]
+        .as_str()
+        .unwrap()
+        .contains("GRUB x86_64-efi"));
+    assert!(report["bios_loader"]
+        .as_str()
+        .unwrap()
+        .contains("GRUB i386-pc"));
+    let kernel = report["kernel"].as_str().unwrap();
+    assert!(kernel.ends_with("-cloud-amd64"), "{kernel}");
+
+    // sfdisk agrees on the table; e2fsck finds the root clean (checksums included,
+    // after the times were clamped); mtools finds GRUB at the removable path.
+    let sfdisk: Value =
+        serde_json::from_slice(&tool_output(tool("sfdisk").arg("--json").arg(&image))).unwrap();
+    assert_eq!(
+        sfdisk["partitiontable"]["partitions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let root_start = parts[2]["start"].as_u64().unwrap();
+    tool_output(
+        tool("e2fsck")
+            .arg("-fn")
+            .arg(format!("{}?offset={root_start}", image.display())),
+    );
+    let esp = format!(
+        "{}@@{}",
+        image.display(),
+        parts[1]["start"].as_u64().unwrap()
+    );
+    let efi = String::from_utf8(tool_output(tool("mdir").args([
+        "-i",
+        &esp,
+        "-b",
+        "::/EFI/BOOT",
+    ])))
+    .unwrap();
+    assert!(efi.contains("BOOTX64.EFI"), "{efi}");
+
+    // The configuration boots the root by UUID; fstab mounts it and the ESP by UUID;
+    // GRUB's modules are where its prefix points.
+    let cfg = debugfs(&image, root_start, "cat /boot/grub/grub.cfg");
+    assert!(cfg.contains(&format!("root=UUID={root_uuid} ro")), "{cfg}");
+    assert!(
+        cfg.contains(&format!("linux /boot/vmlinuz-{kernel} ")),
+        "{cfg}"
+    );
+    let fstab = debugfs(&image, root_start, "cat /etc/fstab");
+    assert!(
+        fstab.contains(&format!("UUID={root_uuid} / ext4")),
+        "{fstab}"
+    );
+    let modules = debugfs(&image, root_start, "ls -p /boot/grub/i386-pc");
+    assert!(modules.contains("/normal.mod/"), "{modules}");
+    // Times: a file newer than SOURCE_DATE_EPOCH (fstab, written by the build) is
+    // clamped to it; an older one (ls, from its package) keeps its modification
+    // time; access, change and creation times are the modification time.
+    let times = |path: &str| -> Vec<String> {
+        let stat = debugfs(&image, root_start, &format!("stat {path}"));
+        ["ctime", "atime", "mtime", "crtime"]
+            .iter()
+            .map(|f| {
+                let line = stat.lines().find(|l| l.trim_start().starts_with(f));
+                line.unwrap_or_else(|| panic!("{f} in {stat}"))
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(times("/etc/fstab"), vec!["0x6553f100:00000000"; 4]);
+    let ls = times("/usr/bin/ls");
+    assert!(
+        ls.iter().all(|t| t == &ls[0]) && ls[0].as_str() < "0x6553f100",
+        "{ls:?}"
+    );
+
+    // amiforge's own inspection of what it built.
+    let inspected = json(&["inspect", image.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(inspected["boot_mode"], "uefi-preferred", "{inspected:#}");
+    assert_eq!(inspected["architecture"], "x86_64");
+    let text = inspected.to_string();
+    assert!(text.contains("Debian GNU/Linux 12"), "{text}");
+    assert!(text.contains(kernel), "{text}");
+
+    // It boots: UEFI (OVMF) and legacy BIOS (SeaBIOS), to the user data's marker.
+    let before = sha256_file(&image);
+    let log = scratch.path("serial.log");
+    let (code, tested, stderr) = boot_test(&image, &["--log", log.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{tested:#} {stderr}");
+    let boots = tested["boots"].as_array().unwrap();
+    let firmwares: Vec<&str> = boots
+        .iter()
+        .map(|b| b["firmware"].as_str().unwrap())
+        .collect();
+    assert_eq!(firmwares, ["uefi", "bios"]);
+    for b in boots {
+        let checks: Vec<&str> = b["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["passed"] == true)
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            checks,
+            [
+                "firmware",
+                "loader",
+                "kernel",
+                "multi-user",
+                "user-data",
+                "ssh-host-keys"
+            ]
+        );
+    }
+    let serial = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    assert!(serial.contains("Linux version"), "the serial log is saved");
+    assert_eq!(
+        sha256_file(&image),
+        before,
+        "boot-test never writes the image"
+    );
+
+    // The same disk without its EFI loader (deleted with mtools) fails at the
+    // firmware step, with exit 1, in seconds: the firmware turns to network boot.
+    let broken = scratch.path("broken.img");
+    sparse_copy(&image, &broken);
+    let esp = format!(
+        "{}@@{}",
+        broken.display(),
+        parts[1]["start"].as_u64().unwrap()
+    );
+    tool_output(tool("mdel").args(["-i", &esp, "::/EFI/BOOT/BOOTX64.EFI"]));
+    let (code, tested, stderr) = boot_test(&broken, &["--firmware", "uefi"]);
+    assert_eq!(code, Some(1), "{tested:#} {stderr}");
+    assert_eq!(tested["boots"][0]["failed_step"], "firmware", "{tested:#}");
+    assert!(
+        tested["boots"][0]["ended"]
+            .as_str()
+            .unwrap()
+            .contains("no boot loader"),
+        "{tested:#}"
+    );
+}
+
+#[test]
+fn two_builds_of_the_debian_tree_with_one_source_date_epoch_are_identical() {
+    let scratch = Scratch::new("boot-repro");
+    let (a, b) = (scratch.path("a.img"), scratch.path("b.img"));
+    let mut first = build(&boot_tree(), &a);
+    let mut second = build(&boot_tree(), &b);
+    first["image"] = Value::Null;
+    second["image"] = Value::Null;
+    assert_eq!(first, second);
+    assert_eq!(sha256_file(&a), sha256_file(&b));
+}
+
+#[test]
+fn boot_test_refuses_what_it_cannot_boot_with_exit_2() {
+    let scratch = Scratch::new("boot-refuse");
+    let empty = scratch.path("empty.img");
+    std::fs::File::create(&empty)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let (code, _, stderr) = outcome(amiforge().arg("boot-test").arg(&empty));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("found no way it boots"), "{stderr}");
+    let (code, _, stderr) = outcome(amiforge().arg("boot-test").arg(scratch.path("absent.img")));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("needs a local image file"), "{stderr}");
+}
