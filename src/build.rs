@@ -1,6 +1,7 @@
 //! `amiforge build`: a bootable GPT disk image from a root filesystem tree
 //! (`diskbuild`).
 
+use crate::audit::FailOn;
 use crate::cli::{write_json, Format};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -27,6 +28,18 @@ pub struct BuildArgs {
     /// set (so two builds with it are byte-identical), otherwise random.
     #[arg(long)]
     seed: Option<String>,
+    /// Do not clean the image (sysprep is on by default: SSH host keys, machine-id,
+    /// histories, cloud-init state, logs, package caches, temporary files, random
+    /// seeds, DHCP leases, account backups, crash dumps, root's password).
+    #[arg(long)]
+    no_sysprep: bool,
+    /// Refuse the image (exit 1, nothing left behind) when the audit's secret scan
+    /// of the built root finds a secret at least this severe; `none` skips the scan.
+    #[arg(long, value_enum, default_value_t = FailOn::High)]
+    fail_on: FailOn,
+    /// Audit configuration (TOML) for the secret scan: allow-lists, skipped paths.
+    #[arg(long)]
+    audit_config: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -67,6 +80,27 @@ struct Report {
     staged_copied: u64,
     /// Inodes whose times were clamped to SOURCE_DATE_EPOCH (or the build time).
     clamped_inodes: u64,
+    /// What sysprep removed, operation by operation.
+    sysprep: Vec<Sysprepped>,
+    /// The secret scan of the built root: files and bytes read, and the secrets
+    /// found (below the refusal threshold, or none).
+    secret_scan: Option<SecretScan>,
+}
+
+#[derive(Serialize)]
+struct Sysprepped {
+    operation: &'static str,
+    path: String,
+    action: String,
+}
+
+#[derive(Serialize)]
+struct SecretScan {
+    fail_on: &'static str,
+    files_scanned: u64,
+    bytes_scanned: u64,
+    /// Secrets found, by severity name.
+    secrets: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Serialize)]
@@ -108,7 +142,8 @@ fn parse_size(s: &str) -> Result<u64> {
         .with_context(|| format!("size {s:?} is too large"))
 }
 
-pub fn build(args: BuildArgs) -> Result<()> {
+/// Builds; `Ok(false)` when the secret scan refused the image (exit 1).
+pub fn build(args: BuildArgs, show_progress: bool) -> Result<bool> {
     let epoch_var = std::env::var("SOURCE_DATE_EPOCH").ok();
     let epoch = match &epoch_var {
         Some(v) => v
@@ -138,6 +173,7 @@ pub fn build(args: BuildArgs) -> Result<()> {
         arch,
         seed,
         epoch,
+        sysprep: !args.no_sysprep,
     };
     tracing::info!(
         "building {} from {}",
@@ -145,6 +181,53 @@ pub fn build(args: BuildArgs) -> Result<()> {
         args.tree.display()
     );
     let built = diskbuild::build(&args.tree, &args.out, &opts)?;
+    let secret_scan = match args.fail_on.threshold() {
+        None => None,
+        Some(threshold) => {
+            let config = crate::audit::load_config(args.audit_config.as_deref())?;
+            let image = crate::input::image(&args.out)?;
+            let audited = crate::audit::run(&image, &args.out, &config, show_progress)?;
+            let refused: Vec<_> = audited
+                .failing(Some(threshold))
+                .into_iter()
+                .filter(|f| f.category == audit::Category::Secret)
+                .collect();
+            if !refused.is_empty() {
+                for f in &refused {
+                    eprintln!(
+                        "amiforge: build: {} {} {}{}",
+                        f.severity.name(),
+                        f.rule,
+                        f.path.as_deref().unwrap_or(""),
+                        f.line.map(|l| format!(":{l}")).unwrap_or_default()
+                    );
+                }
+                eprintln!(
+                    "amiforge: build refused (--fail-on {}): the tree holds {} secret(s); {} was not kept",
+                    args.fail_on.name(),
+                    refused.len(),
+                    args.out.display()
+                );
+                std::fs::remove_file(&args.out)
+                    .with_context(|| format!("removing {}", args.out.display()))?;
+                return Ok(false);
+            }
+            let mut secrets = std::collections::BTreeMap::new();
+            for f in audited
+                .findings
+                .iter()
+                .filter(|f| f.category == audit::Category::Secret)
+            {
+                *secrets.entry(f.severity.name().to_string()).or_insert(0) += 1;
+            }
+            Some(SecretScan {
+                fail_on: args.fail_on.name(),
+                files_scanned: audited.summary.files_scanned,
+                bytes_scanned: audited.summary.bytes_scanned,
+                secrets,
+            })
+        }
+    };
     let report = Report {
         image: args.out.display().to_string(),
         size: opts.size,
@@ -162,6 +245,16 @@ pub fn build(args: BuildArgs) -> Result<()> {
         staged_linked: built.staged.0,
         staged_copied: built.staged.1,
         clamped_inodes: built.clamped_inodes,
+        sysprep: built
+            .sysprep
+            .into_iter()
+            .map(|r| Sysprepped {
+                operation: r.operation,
+                path: r.path,
+                action: r.action,
+            })
+            .collect(),
+        secret_scan,
         partitions: built
             .partitions
             .into_iter()
@@ -176,7 +269,7 @@ pub fn build(args: BuildArgs) -> Result<()> {
             .collect(),
     };
     match args.format {
-        Format::Json => write_json(&report),
+        Format::Json => write_json(&report)?,
         Format::Text => {
             println!(
                 "{} ({} bytes, GPT {})",
@@ -204,9 +297,28 @@ pub fn build(args: BuildArgs) -> Result<()> {
             for a in &report.added {
                 println!("  added {}: {}", a.path, a.what);
             }
-            Ok(())
+            for r in &report.sysprep {
+                println!("  sysprep {}: {} {}", r.operation, r.action, r.path);
+            }
+            if let Some(s) = &report.secret_scan {
+                println!(
+                    "  secret scan: {} files, {} bytes; secrets: {}",
+                    s.files_scanned,
+                    s.bytes_scanned,
+                    if s.secrets.is_empty() {
+                        "none".to_string()
+                    } else {
+                        s.secrets
+                            .iter()
+                            .map(|(k, v)| format!("{v} {k}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                );
+            }
         }
     }
+    Ok(true)
 }
 
 #[cfg(test)]

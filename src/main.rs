@@ -233,7 +233,11 @@ fn main() -> ExitCode {
             input::configure_aws(aws);
             commands::diff(&first, &second, format)
         }
-        Command::Build(args) => build::build(args),
+        Command::Build(args) => match build::build(args, show_progress) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),
+            Err(e) => Err(e),
+        },
         Command::BootTest(args) => match boot_test::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(EXIT_FAILED_CHECK),

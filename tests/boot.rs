@@ -150,7 +150,66 @@ fn a_debian_tree_builds_into_a_hybrid_disk_that_boots_with_uefi_and_with_bios() 
     assert!(text.contains("Debian GNU/Linux 12"), "{text}");
     assert!(text.contains(kernel), "{text}");
 
+    // Sysprep removed the build's host keys, machine id and logs; the only secrets
+    // left are the vendors' (cloud-init's example keys, in its source and in the
+    // bytecode compiled from it), so the build's secret scan let it through.
+    let removed: Vec<&str> = report["sysprep"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap())
+        .collect();
+    for op in ["ssh-host-keys", "machine-id", "logfiles", "account-backups"] {
+        assert!(removed.contains(&op), "{op} in {removed:?}");
+    }
+    let audited = json(&[
+        "audit",
+        image.to_str().unwrap(),
+        "--format",
+        "json",
+        "--fail-on",
+        "none",
+    ]);
+    let findings = audited["findings"].as_array().unwrap();
+    for f in findings {
+        let rule = f["rule"].as_str().unwrap();
+        assert!(
+            ![
+                "hygiene.ssh-host-key",
+                "hygiene.ssh-host-public-key",
+                "hygiene.machine-id",
+                "hygiene.log-file",
+                "hygiene.account-file-backup",
+            ]
+            .contains(&rule),
+            "{f}"
+        );
+        if f["category"] == "secret" {
+            assert_eq!(f["severity"], "info", "{f}");
+        }
+    }
+    let compiled: Vec<&Value> = findings
+        .iter()
+        .filter(|f| {
+            f["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/__pycache__/cc_ssh.cpython-311.pyc"))
+        })
+        .collect();
+    assert!(
+        !compiled.is_empty(),
+        "cloud-init's bytecode holds its example keys"
+    );
+    for f in compiled {
+        assert_eq!(f["shipped_by"], "cloud-init", "{f}");
+        assert!(
+            f["title"].as_str().unwrap().contains("compiled from"),
+            "{f}"
+        );
+    }
+
     // It boots: UEFI (OVMF) and legacy BIOS (SeaBIOS), to the user data's marker.
+    // The SSH host keys the user data counts are new: sysprep removed the tree's.
     let before = sha256_file(&image);
     let log = scratch.path("serial.log");
     let (code, tested, stderr) = boot_test(&image, &["--log", log.to_str().unwrap()]);

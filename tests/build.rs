@@ -283,3 +283,123 @@ fn a_tree_without_grub_is_refused_for_legacy_boot_and_without_a_loader_for_uefi(
     assert_eq!(code, Some(2));
     assert!(stderr.contains("at least"), "{stderr}");
 }
+
+#[test]
+fn sysprep_lists_every_removal_and_a_tree_with_a_private_key_is_refused() {
+    let scratch = Scratch::new("build-sysprep");
+    let tree = scratch.path("tree");
+    make_tree(&tree);
+    // What a build machine leaves behind, including a private key that sysprep
+    // removes (the SSH host key) ...
+    for d in ["root", "home/ann", "var/lib/cloud/instances/i-0abc", "tmp"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    tool_output(
+        tool("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(tree.join("etc/ssh/ssh_host_ed25519_key")),
+    );
+    for (rel, body) in [
+        ("etc/machine-id", "4b0c9b1f6f3e4a1d9d1c2b3a4f5e6d7c\n"),
+        ("root/.bash_history", "export AWS_SECRET_ACCESS_KEY=...\n"),
+        ("home/ann/.python_history", "import boto3\n"),
+        ("var/log/dpkg.log", "status installed openssh-server\n"),
+        (
+            "var/lib/cloud/instances/i-0abc/user-data.txt",
+            "#cloud-config\n",
+        ),
+        ("tmp/build.sh", "make install\n"),
+    ] {
+        std::fs::write(tree.join(rel), body).unwrap();
+    }
+    let before = listing(&tree);
+    let image = scratch.path("disk.img");
+    let (code, stdout, stderr) = build(&tree, &image, &["--boot", "uefi"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        listing(&tree),
+        before,
+        "sysprep works on the stage, not the tree"
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let done: Vec<(String, String)> = report["sysprep"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap().to_string(),
+                r["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (op, path) in [
+        ("ssh-host-keys", "/etc/ssh/ssh_host_ed25519_key"),
+        ("ssh-host-keys", "/etc/ssh/ssh_host_ed25519_key.pub"),
+        ("machine-id", "/etc/machine-id"),
+        ("shell-history", "/root/.bash_history"),
+        ("shell-history", "/home/ann/.python_history"),
+        ("cloud-init", "/var/lib/cloud/instances"),
+        ("logfiles", "/var/log/dpkg.log"),
+        ("tmp-files", "/tmp/build.sh"),
+    ] {
+        assert!(
+            done.contains(&(op.to_string(), path.to_string())),
+            "{op} {path} in {done:?}"
+        );
+    }
+    assert_eq!(report["secret_scan"]["fail_on"], "high");
+    // The audit of the image finds none of what sysprep removed.
+    let audited = json(&[
+        "audit",
+        image.to_str().unwrap(),
+        "--format",
+        "json",
+        "--fail-on",
+        "none",
+    ]);
+    let rules: Vec<&str> = audited["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    for gone in [
+        "hygiene.ssh-host-key",
+        "hygiene.ssh-host-public-key",
+        "hygiene.machine-id",
+        "hygiene.shell-history",
+        "hygiene.cloud-init-state",
+        "hygiene.cloud-init-user-data",
+        "hygiene.log-file",
+        "hygiene.tmp-leftover",
+        "secret.private-key-openssh",
+    ] {
+        assert!(!rules.contains(&gone), "{gone} in {rules:?}");
+    }
+
+    // ... and one that is the application's: the build is refused, exit 1, and
+    // no image is left behind.
+    std::fs::create_dir_all(tree.join("opt/app")).unwrap();
+    tool_output(
+        tool("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(tree.join("opt/app/key.pem")),
+    );
+    std::fs::remove_file(&image).unwrap();
+    let (code, _, stderr) = build(&tree, &image, &["--boot", "uefi"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("/opt/app/key.pem"), "{stderr}");
+    assert!(stderr.contains("build refused"), "{stderr}");
+    assert!(!image.exists(), "a refused image is not kept");
+    // With the scan off (or the key allowed) it builds.
+    let (code, _, stderr) = build(&tree, &image, &["--boot", "uefi", "--fail-on", "none"]);
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -102,6 +102,10 @@ pub struct Finding {
     pub excerpt: Option<String>,
     /// Stable id of this finding, for allow-lists.
     pub fingerprint: String,
+    /// The package that shipped the file unchanged, for a secret in a vendor's
+    /// file (or in Python bytecode compiled from one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipped_by: Option<String>,
     /// Why it was accepted, for findings in [`Report::allowed`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_by: Option<String>,
@@ -140,6 +144,7 @@ impl Finding {
             offset: None,
             excerpt: None,
             fingerprint,
+            shipped_by: None,
             allowed_by: None,
             vulnerability: None,
         }
@@ -550,6 +555,7 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
             });
         }
     }
+    provenance::credit_bytecode(&mut report.findings);
     report.coverage = volume_coverage(
         image,
         &inspection,

@@ -84,7 +84,11 @@ impl Auditor for ProvenanceAuditor {
         }
         for f in ctx.files.on(root) {
             let system = SYSTEM_DIRS.iter().any(|d| f.path.starts_with(d));
-            if system && f.metadata.kind == imagefs::FileKind::File && p.owner(&f.path).is_none() {
+            // Bytecode caches belong to their source's package (its install
+            // scripts compile them); dpkg and rpm do not list them.
+            let owned = p.owner(&f.path).is_some()
+                || compiled_from(&f.path).is_some_and(|source| p.owner(&source).is_some());
+            if system && f.metadata.kind == imagefs::FileKind::File && !owned {
                 out.findings.push(Finding::new(
                     Category::Integrity,
                     "unowned-system-file",
@@ -345,6 +349,7 @@ fn judge(
         for f in found.iter_mut().filter(|f| f.category == Category::Secret) {
             f.severity = severity;
             f.title = format!("{} (shipped unchanged by package {package})", f.title);
+            f.shipped_by = Some(package.clone());
         }
         return;
     }
@@ -374,9 +379,74 @@ fn judge(
     );
 }
 
+/// The Python source a bytecode cache file is compiled from:
+/// `DIR/__pycache__/NAME.TAG.pyc` (TAG such as `cpython-311` or
+/// `cpython-311.opt-1`) comes from `DIR/NAME.py`.
+pub(crate) fn compiled_from(path: &str) -> Option<String> {
+    let (dir, file) = path.rsplit_once("/__pycache__/")?;
+    let (name, tag) = file.strip_suffix(".pyc")?.split_once('.')?;
+    (!name.is_empty() && !tag.is_empty() && !file.contains('/')).then(|| format!("{dir}/{name}.py"))
+}
+
+/// A secret in Python bytecode is vendor-shipped when the very same secret (the
+/// same content fingerprint) was found vendor-shipped in the source it is
+/// compiled from: a package's example key, compiled by its install scripts. Any
+/// other secret in bytecode keeps its severity.
+pub(crate) fn credit_bytecode(findings: &mut [Finding]) {
+    let shipped: std::collections::HashMap<(&str, &str), (String, Severity)> = findings
+        .iter()
+        .filter(|f| f.category == Category::Secret)
+        .filter_map(|f| {
+            let package = f.shipped_by.clone()?;
+            Some((
+                (f.path.as_deref()?, f.fingerprint.as_str()),
+                (package, f.severity),
+            ))
+        })
+        .collect();
+    let credits: Vec<(usize, String, String, Severity)> = findings
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.category == Category::Secret && f.shipped_by.is_none())
+        .filter_map(|(i, f)| {
+            let source = compiled_from(f.path.as_deref()?)?;
+            let (package, severity) = shipped
+                .get(&(source.as_str(), f.fingerprint.as_str()))?
+                .clone();
+            Some((i, source, package, severity))
+        })
+        .collect();
+    for (i, source, package, severity) in credits {
+        let f = &mut findings[i];
+        f.severity = severity;
+        f.title = format!(
+            "{} (compiled from {source}, shipped unchanged by package {package})",
+            f.title
+        );
+        f.shipped_by = Some(package);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use md5::Digest as _;
+
+    #[test]
+    fn bytecode_caches_name_their_python_source() {
+        let from = super::compiled_from;
+        assert_eq!(
+            from("/usr/lib/python3/dist-packages/cloudinit/config/__pycache__/cc_ssh.cpython-311.pyc")
+                .as_deref(),
+            Some("/usr/lib/python3/dist-packages/cloudinit/config/cc_ssh.py")
+        );
+        assert_eq!(
+            from("/a/__pycache__/m.cpython-311.opt-1.pyc").as_deref(),
+            Some("/a/m.py")
+        );
+        assert_eq!(from("/a/__pycache__/m.pyc"), None);
+        assert_eq!(from("/a/m.cpython-311.pyc"), None);
+        assert_eq!(from("/a/__pycache__/sub/m.cpython-311.pyc"), None);
+    }
 
     /// Bytes from a fixed-seed generator: the same every run.
     fn noise(len: usize, seed: u64) -> Vec<u8> {

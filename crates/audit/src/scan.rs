@@ -390,6 +390,7 @@ pub(crate) fn secret_finding(
         offset: None,
         excerpt: Some(m.excerpt.clone()),
         fingerprint: m.fingerprint.clone(),
+        shipped_by: None,
         allowed_by: None,
         vulnerability: None,
     }

@@ -25,6 +25,7 @@
 pub mod ext4_times;
 pub mod grub;
 pub mod stage;
+pub mod sysprep;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -111,6 +112,8 @@ pub struct Options {
     pub seed: String,
     /// The time every new timestamp gets (`SOURCE_DATE_EPOCH`).
     pub epoch: u64,
+    /// Run [`sysprep`] on the staged tree.
+    pub sysprep: bool,
 }
 
 /// One partition written.
@@ -154,6 +157,8 @@ pub struct Built {
     pub staged: (u64, u64),
     /// Inodes whose times were clamped to the epoch.
     pub clamped_inodes: u64,
+    /// What sysprep removed (empty when it did not run).
+    pub sysprep: Vec<sysprep::Removal>,
 }
 
 /// What puts the EFI loader on the ESP.
@@ -362,6 +367,11 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let mut staged = stage::Stage::mirror(tree, near)?;
+    let sysprep = if opts.sysprep {
+        sysprep::run(&mut staged)?
+    } else {
+        Vec::new()
+    };
     let mut added = Vec::new();
     let fstab = format!(
         "# Written by amiforge build: the filesystems of this image, by UUID.\n\
@@ -456,6 +466,7 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
         added,
         staged: (staged.linked, staged.copied),
         clamped_inodes,
+        sysprep,
         partitions,
     })
 }

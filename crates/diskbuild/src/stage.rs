@@ -181,6 +181,18 @@ impl Stage {
         Ok(())
     }
 
+    /// Puts a new file with `contents` in place of the regular file `rel`, with
+    /// its mode and owner (the tree's file is untouched).
+    pub fn replace(&mut self, rel: &str, contents: &[u8]) -> Result<(), BuildError> {
+        let path = self.root().join(relative(rel)?);
+        let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+        self.put(rel, contents, meta.mode() & 0o7777)?;
+        if meta.uid() != 0 || meta.gid() != 0 {
+            chown(&path, meta.uid(), meta.gid())?;
+        }
+        Ok(())
+    }
+
     /// Makes the directory `rel` (and its parents) if missing: mode 0755, root's.
     pub fn make_dir(&mut self, rel: &str) -> Result<(), BuildError> {
         let path = self.root().join(relative(rel)?);
