@@ -4,7 +4,7 @@
 use crate::cli::{write_json, Format};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(clap::Args)]
@@ -35,6 +35,14 @@ pub struct BootTestArgs {
     format: Format,
 }
 
+/// The guest's size and the time it has.
+#[derive(Clone, Copy)]
+struct Settings {
+    timeout: u64,
+    memory: u32,
+    cpus: u32,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum FirmwareArg {
     Auto,
@@ -43,7 +51,7 @@ enum FirmwareArg {
     Both,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum AccelArg {
     Auto,
     Kvm,
@@ -92,32 +100,76 @@ fn qemu_format(format: &str) -> Option<&'static str> {
     })
 }
 
-/// Runs the boot test; `Ok(false)` when a step failed.
-pub fn run(args: BootTestArgs) -> Result<bool> {
-    if !args.image.is_file() {
+/// The gate of `publish --boot-test`: boots `image` every way it boots (KVM when
+/// usable). `Ok(Some(summary))` when every step passed; otherwise says which step
+/// failed, on stderr, and gives `Ok(None)`.
+pub fn gate(image: &Path, timeout: u64) -> Result<Option<String>> {
+    let report = boot_all(
+        image,
+        FirmwareArg::Auto,
+        AccelArg::Auto,
+        Settings {
+            timeout,
+            memory: 1024,
+            cpus: 2,
+        },
+        None,
+    )?;
+    let summary = report
+        .boots
+        .iter()
+        .map(|b| {
+            format!(
+                "{} {}",
+                b.firmware,
+                if b.passed { "passed" } else { "failed" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if report.passed {
+        return Ok(Some(summary));
+    }
+    for b in report.boots.iter().filter(|b| !b.passed) {
+        eprintln!(
+            "amiforge: boot-test: {} failed at {} ({})",
+            b.firmware,
+            b.failed_step.unwrap_or("?"),
+            b.ended
+        );
+    }
+    Ok(None)
+}
+
+fn boot_all(
+    image: &Path,
+    firmware: FirmwareArg,
+    accel: AccelArg,
+    settings: Settings,
+    log_path: Option<&Path>,
+) -> Result<Report> {
+    if !image.is_file() {
         bail!(
             "{}: boot-test needs a local image file (raw, qcow2, VMDK, VHD or VHDX)",
-            args.image.display()
+            image.display()
         );
     }
-    let image = crate::input::image(&args.image)?;
-    let report = image.report();
-    let format = report.source.as_ref().map_or("raw", |s| s.format);
-    let qemu_format = qemu_format(format).with_context(|| {
-        format!(
-            "{}: QEMU cannot boot a {format} image",
-            args.image.display()
-        )
-    })?;
-    if let Some(arch) = report.architecture.as_deref().filter(|a| *a != "x86_64") {
+    let opened = crate::input::image(image)?;
+    let inspected = opened.report();
+    let format = inspected.source.as_ref().map_or("raw", |s| s.format);
+    let qemu_format = qemu_format(format)
+        .with_context(|| format!("{}: QEMU cannot boot a {format} image", image.display()))?;
+    if let Some(arch) = inspected.architecture.as_deref().filter(|a| *a != "x86_64") {
         bail!(
             "{}: boot-test runs x86_64 images; this one is {arch}",
-            args.image.display()
+            image.display()
         );
     }
-    let mode = serde_json::to_value(report.boot_mode)?;
-    let firmwares: Vec<boottest::Firmware> = match (args.firmware, mode.as_str()) {
-        (FirmwareArg::Uefi, _) | (FirmwareArg::Auto, Some("uefi")) => vec![boottest::Firmware::Uefi],
+    let mode = serde_json::to_value(inspected.boot_mode)?;
+    let firmwares: Vec<boottest::Firmware> = match (firmware, mode.as_str()) {
+        (FirmwareArg::Uefi, _) | (FirmwareArg::Auto, Some("uefi")) => {
+            vec![boottest::Firmware::Uefi]
+        }
         (FirmwareArg::Bios, _) | (FirmwareArg::Auto, Some("legacy-bios")) => {
             vec![boottest::Firmware::Bios]
         }
@@ -126,10 +178,10 @@ pub fn run(args: BootTestArgs) -> Result<bool> {
         }
         (FirmwareArg::Auto, _) => bail!(
             "{}: found no way it boots (no ESP with a loader, no MBR boot code); choose --firmware uefi or bios to try anyway",
-            args.image.display()
+            image.display()
         ),
     };
-    let accel = match args.accel {
+    let accel = match accel {
         AccelArg::Auto => boottest::Accel::Auto,
         AccelArg::Kvm => boottest::Accel::Kvm,
         AccelArg::Tcg => boottest::Accel::Tcg,
@@ -139,18 +191,18 @@ pub fn run(args: BootTestArgs) -> Result<bool> {
     for firmware in firmwares {
         tracing::info!(
             "booting {} with {} firmware (timeout {} s)",
-            args.image.display(),
+            image.display(),
             firmware.name(),
-            args.timeout
+            settings.timeout
         );
         let outcome = boottest::run(&boottest::Options {
-            image: args.image.clone(),
+            image: image.to_path_buf(),
             format: qemu_format.to_string(),
             firmware,
             accel,
-            timeout: Duration::from_secs(args.timeout),
-            memory_mib: args.memory,
-            cpus: args.cpus,
+            timeout: Duration::from_secs(settings.timeout),
+            memory_mib: settings.memory,
+            cpus: settings.cpus,
             nonce: format!("{:016x}", fastrand::u64(..)),
         })?;
         tracing::info!(
@@ -191,15 +243,30 @@ pub fn run(args: BootTestArgs) -> Result<bool> {
             notes: outcome.notes.clone(),
         });
     }
-    if let Some(path) = &args.log {
+    if let Some(path) = log_path {
         std::fs::write(path, &log).with_context(|| format!("writing {}", path.display()))?;
     }
-    let report = Report {
-        image: args.image.display().to_string(),
+    Ok(Report {
+        image: image.display().to_string(),
         format: format.to_string(),
         passed: boots.iter().all(|b| b.passed),
         boots,
-    };
+    })
+}
+
+/// Runs the boot test; `Ok(false)` when a step failed.
+pub fn run(args: BootTestArgs) -> Result<bool> {
+    let report = boot_all(
+        &args.image,
+        args.firmware,
+        args.accel,
+        Settings {
+            timeout: args.timeout,
+            memory: args.memory,
+            cpus: args.cpus,
+        },
+        args.log.as_deref(),
+    )?;
     match args.format {
         Format::Json => write_json(&report)?,
         Format::Text => {

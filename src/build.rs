@@ -11,9 +11,14 @@ use std::path::PathBuf;
 pub struct BuildArgs {
     /// The root filesystem tree (a directory; nothing in it is changed).
     tree: PathBuf,
-    /// The disk image to write (raw), replaced if it exists.
+    /// The disk image to write, replaced if it exists.
     #[arg(short, long)]
     out: PathBuf,
+    /// The image's container format: raw, qcow2, or VMDK (streamOptimized, the
+    /// subformat VM Import and OVAs use). Containers are converted from the raw disk
+    /// by qemu-img.
+    #[arg(long = "image-format", value_enum, default_value_t = ImageFormat::Raw)]
+    image_format: ImageFormat,
     /// The disk's size: bytes, or a number with K, M, G or T (powers of 1024).
     #[arg(long, default_value = "4G")]
     size: String,
@@ -45,6 +50,13 @@ pub struct BuildArgs {
     format: Format,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ImageFormat {
+    Raw,
+    Qcow2,
+    Vmdk,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum BootArg {
     Uefi,
@@ -62,6 +74,7 @@ enum ArchArg {
 #[derive(Serialize)]
 struct Report {
     image: String,
+    image_format: &'static str,
     size: u64,
     disk_guid: String,
     root_uuid: String,
@@ -156,6 +169,7 @@ pub fn build(args: BuildArgs, show_progress: bool) -> Result<bool> {
     };
     let seed = args
         .seed
+        .clone()
         .or(epoch_var)
         .unwrap_or_else(|| format!("{:032x}", fastrand::u128(..)));
     let arch = match args.arch {
@@ -180,13 +194,52 @@ pub fn build(args: BuildArgs, show_progress: bool) -> Result<bool> {
         args.out.display(),
         args.tree.display()
     );
-    let built = diskbuild::build(&args.tree, &args.out, &opts)?;
+    // A container is converted from a raw disk built beside it.
+    let raw = match args.image_format {
+        ImageFormat::Raw => args.out.clone(),
+        _ => {
+            let name = args
+                .out
+                .file_name()
+                .context("the output needs a file name")?
+                .to_string_lossy();
+            args.out
+                .with_file_name(format!(".{name}.raw-{}", std::process::id()))
+        }
+    };
+    let result = build_raw(&args, &raw, &opts, show_progress);
+    if raw != args.out {
+        let converted = result.and_then(|report| match report {
+            Some(report) => {
+                let format = match args.image_format {
+                    ImageFormat::Qcow2 => diskbuild::Container::Qcow2,
+                    _ => diskbuild::Container::VmdkStreamOptimized,
+                };
+                diskbuild::convert(&raw, &args.out, format, &opts.seed)?;
+                Ok(Some(report))
+            }
+            None => Ok(None),
+        });
+        let _ = std::fs::remove_file(&raw);
+        return finish(&args, converted?);
+    }
+    finish(&args, result?)
+}
+
+/// Builds the raw disk at `raw` and runs the secret gate; `None` when it refused.
+fn build_raw(
+    args: &BuildArgs,
+    raw: &std::path::Path,
+    opts: &diskbuild::Options,
+    show_progress: bool,
+) -> Result<Option<Report>> {
+    let built = diskbuild::build(&args.tree, raw, opts)?;
     let secret_scan = match args.fail_on.threshold() {
         None => None,
         Some(threshold) => {
             let config = crate::audit::load_config(args.audit_config.as_deref())?;
-            let image = crate::input::image(&args.out)?;
-            let audited = crate::audit::run(&image, &args.out, &config, show_progress)?;
+            let image = crate::input::image(raw)?;
+            let audited = crate::audit::run(&image, raw, &config, show_progress)?;
             let refused: Vec<_> = audited
                 .failing(Some(threshold))
                 .into_iter()
@@ -208,9 +261,8 @@ pub fn build(args: BuildArgs, show_progress: bool) -> Result<bool> {
                     refused.len(),
                     args.out.display()
                 );
-                std::fs::remove_file(&args.out)
-                    .with_context(|| format!("removing {}", args.out.display()))?;
-                return Ok(false);
+                std::fs::remove_file(raw).with_context(|| format!("removing {}", raw.display()))?;
+                return Ok(None);
             }
             let mut secrets = std::collections::BTreeMap::new();
             for f in audited
@@ -230,6 +282,11 @@ pub fn build(args: BuildArgs, show_progress: bool) -> Result<bool> {
     };
     let report = Report {
         image: args.out.display().to_string(),
+        image_format: match args.image_format {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Vmdk => "vmdk",
+        },
         size: opts.size,
         disk_guid: built.disk_guid,
         root_uuid: built.root_uuid,
@@ -268,12 +325,20 @@ pub fn build(args: BuildArgs, show_progress: bool) -> Result<bool> {
             })
             .collect(),
     };
+    Ok(Some(report))
+}
+
+/// Prints the report; false when the build was refused.
+fn finish(args: &BuildArgs, report: Option<Report>) -> Result<bool> {
+    let Some(report) = report else {
+        return Ok(false);
+    };
     match args.format {
         Format::Json => write_json(&report)?,
         Format::Text => {
             println!(
-                "{} ({} bytes, GPT {})",
-                report.image, report.size, report.disk_guid
+                "{} ({}, {} bytes, GPT {})",
+                report.image, report.image_format, report.size, report.disk_guid
             );
             for p in &report.partitions {
                 println!(

@@ -21,6 +21,8 @@ const HASH_THREADS: usize = 2;
 const TAG_DISK_SHA256: &str = "amiforge:disk-sha256";
 const TAG_VERSION: &str = "amiforge:version";
 const TAG_AUDIT: &str = "amiforge:audit";
+/// Tag with what `publish --boot-test` found: "uefi passed, bios passed".
+const TAG_BOOT_TEST: &str = "amiforge:boot-test";
 /// Tag naming the bundle an AMI was published from: its manifest's SHA-256.
 const TAG_BUNDLE_SHA256: &str = "amiforge:bundle-sha256";
 /// `amiforge register` arguments.
@@ -146,6 +148,14 @@ pub struct PublishArgs {
     /// /images/web/latest; repeat for more.
     #[arg(long = "ssm-parameter", value_name = "NAME")]
     pub ssm_parameters: Vec<String>,
+    /// Boot the image in QEMU after the audit and before anything is sent (see
+    /// `amiforge boot-test`): every way it boots must reach cloud-init's user data,
+    /// or nothing is uploaded (exit 1). The AMI is tagged amiforge:boot-test.
+    #[arg(long)]
+    pub boot_test: bool,
+    /// Seconds each boot of --boot-test may take.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub boot_test_timeout: u64,
 }
 
 #[derive(Serialize)]
@@ -176,6 +186,9 @@ pub fn publish(args: PublishArgs, show_progress: bool) -> Result<bool> {
     // 1. Audit and gate, before anything is sent; 2. the registration, validated.
     // The input is opened (and a bundle verified) once, here.
     let (mut draft, source, bundle_identity) = if crate::bundled::is_bundle(&input) {
+        if args.boot_test {
+            bail!("--boot-test boots an image file: boot-test the image before bundling it");
+        }
         let b = crate::bundled::open_verified(
             &input,
             args.upload.public_key.as_deref(),
@@ -238,6 +251,13 @@ pub fn publish(args: PublishArgs, show_progress: bool) -> Result<bool> {
         );
         let mut tags = common_tags;
         tags.push((TAG_AUDIT.into(), audit));
+        if args.boot_test {
+            let Some(booted) = crate::boot_test::gate(&input, args.boot_test_timeout)? else {
+                eprintln!("amiforge: boot-test failed; nothing was uploaded");
+                return Ok(false);
+            };
+            tags.push((TAG_BOOT_TEST.into(), booted));
+        }
         let spec = spec_from(
             &name,
             PLACEHOLDER_SNAPSHOT,

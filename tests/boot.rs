@@ -297,3 +297,59 @@ fn boot_test_refuses_what_it_cannot_boot_with_exit_2() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("needs a local image file"), "{stderr}");
 }
+
+#[test]
+fn publish_with_boot_test_uploads_only_an_image_that_boots_and_tags_the_ami() {
+    let scratch = Scratch::new("boot-publish");
+    let image = scratch.path("uefi.img");
+    // UEFI only: one boot to wait for.
+    let (code, built, stderr) = outcome(
+        amiforge()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .arg("build")
+            .arg(boot_tree())
+            .arg("-o")
+            .arg(&image)
+            .args(["--size", "2G", "--boot", "uefi", "--format", "json"]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let built: Value = serde_json::from_str(&built).unwrap();
+    assert_eq!(built["partitions"][0]["name"], "esp");
+    let esp_start = built["partitions"][0]["start"].as_u64().unwrap();
+    let server = ebs_testserver::start_background(ebs_testserver::Config {
+        completion_delay_ms: 100,
+        ..Default::default()
+    })
+    .unwrap();
+    let publish = |image: &Path, name: &str| {
+        outcome(
+            amiforge_at(&server.endpoint())
+                .arg("publish")
+                .arg(image)
+                .args(["--name", name, "--boot-test", "--format", "json"])
+                .args(["--boot-test-timeout", "480", "--no-progress"]),
+        )
+    };
+
+    // Without its loader the disk fails the boot test in seconds: nothing is sent.
+    let broken = scratch.path("broken.img");
+    sparse_copy(&image, &broken);
+    let esp = format!("{}@@{esp_start}", broken.display());
+    tool_output(tool("mdel").args(["-i", &esp, "::/EFI/BOOT/BOOTX64.EFI"]));
+    let (code, _, stderr) = publish(&broken, "amiforge-broken");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("uefi failed at firmware"), "{stderr}");
+    assert!(stderr.contains("nothing was uploaded"), "{stderr}");
+    let stats = server.stats();
+    assert_eq!(stats.requests.get("StartSnapshot"), None, "{stats:?}");
+
+    // The disk as built boots, is uploaded and registered, and says so in a tag.
+    let (code, stdout, stderr) = publish(&image, "amiforge-booted");
+    assert_eq!(code, Some(0), "{stderr}");
+    let published: Value = serde_json::from_str(&stdout).unwrap();
+    let tags = server.tags_of(published["image_id"].as_str().unwrap());
+    assert!(
+        tags.contains(&("amiforge:boot-test".to_string(), "uefi passed".to_string())),
+        "{tags:?}"
+    );
+}

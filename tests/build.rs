@@ -403,3 +403,65 @@ fn sysprep_lists_every_removal_and_a_tree_with_a_private_key_is_refused() {
     let (code, _, stderr) = build(&tree, &image, &["--boot", "uefi", "--fail-on", "none"]);
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn qcow2_and_vmdk_outputs_hold_the_same_disk_as_raw_by_qemu_img_compare() {
+    let scratch = Scratch::new("build-formats");
+    let tree = scratch.path("tree");
+    make_tree(&tree);
+    let raw = scratch.path("disk.img");
+    assert_eq!(build(&tree, &raw, &["--boot", "uefi"]).0, Some(0));
+    for (format, file, subformat) in [
+        ("qcow2", "disk.qcow2", None),
+        ("vmdk", "disk.vmdk", Some("streamOptimized")),
+    ] {
+        let out = scratch.path(file);
+        let (code, stdout, stderr) =
+            build(&tree, &out, &["--boot", "uefi", "--image-format", format]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["image_format"], format);
+        let info: Value = serde_json::from_slice(&tool_output(
+            tool("qemu-img")
+                .args(["info", "--output", "json"])
+                .arg(&out),
+        ))
+        .unwrap();
+        assert_eq!(info["format"], format, "{info:#}");
+        if let Some(sub) = subformat {
+            assert_eq!(
+                info["format-specific"]["data"]["create-type"], sub,
+                "{info:#}"
+            );
+        }
+        // qemu-img's reading of the container is the raw build, byte for byte.
+        tool_output(
+            tool("qemu-img")
+                .args(["compare", "-f", "raw", "-F", format])
+                .arg(&raw)
+                .arg(&out),
+        );
+        // No raw disk is left beside the container.
+        let leftovers: Vec<_> = std::fs::read_dir(scratch.path(""))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".raw-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let inspected = json(&["inspect", out.to_str().unwrap(), "--format", "json"]);
+        assert_eq!(inspected["boot_mode"], "uefi", "{inspected:#}");
+        // The container is as reproducible as the disk (qemu-img's random VMDK
+        // content id is replaced by a derived one). The same file name, in another
+        // directory: a VMDK's descriptor names its own file.
+        std::fs::create_dir_all(scratch.path("again")).unwrap();
+        let again = scratch.path("again").join(file);
+        let (code, _, stderr) = build(&tree, &again, &["--boot", "uefi", "--image-format", format]);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(
+            sha256_file(&out),
+            sha256_file(&again),
+            "two builds of {format}"
+        );
+    }
+}

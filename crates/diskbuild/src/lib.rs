@@ -700,3 +700,86 @@ fn make_root(
     }
     Ok(())
 }
+
+/// A container format a built disk can be converted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    /// qcow2 (version 3).
+    Qcow2,
+    /// VMDK, streamOptimized: what VM Import and OVA files take.
+    VmdkStreamOptimized,
+}
+
+/// Converts the raw disk `raw` into `out` with `qemu-img convert`. qemu-img picks
+/// a VMDK's content id (`CID=` in its descriptor) at random; it is replaced by one
+/// derived from `seed`, so that the container is as reproducible as the disk.
+pub fn convert(raw: &Path, out: &Path, to: Container, seed: &str) -> Result<(), BuildError> {
+    let (format, options) = match to {
+        Container::Qcow2 => ("qcow2", "compat=1.1"),
+        Container::VmdkStreamOptimized => ("vmdk", "subformat=streamOptimized"),
+    };
+    let output = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", format, "-o", options])
+        .arg(raw)
+        .arg(out)
+        .output()
+        .map_err(|source| BuildError::Io {
+            what: "run qemu-img to write",
+            path: out.to_path_buf(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(BuildError::Tool {
+            tool: "qemu-img",
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    if to == Container::VmdkStreamOptimized {
+        let cid = u32::from_le_bytes(
+            derived_uuid(seed, "vmdk content id").as_bytes()[..4]
+                .try_into()
+                .unwrap_or([0; 4]),
+        );
+        set_vmdk_cid(out, cid)?;
+    }
+    Ok(())
+}
+
+/// How far into a VMDK its embedded descriptor is looked for: qemu-img puts it at
+/// sector 1, within the first few KiB.
+const VMDK_DESCRIPTOR_SEARCH: usize = 64 << 10;
+
+/// Rewrites the `CID=xxxxxxxx` line of a VMDK's embedded descriptor in place (the
+/// same length, so nothing moves).
+fn set_vmdk_cid(path: &Path, cid: u32) -> Result<(), BuildError> {
+    use std::os::unix::fs::FileExt;
+    let io = |what| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { what, path, source }
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io("open"))?;
+    let mut head = vec![0u8; VMDK_DESCRIPTOR_SEARCH];
+    let n = file.read_at(&mut head, 0).map_err(io("read"))?;
+    head.truncate(n);
+    const KEY: &[u8] = b"\nCID=";
+    let at = head
+        .windows(KEY.len())
+        .position(|w| w == KEY)
+        .map(|i| i + KEY.len())
+        .filter(|&i| {
+            head.get(i..i + 8)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        })
+        .ok_or_else(|| BuildError::Tool {
+            tool: "qemu-img",
+            status: "wrote".into(),
+            stderr: format!("{}: no CID line in the VMDK descriptor", path.display()),
+        })?;
+    file.write_all_at(format!("{cid:08x}").as_bytes(), at as u64)
+        .map_err(io("write"))
+}
