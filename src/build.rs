@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct BuildArgs {
-    /// The root filesystem tree (a directory; nothing in it is changed).
+    /// The root filesystem tree: a directory (nothing in it is changed), or a tar
+    /// archive (plain, gzip, xz or zstd) of one.
     tree: PathBuf,
     /// The disk image to write, replaced if it exists.
     #[arg(short, long)]
@@ -93,6 +94,8 @@ struct Report {
     staged_copied: u64,
     /// Inodes whose times were clamped to SOURCE_DATE_EPOCH (or the build time).
     clamped_inodes: u64,
+    /// For a tar archive: the entries unpacked.
+    unpacked_entries: Option<u64>,
     /// What sysprep removed, operation by operation.
     sysprep: Vec<Sysprepped>,
     /// The secret scan of the built root: files and bytes read, and the secrets
@@ -302,6 +305,7 @@ fn build_raw(
         staged_linked: built.staged.0,
         staged_copied: built.staged.1,
         clamped_inodes: built.clamped_inodes,
+        unpacked_entries: built.unpacked_entries,
         sysprep: built
             .sysprep
             .into_iter()

@@ -465,3 +465,59 @@ fn qcow2_and_vmdk_outputs_hold_the_same_disk_as_raw_by_qemu_img_compare() {
         );
     }
 }
+
+#[test]
+fn a_tar_archive_of_the_tree_builds_the_same_disk_and_a_hostile_one_is_refused() {
+    let scratch = Scratch::new("build-tar");
+    let tree = scratch.path("tree");
+    make_tree(&tree);
+    let from_dir = scratch.path("dir.img");
+    assert_eq!(build(&tree, &from_dir, &["--boot", "uefi"]).0, Some(0));
+    // GNU tar writes the archives: plain, gzip, xz and zstd.
+    for (flag, name) in [
+        ("", "tree.tar"),
+        ("-z", "tree.tar.gz"),
+        ("-J", "tree.tar.xz"),
+        ("--zstd", "tree.tar.zst"),
+    ] {
+        let archive = scratch.path(name);
+        let mut tar = tool("tar");
+        tar.args(["--numeric-owner", "-C"]).arg(&tree);
+        if !flag.is_empty() {
+            tar.arg(flag);
+        }
+        tool_output(tar.arg("-cf").arg(&archive).arg("."));
+        let image = scratch.path(&format!("{name}.img"));
+        let (code, stdout, stderr) = build(&archive, &image, &["--boot", "uefi"]);
+        assert_eq!(code, Some(0), "{name}: {stderr}");
+        let report: Value = serde_json::from_str(&stdout).unwrap();
+        assert!(
+            report["unpacked_entries"].as_u64().unwrap() > 5,
+            "{report:#}"
+        );
+        assert_eq!(sha256_file(&image), sha256_file(&from_dir), "{name}");
+    }
+    // An entry that climbs out of the tree is refused by name; nothing lands outside.
+    let evil = scratch.path("evil.tar");
+    let script = format!(
+        "import io, tarfile\n\
+         with tarfile.open({:?}, 'w') as t:\n\
+         \x20   for name in ['etc/hostname', '../escaped']:\n\
+         \x20       info = tarfile.TarInfo(name); info.size = 3\n\
+         \x20       t.addfile(info, io.BytesIO(b'hi\\n'))\n",
+        evil.display().to_string()
+    );
+    tool_output(tool("python3").arg("-c").arg(script));
+    let image = scratch.path("evil.img");
+    let (code, _, stderr) = build(&evil, &image, &["--boot", "uefi"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("../escaped"), "{stderr}");
+    assert!(!scratch.path("escaped").exists());
+    assert!(!scratch.0.parent().unwrap().join("escaped").exists());
+    // Something that is neither a directory nor an archive.
+    let junk = scratch.path("junk.bin");
+    std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
+    let (code, _, stderr) = build(&junk, &image, &["--boot", "uefi"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("junk.bin"), "{stderr}");
+}

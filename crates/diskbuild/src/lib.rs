@@ -22,6 +22,7 @@
 //! from the clock is the seed's epoch, and file times are clamped to it
 //! ([`ext4_times`]), so two builds of one tree are byte-identical.
 
+pub mod archive;
 pub mod ext4_times;
 pub mod grub;
 pub mod stage;
@@ -159,6 +160,8 @@ pub struct Built {
     pub clamped_inodes: u64,
     /// What sysprep removed (empty when it did not run).
     pub sysprep: Vec<sysprep::Removal>,
+    /// For a tar archive: how many entries were unpacked.
+    pub unpacked_entries: Option<u64>,
 }
 
 /// What puts the EFI loader on the ESP.
@@ -241,12 +244,22 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
         let path = path.to_path_buf();
         move |source| BuildError::Io { what, path, source }
     };
-    if !tree.is_dir() {
+    let near = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // A tar archive is unpacked first; its tree is removed with `unpacked`.
+    let unpacked = if tree.is_file() {
+        Some(archive::unpack(tree, near, opts.size)?)
+    } else if tree.is_dir() {
+        None
+    } else {
         return Err(BuildError::Tree {
             tree: tree.to_path_buf(),
-            reason: "not a directory".into(),
+            reason: "neither a directory nor a tar archive".into(),
         });
-    }
+    };
+    let tree = unpacked.as_ref().map_or(tree, |u| u.path());
     let bios = opts.boot != Boot::Uefi;
     let fixed = ESP_SIZE + if bios { BIOS_BOOT_SIZE } else { 0 };
     let min = fixed + 2 * GPT_RESERVE + (64 << 20);
@@ -362,10 +375,6 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
     let esp_uuid = format!("{:04X}-{:04X}", esp_volume_id >> 16, esp_volume_id & 0xffff);
 
     // The root filesystem's content: the tree, and what the image adds to it.
-    let near = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let mut staged = stage::Stage::mirror(tree, near)?;
     let sysprep = if opts.sysprep {
         sysprep::run(&mut staged)?
@@ -467,6 +476,7 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
         staged: (staged.linked, staged.copied),
         clamped_inodes,
         sysprep,
+        unpacked_entries: unpacked.as_ref().map(|u| u.entries),
         partitions,
     })
 }
