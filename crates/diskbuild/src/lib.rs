@@ -451,6 +451,9 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
     drop(file);
     staged.seal()?;
     make_root(staged.root(), out, root, &root_uuid, opts)?;
+    let staged_counts = (staged.linked, staged.copied);
+    // The stage (thousands of links) is removed while the times are clamped.
+    let removal = std::thread::spawn(move || drop(staged));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -458,6 +461,7 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
         .map_err(io("open", out))?;
     let clamped_inodes = ext4_times::clamp_times(&file, out, root.start, opts.epoch)?;
     file.sync_all().map_err(io("write", out))?;
+    let _ = removal.join();
     Ok(Built {
         disk_guid: disk_guid.to_string(),
         root_uuid,
@@ -473,7 +477,7 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
         kernel: kernel.map(|k| k.version),
         esp_uuid,
         added,
-        staged: (staged.linked, staged.copied),
+        staged: staged_counts,
         clamped_inodes,
         sysprep,
         unpacked_entries: unpacked.as_ref().map(|u| u.entries),

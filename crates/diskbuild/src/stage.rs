@@ -15,6 +15,8 @@ use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::BuildError;
 
@@ -82,57 +84,36 @@ impl Stage {
         self.dir.path()
     }
 
+    /// Mirrors the tree's directory `from` into `to`, directories in parallel
+    /// (rayon): most of the cost is one system call per entry.
     fn mirror_dir(&mut self, from: &Path, to: &Path) -> Result<(), BuildError> {
-        // Depth-first with an explicit stack: trees can be deep.
-        let mut stack = vec![(from.to_path_buf(), to.to_path_buf())];
-        while let Some((src, dst)) = stack.pop() {
-            let meta = fs::symlink_metadata(&src).map_err(io_err("stat", &src))?;
-            if dst != self.root() {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&dst)
-                    .map_err(io_err("create", &dst))?;
-            }
-            self.dirs.push(DirAttrs {
-                path: dst.clone(),
-                mode: meta.mode() & 0o7777,
-                uid: meta.uid(),
-                gid: meta.gid(),
-                modified: meta.modified().map_err(io_err("stat", &src))?,
-            });
-            let mut entries: Vec<_> = fs::read_dir(&src)
-                .map_err(io_err("list", &src))?
-                .collect::<Result<_, _>>()
-                .map_err(io_err("list", &src))?;
-            entries.sort_by_key(|e| e.file_name());
-            for entry in entries {
-                let from = entry.path();
-                let to = dst.join(entry.file_name());
-                let kind = entry.file_type().map_err(io_err("stat", &from))?;
-                if kind.is_dir() {
-                    stack.push((from, to));
-                } else {
-                    self.link_or_copy(&from, &to)?;
-                }
-            }
+        let shared = Mirroring {
+            dirs: Mutex::new(Vec::new()),
+            linked: AtomicU64::new(0),
+            copied: AtomicU64::new(0),
+            error: Mutex::new(None),
+        };
+        let root = self.root().to_path_buf();
+        rayon::scope(|s| mirror_into(s, from.to_path_buf(), to.to_path_buf(), &root, &shared));
+        if let Some(e) = shared.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
         }
+        self.dirs
+            .extend(shared.dirs.into_inner().unwrap_or_else(|e| e.into_inner()));
+        // Sealing goes deepest first; parents are listed before their children.
+        self.dirs.sort_by_key(|d| d.path.components().count());
+        self.linked += shared.linked.into_inner();
+        self.copied += shared.copied.into_inner();
         Ok(())
     }
 
     /// Links `from` as `to`; copies it when a link cannot be made.
     fn link_or_copy(&mut self, from: &Path, to: &Path) -> Result<(), BuildError> {
-        // linkat without AT_SYMLINK_FOLLOW: a symlink is linked, not its target.
-        match fs::hard_link(from, to) {
-            Ok(()) => {
-                self.linked += 1;
-                return Ok(());
-            }
-            Err(e)
-                if e.raw_os_error() == Some(EXDEV) || e.kind() == ErrorKind::PermissionDenied => {}
-            Err(e) => return Err(io_err("link", from)(e)),
+        if link_or_copy(from, to)? {
+            self.linked += 1;
+        } else {
+            self.copied += 1;
         }
-        copy_entry(from, to)?;
-        self.copied += 1;
         Ok(())
     }
 
@@ -274,6 +255,101 @@ impl Stage {
         self.dirs.clear();
         Ok(())
     }
+}
+
+/// What the parallel mirror shares between its tasks.
+struct Mirroring {
+    dirs: Mutex<Vec<DirAttrs>>,
+    linked: AtomicU64,
+    copied: AtomicU64,
+    /// The first error; the other tasks stop when it is set.
+    error: Mutex<Option<BuildError>>,
+}
+
+impl Mirroring {
+    fn failed(&self) -> bool {
+        self.error.lock().map_or(true, |e| e.is_some())
+    }
+
+    fn fail(&self, e: BuildError) {
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(e);
+        }
+    }
+}
+
+/// Mirrors one directory, then spawns a task for each of its subdirectories.
+fn mirror_into<'s>(
+    scope: &rayon::Scope<'s>,
+    src: PathBuf,
+    dst: PathBuf,
+    root: &'s Path,
+    shared: &'s Mirroring,
+) {
+    if shared.failed() {
+        return;
+    }
+    match mirror_one(&src, &dst, root, shared) {
+        Ok(subdirs) => {
+            for (from, to) in subdirs {
+                scope.spawn(move |s| mirror_into(s, from, to, root, shared));
+            }
+        }
+        Err(e) => shared.fail(e),
+    }
+}
+
+/// Makes `dst` for the directory `src`, links or copies its other entries, and
+/// returns its subdirectories.
+fn mirror_one(
+    src: &Path,
+    dst: &Path,
+    root: &Path,
+    shared: &Mirroring,
+) -> Result<Vec<(PathBuf, PathBuf)>, BuildError> {
+    let meta = fs::symlink_metadata(src).map_err(io_err("stat", src))?;
+    if dst != root {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dst)
+            .map_err(io_err("create", dst))?;
+    }
+    let attrs = DirAttrs {
+        path: dst.to_path_buf(),
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        modified: meta.modified().map_err(io_err("stat", src))?,
+    };
+    if let Ok(mut dirs) = shared.dirs.lock() {
+        dirs.push(attrs);
+    }
+    let mut subdirs = Vec::new();
+    for entry in fs::read_dir(src).map_err(io_err("list", src))? {
+        let entry = entry.map_err(io_err("list", src))?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().map_err(io_err("stat", &from))?.is_dir() {
+            subdirs.push((from, to));
+        } else if link_or_copy(&from, &to)? {
+            shared.linked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.copied.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(subdirs)
+}
+
+/// Links `from` as `to` (true), or copies it when a link cannot be made (false).
+fn link_or_copy(from: &Path, to: &Path) -> Result<bool, BuildError> {
+    // linkat without AT_SYMLINK_FOLLOW: a symlink is linked, not its target.
+    match fs::hard_link(from, to) {
+        Ok(()) => return Ok(true),
+        Err(e) if e.raw_os_error() == Some(EXDEV) || e.kind() == ErrorKind::PermissionDenied => {}
+        Err(e) => return Err(io_err("link", from)(e)),
+    }
+    copy_entry(from, to)?;
+    Ok(false)
 }
 
 /// Linux's "cross-device link" error number.
