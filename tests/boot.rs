@@ -149,6 +149,8 @@ fn a_debian_tree_builds_into_a_hybrid_disk_that_boots_with_uefi_and_with_bios() 
     let text = inspected.to_string();
     assert!(text.contains("Debian GNU/Linux 12"), "{text}");
     assert!(text.contains(kernel), "{text}");
+    assert_eq!(inspected["drivers"]["ena"], true, "{inspected:#}");
+    assert_eq!(inspected["drivers"]["nvme"], true, "{inspected:#}");
 
     // Sysprep removed the build's host keys, machine id and logs; the only secrets
     // left are the vendors' (cloud-init's example keys, in its source and in the

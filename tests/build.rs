@@ -271,6 +271,26 @@ fn a_tree_without_grub_is_refused_for_legacy_boot_and_without_a_loader_for_uefi(
     assert_eq!(code, Some(2));
     assert!(stderr.contains("usr/lib/grub/i386-pc"), "{stderr}");
     assert!(stderr.contains("grub-pc-bin"), "{stderr}");
+    // The output may not land inside the tree (it would be copied into itself).
+    let before = listing(&tree);
+    let (code, _, stderr) = build(&tree, &tree.join("disk.img"), &["--boot", "uefi"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("may not be the tree or lie inside it"),
+        "{stderr}"
+    );
+    assert_eq!(listing(&tree), before);
+    // A failed build leaves what was at the output as it was, and no partial disk.
+    std::fs::write(&image, b"the previous image").unwrap();
+    let (code, _, _) = build(&tree, &image, &["--boot", "uefi"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(std::fs::read(&image).unwrap(), b"the previous image");
+    let partial: Vec<_> = std::fs::read_dir(scratch.path(""))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".partial-"))
+        .collect();
+    assert!(partial.is_empty());
     // Too small a disk is an error, not a panic.
     let (code, _, stderr) = outcome(
         amiforge()

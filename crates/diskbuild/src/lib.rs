@@ -238,8 +238,53 @@ pub fn derived_uuid(seed: &str, what: &str) -> uuid::Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
-/// Builds the disk image `out` from `tree`. `out` is created or replaced.
+/// Builds the disk image `out` from `tree`. The disk is written beside `out` and
+/// renamed to it when done: a failed build leaves no partial image, and whatever
+/// was at `out` before stays until the new disk replaces it. `out` may not be the
+/// tree, nor lie inside it.
 pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildError> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| BuildError::Options(format!("{}: not a file name", out.display())))?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let canonical = |p: &Path| {
+        p.canonicalize().map_err(|source| BuildError::Io {
+            what: "resolve",
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let (tree_at, out_at) = (canonical(tree)?, canonical(dir)?.join(name));
+    if out_at == tree_at || (tree_at.is_dir() && out_at.starts_with(&tree_at)) {
+        return Err(BuildError::Options(format!(
+            "{}: the output may not be the tree or lie inside it ({})",
+            out.display(),
+            tree.display()
+        )));
+    }
+    let partial = dir.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let built = build_at(tree, &partial, opts).and_then(|built| {
+        std::fs::rename(&partial, out).map_err(|source| BuildError::Io {
+            what: "rename the built disk to",
+            path: out.to_path_buf(),
+            source,
+        })?;
+        Ok(built)
+    });
+    if built.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    built
+}
+
+fn build_at(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildError> {
     let io = |what, path: &Path| {
         let path = path.to_path_buf();
         move |source| BuildError::Io { what, path, source }
