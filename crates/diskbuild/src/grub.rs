@@ -111,6 +111,13 @@ pub fn newest_kernel(tree: &Path) -> Result<Option<Kernel>, BuildError> {
             let name = e.file_name().to_string_lossy().into_owned();
             name.strip_prefix("vmlinuz-").map(str::to_string)
         })
+        // A version goes into grub.cfg unquoted: only the characters kernel
+        // versions use (a name with a space or a newline could add commands).
+        .filter(|v| {
+            !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._+~-".contains(&b))
+        })
         .collect();
     versions.sort_by(|a, b| compare_versions(a, b));
     Ok(versions.pop().map(|version| {
@@ -338,6 +345,23 @@ pub fn install_bios(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_kernel_names_safe_in_grub_cfg_are_booted() {
+        let tree = tempfile::tempdir().unwrap();
+        let boot = tree.path().join("boot");
+        std::fs::create_dir(&boot).unwrap();
+        for name in [
+            "vmlinuz-6.1.0-9-amd64",
+            "vmlinuz-9.9 x\nlinux evil",
+            "vmlinuz-",
+        ] {
+            std::fs::write(boot.join(name), b"kernel").unwrap();
+        }
+        let kernel = newest_kernel(tree.path()).unwrap().unwrap();
+        assert_eq!(kernel.version, "6.1.0-9-amd64");
+        assert_eq!(kernel.initrd, None);
+    }
 
     #[test]
     fn kernel_versions_compare_number_by_number() {
