@@ -243,8 +243,8 @@ pub fn mkimage(
     } else {
         EFI_MODULES
     };
-    let output = Command::new(&tool)
-        .arg("-O")
+    let mut cmd = Command::new(&tool);
+    cmd.arg("-O")
         .arg(platform)
         .arg("-d")
         .arg(modules)
@@ -254,20 +254,8 @@ pub fn mkimage(
         .arg(&cfg)
         .args(["-p", "/boot/grub"])
         .args(COMMON_MODULES)
-        .args(extra)
-        .output()
-        .map_err(|source| BuildError::Io {
-            what: "run",
-            path: tool.clone(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(BuildError::Tool {
-            tool: "grub-mkimage",
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
+        .args(extra);
+    crate::run_tool("grub-mkimage", &mut cmd)?;
     std::fs::read(&out).map_err(|source| BuildError::Io {
         what: "read",
         path: out,

@@ -731,8 +731,8 @@ fn make_root(
     opts: &Options,
 ) -> Result<(), BuildError> {
     let hash_seed = derived_uuid(&opts.seed, "root filesystem hash seed");
-    let output = Command::new("mkfs.ext4")
-        .env("E2FSPROGS_FAKE_TIME", opts.epoch.to_string())
+    let mut cmd = Command::new("mkfs.ext4");
+    cmd.env("E2FSPROGS_FAKE_TIME", opts.epoch.to_string())
         .args(["-q", "-F", "-L", "root", "-U"])
         .arg(uuid)
         .arg("-E")
@@ -743,16 +743,20 @@ fn make_root(
         .arg("-d")
         .arg(tree)
         .arg(out)
-        .arg(format!("{}k", root.size / 1024))
-        .output()
-        .map_err(|source| BuildError::Io {
-            what: "run mkfs.ext4 on",
-            path: out.to_path_buf(),
-            source,
-        })?;
+        .arg(format!("{}k", root.size / 1024));
+    run_tool("mkfs.ext4", &mut cmd)
+}
+
+/// Runs an external tool; its failure is an error with what it said.
+pub(crate) fn run_tool(tool: &'static str, cmd: &mut Command) -> Result<(), BuildError> {
+    let output = cmd.output().map_err(|source| BuildError::Io {
+        what: "run",
+        path: PathBuf::from(tool),
+        source,
+    })?;
     if !output.status.success() {
         return Err(BuildError::Tool {
-            tool: "mkfs.ext4",
+            tool,
             status: output.status.to_string(),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
@@ -777,23 +781,11 @@ pub fn convert(raw: &Path, out: &Path, to: Container, seed: &str) -> Result<(), 
         Container::Qcow2 => ("qcow2", "compat=1.1"),
         Container::VmdkStreamOptimized => ("vmdk", "subformat=streamOptimized"),
     };
-    let output = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", format, "-o", options])
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-f", "raw", "-O", format, "-o", options])
         .arg(raw)
-        .arg(out)
-        .output()
-        .map_err(|source| BuildError::Io {
-            what: "run qemu-img to write",
-            path: out.to_path_buf(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(BuildError::Tool {
-            tool: "qemu-img",
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
+        .arg(out);
+    run_tool("qemu-img", &mut cmd)?;
     if to == Container::VmdkStreamOptimized {
         let cid = u32::from_le_bytes(
             derived_uuid(seed, "vmdk content id").as_bytes()[..4]
