@@ -9,7 +9,8 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct BootTestArgs {
-    /// The disk image: raw, qcow2, VMDK, VHD or VHDX (it is never written).
+    /// The disk image: raw, qcow2, VMDK, VHD or VHDX (it is never written), or a
+    /// bundle (verified, and its disk unpacked into a temporary file).
     image: PathBuf,
     /// The firmware to boot with. auto: every way the image boots (inspect's boot
     /// mode: UEFI, legacy BIOS, or both for a hybrid disk).
@@ -148,10 +149,24 @@ fn boot_all(
     settings: Settings,
     log_path: Option<&Path>,
 ) -> Result<Report> {
+    // A bundle is verified and its disk unpacked into a temporary file first.
+    let unpacked = if crate::bundled::is_bundle(image) && image.is_dir() {
+        let b = crate::bundled::open_verified(image, None, false)?;
+        let dir = tempfile::tempdir().context("creating a directory for the bundle's disk")?;
+        let disk = dir.path().join("disk.img");
+        let progress = crate::progress::Reporter::new(false, "blocks");
+        b.extract(&disk, &*progress)
+            .with_context(|| format!("unpacking the disk of bundle {}", image.display()))?;
+        Some((dir, disk))
+    } else {
+        None
+    };
+    let shown = image;
+    let image = unpacked.as_ref().map_or(image, |(_, disk)| disk.as_path());
     if !image.is_file() {
         bail!(
-            "{}: boot-test needs a local image file (raw, qcow2, VMDK, VHD or VHDX)",
-            image.display()
+            "{}: boot-test needs a local image file (raw, qcow2, VMDK, VHD or VHDX) or bundle",
+            shown.display()
         );
     }
     let opened = crate::input::image(image)?;
@@ -247,7 +262,7 @@ fn boot_all(
         std::fs::write(path, &log).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(Report {
-        image: image.display().to_string(),
+        image: shown.display().to_string(),
         format: format.to_string(),
         passed: boots.iter().all(|b| b.passed),
         boots,

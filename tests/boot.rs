@@ -301,7 +301,7 @@ fn boot_test_refuses_what_it_cannot_boot_with_exit_2() {
 }
 
 #[test]
-fn publish_with_boot_test_uploads_only_an_image_that_boots_and_tags_the_ami() {
+fn publish_with_boot_test_uploads_only_an_image_that_boots_and_a_bundle_boots_too() {
     let scratch = Scratch::new("boot-publish");
     let image = scratch.path("uefi.img");
     // UEFI only: one boot to wait for.
@@ -344,6 +344,23 @@ fn publish_with_boot_test_uploads_only_an_image_that_boots_and_tags_the_ami() {
     assert!(stderr.contains("nothing was uploaded"), "{stderr}");
     let stats = server.stats();
     assert_eq!(stats.requests.get("StartSnapshot"), None, "{stats:?}");
+
+    // Carried across the gap as a bundle, the disk still boots: boot-test verifies
+    // the bundle and unpacks its disk first.
+    let bundle = scratch.path("bundle");
+    let (code, _, stderr) = outcome(
+        amiforge()
+            .arg("bundle")
+            .arg(&image)
+            .arg("--out")
+            .arg(&bundle)
+            .args(["--name", "amiforge-bundled", "--no-progress"]),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, tested, stderr) = boot_test(&bundle, &[]);
+    assert_eq!(code, Some(0), "{tested:#} {stderr}");
+    assert_eq!(tested["boots"][0]["firmware"], "uefi");
+    assert_eq!(tested["image"], bundle.display().to_string());
 
     // The disk as built boots, is uploaded and registered, and says so in a tag.
     let (code, stdout, stderr) = publish(&image, "amiforge-booted");
