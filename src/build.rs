@@ -13,8 +13,16 @@ pub struct BuildArgs {
     /// archive (plain, gzip, xz or zstd) of one.
     tree: PathBuf,
     /// The disk image to write, replaced if it exists.
-    #[arg(short, long)]
-    out: PathBuf,
+    #[arg(short, long, required_unless_present = "bundle")]
+    out: Option<PathBuf>,
+    /// Also write an air-gap bundle of the disk into this new directory (see
+    /// `amiforge bundle`; its audit gate is --fail-on). Without -o the bundle is
+    /// the only output.
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
+    /// The AMI name the bundle carries. Default: the bundle directory's name.
+    #[arg(long, requires = "bundle")]
+    name: Option<String>,
     /// The image's container format: raw, qcow2, or VMDK (streamOptimized, the
     /// subformat VM Import and OVAs use). Containers are converted from the raw disk
     /// by qemu-img.
@@ -74,7 +82,10 @@ enum ArchArg {
 
 #[derive(Serialize)]
 struct Report {
-    image: String,
+    /// The disk image written (none when the bundle is the only output).
+    image: Option<String>,
+    /// The bundle written, with --bundle.
+    bundle: Option<BundleReport>,
     image_format: &'static str,
     size: u64,
     disk_guid: String,
@@ -101,6 +112,13 @@ struct Report {
     /// The secret scan of the built root: files and bytes read, and the secrets
     /// found (below the refusal threshold, or none).
     secret_scan: Option<SecretScan>,
+}
+
+#[derive(Serialize)]
+struct BundleReport {
+    path: String,
+    manifest_sha256: String,
+    blocks: u64,
 }
 
 #[derive(Serialize)]
@@ -192,39 +210,61 @@ pub fn build(args: BuildArgs, show_progress: bool) -> Result<bool> {
         epoch,
         sysprep: !args.no_sysprep,
     };
-    tracing::info!(
-        "building {} from {}",
-        args.out.display(),
-        args.tree.display()
-    );
-    // A container is converted from a raw disk built beside it.
-    let raw = match args.image_format {
-        ImageFormat::Raw => args.out.clone(),
-        _ => {
-            let name = args
-                .out
-                .file_name()
-                .context("the output needs a file name")?
-                .to_string_lossy();
-            args.out
-                .with_file_name(format!(".{name}.raw-{}", std::process::id()))
-        }
+    // Where the raw disk is built: the output itself, or beside the output (a
+    // container is converted from it) or the bundle (when it is the only output).
+    let beside = |path: &std::path::Path| -> Result<PathBuf> {
+        let name = path
+            .file_name()
+            .context("the output needs a file name")?
+            .to_string_lossy();
+        Ok(path.with_file_name(format!(".{name}.raw-{}", std::process::id())))
     };
-    let result = build_raw(&args, &raw, &opts, show_progress);
-    if raw != args.out {
-        let converted = result.and_then(|report| match report {
-            Some(report) => {
-                let format = match args.image_format {
-                    ImageFormat::Qcow2 => diskbuild::Container::Qcow2,
-                    _ => diskbuild::Container::VmdkStreamOptimized,
-                };
-                diskbuild::convert(&raw, &args.out, format, &opts.seed)?;
-                Ok(Some(report))
-            }
-            None => Ok(None),
-        });
+    let raw = match (&args.out, &args.bundle, args.image_format) {
+        (Some(out), _, ImageFormat::Raw) => out.clone(),
+        (Some(out), _, _) => beside(out)?,
+        (None, Some(dir), _) => beside(dir)?,
+        (None, None, _) => bail!("give -o IMAGE or --bundle DIR"),
+    };
+    tracing::info!("building {} from {}", raw.display(), args.tree.display());
+    let result = (|| -> Result<Option<Report>> {
+        let Some(mut report) = build_raw(&args, &raw, &opts, show_progress)? else {
+            return Ok(None);
+        };
+        if let Some(dir) = &args.bundle {
+            let name = match &args.name {
+                Some(n) => n.clone(),
+                None => dir
+                    .file_name()
+                    .context("give --name: the bundle path has no file name")?
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            let architecture = match args.arch {
+                ArchArg::X86_64 => "x86_64",
+                ArchArg::Arm64 => "arm64",
+            };
+            let create =
+                crate::bundle::defaults(&raw, dir, &name, args.fail_on.name(), architecture)?;
+            let Some(created) = crate::bundle::write(create, show_progress)? else {
+                return Ok(None);
+            };
+            report.bundle = Some(BundleReport {
+                path: created.path.display().to_string(),
+                manifest_sha256: created.manifest_sha256.clone(),
+                blocks: created.blocks,
+            });
+        }
+        if let Some(out) = args.out.as_ref().filter(|out| **out != raw) {
+            let format = match args.image_format {
+                ImageFormat::Qcow2 => diskbuild::Container::Qcow2,
+                _ => diskbuild::Container::VmdkStreamOptimized,
+            };
+            diskbuild::convert(&raw, out, format, &opts.seed)?;
+        }
+        Ok(Some(report))
+    })();
+    if args.out.as_ref() != Some(&raw) {
         let _ = std::fs::remove_file(&raw);
-        return finish(&args, converted?);
     }
     finish(&args, result?)
 }
@@ -262,7 +302,7 @@ fn build_raw(
                     "amiforge: build refused (--fail-on {}): the tree holds {} secret(s); {} was not kept",
                     args.fail_on.name(),
                     refused.len(),
-                    args.out.display()
+                    raw.display()
                 );
                 std::fs::remove_file(raw).with_context(|| format!("removing {}", raw.display()))?;
                 return Ok(None);
@@ -284,7 +324,8 @@ fn build_raw(
         }
     };
     let report = Report {
-        image: args.out.display().to_string(),
+        image: args.out.as_ref().map(|o| o.display().to_string()),
+        bundle: None,
         image_format: match args.image_format {
             ImageFormat::Raw => "raw",
             ImageFormat::Qcow2 => "qcow2",
@@ -342,8 +383,17 @@ fn finish(args: &BuildArgs, report: Option<Report>) -> Result<bool> {
         Format::Text => {
             println!(
                 "{} ({}, {} bytes, GPT {})",
-                report.image, report.image_format, report.size, report.disk_guid
+                report.image.as_deref().unwrap_or("(no image kept)"),
+                report.image_format,
+                report.size,
+                report.disk_guid
             );
+            if let Some(b) = &report.bundle {
+                println!(
+                    "  bundle {}: {} blocks, manifest sha256 {}",
+                    b.path, b.blocks, b.manifest_sha256
+                );
+            }
             for p in &report.partitions {
                 println!(
                     "  {} {:<5} start {:>12} size {:>12} type {}",

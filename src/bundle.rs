@@ -131,6 +131,65 @@ pub fn run(args: BundleArgs, show_progress: bool) -> Result<bool> {
 }
 
 fn create(args: CreateArgs, show_progress: bool) -> Result<bool> {
+    let format = args.format;
+    let Some(created) = write(args, show_progress)? else {
+        return Ok(false);
+    };
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&created)?),
+        Format::Text => {
+            println!(
+                "bundle {}: {} of {} blocks, {} MiB of data in {} MiB{}",
+                created.path.display(),
+                created.blocks,
+                created.image_blocks,
+                created.data_bytes >> 20,
+                created.compressed_bytes >> 20,
+                if created.signed { ", signed" } else { "" }
+            );
+            println!("manifest sha256: {}", created.manifest_sha256);
+        }
+    }
+    eprintln!(
+        "amiforge: compare the manifest SHA-256 out of band: {}",
+        created.manifest_sha256
+    );
+    Ok(true)
+}
+
+/// The arguments `amiforge bundle IMAGE --out DIR --name NAME --fail-on F
+/// --architecture A` would have, every other setting at its default (for `build
+/// --bundle`, which knows the architecture it built for).
+pub fn defaults(
+    image: &Path,
+    out: &Path,
+    name: &str,
+    fail_on: &str,
+    architecture: &str,
+) -> Result<CreateArgs> {
+    #[derive(clap::Parser)]
+    struct Bundle {
+        #[command(flatten)]
+        create: CreateArgs,
+    }
+    use clap::Parser as _;
+    let args = [
+        std::ffi::OsStr::new("bundle"),
+        image.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--name".as_ref(),
+        name.as_ref(),
+        "--fail-on".as_ref(),
+        fail_on.as_ref(),
+        "--architecture".as_ref(),
+        architecture.as_ref(),
+    ];
+    Ok(Bundle::try_parse_from(args)?.create)
+}
+
+/// Audits (the gate) and writes the bundle; `None` when the gate refused it.
+pub fn write(args: CreateArgs, show_progress: bool) -> Result<Option<bundle::Created>> {
     let (Some(image), Some(out)) = (args.image, args.out) else {
         bail!("bundle needs an IMAGE and --out DIR");
     };
@@ -164,7 +223,7 @@ fn create(args: CreateArgs, show_progress: bool) -> Result<bool> {
         .gate
         .audit(&opened, &image, "no bundle was written", show_progress)?
     else {
-        return Ok(false);
+        return Ok(None);
     };
     // 2. The documents: audit, SBOM (of the packages the audit read; the databases
     // it could not read are in the audit's not_examined), registration spec.
@@ -227,26 +286,7 @@ fn create(args: CreateArgs, show_progress: bool) -> Result<bool> {
         crate::objects::put_bundle(&dir, url, &created)?;
         created.path = out.clone();
     }
-    match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&created)?),
-        Format::Text => {
-            println!(
-                "bundle {}: {} of {} blocks, {} MiB of data in {} MiB{}",
-                created.path.display(),
-                created.blocks,
-                created.image_blocks,
-                created.data_bytes >> 20,
-                created.compressed_bytes >> 20,
-                if created.signed { ", signed" } else { "" }
-            );
-            println!("manifest sha256: {}", created.manifest_sha256);
-        }
-    }
-    eprintln!(
-        "amiforge: compare the manifest SHA-256 out of band: {}",
-        created.manifest_sha256
-    );
-    Ok(true)
+    Ok(Some(created))
 }
 
 fn verify(

@@ -541,3 +541,68 @@ fn a_tar_archive_of_the_tree_builds_the_same_disk_and_a_hostile_one_is_refused()
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("junk.bin"), "{stderr}");
 }
+
+#[test]
+fn build_straight_into_a_bundle_that_verifies_and_holds_the_same_disk() {
+    let scratch = Scratch::new("build-bundle");
+    let tree = scratch.path("tree");
+    make_tree(&tree);
+    let image = scratch.path("disk.img");
+    assert_eq!(build(&tree, &image, &["--boot", "uefi"]).0, Some(0));
+    let bundle = scratch.path("release-42");
+    let build_bundle = |fail_on: &str| {
+        outcome(
+            amiforge()
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .arg("build")
+                .arg(&tree)
+                .arg("--bundle")
+                .arg(&bundle)
+                .args(["--boot", "uefi", "--size", "256M", "--format", "json"])
+                .args(["--fail-on", fail_on]),
+        )
+    };
+    // The bundle's gate is the whole audit: this tree has no kernel (high), so
+    // at the default threshold nothing is written.
+    let (code, _, stderr) = build_bundle("high");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("boot.no-kernel"), "{stderr}");
+    assert!(!bundle.exists());
+    // The bundle is the only output: no disk is left beside it.
+    let (code, stdout, stderr) = build_bundle("critical");
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["image"], Value::Null);
+    assert_eq!(report["bundle"]["path"], bundle.display().to_string());
+    let leftovers: Vec<_> = std::fs::read_dir(scratch.path(""))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let verified = json(&[
+        "bundle",
+        "verify",
+        bundle.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(
+        verified["manifest_sha256"],
+        report["bundle"]["manifest_sha256"]
+    );
+    let spec: Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("register.json")).unwrap()).unwrap();
+    assert_eq!(spec["name"], "release-42", "{spec:#}");
+    // Extracted, it is the disk a plain build makes.
+    let extracted = scratch.path("extracted.img");
+    let (code, _, stderr) = outcome(
+        amiforge()
+            .args(["bundle", "extract"])
+            .arg(&bundle)
+            .arg(&extracted),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(sha256_file(&extracted), sha256_file(&image));
+}
