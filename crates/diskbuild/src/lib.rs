@@ -238,6 +238,12 @@ pub fn derived_uuid(seed: &str, what: &str) -> uuid::Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
+/// A 32-bit id derived like [`derived_uuid`] (a FAT volume id, a VMDK content id).
+fn derived_u32(seed: &str, what: &str) -> u32 {
+    let b = derived_uuid(seed, what).into_bytes();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
 /// Builds the disk image `out` from `tree`. The disk is written beside `out` and
 /// renamed to it when done: a failed build leaves no partial image, and whatever
 /// was at `out` before stays until the new disk replaces it. `out` may not be the
@@ -270,7 +276,7 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
         name.to_string_lossy(),
         std::process::id()
     ));
-    let built = build_at(tree, &partial, opts).and_then(|built| {
+    let built = build_at(tree, &partial, dir, opts).and_then(|built| {
         std::fs::rename(&partial, out).map_err(|source| BuildError::Io {
             what: "rename the built disk to",
             path: out.to_path_buf(),
@@ -284,15 +290,23 @@ pub fn build(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildErro
     built
 }
 
-fn build_at(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildError> {
+/// Builds the disk at `out`; `near` is its directory, where the stage (and an
+/// archive's tree) are made.
+fn build_at(tree: &Path, out: &Path, near: &Path, opts: &Options) -> Result<Built, BuildError> {
     let io = |what, path: &Path| {
         let path = path.to_path_buf();
         move |source| BuildError::Io { what, path, source }
     };
-    let near = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let bios = opts.boot != Boot::Uefi;
+    let fixed = ESP_SIZE + if bios { BIOS_BOOT_SIZE } else { 0 };
+    let min = fixed + 2 * GPT_RESERVE + (64 << 20);
+    if opts.size < min || !opts.size.is_multiple_of(ALIGN) {
+        return Err(BuildError::Options(format!(
+            "the disk size must be a multiple of 1 MiB and at least {} MiB (got {} bytes)",
+            min >> 20,
+            opts.size
+        )));
+    }
     // A tar archive is unpacked first; its tree is removed with `unpacked`.
     let unpacked = if tree.is_file() {
         Some(archive::unpack(tree, near, opts.size)?)
@@ -305,16 +319,6 @@ fn build_at(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildError
         });
     };
     let tree = unpacked.as_ref().map_or(tree, |u| u.path());
-    let bios = opts.boot != Boot::Uefi;
-    let fixed = ESP_SIZE + if bios { BIOS_BOOT_SIZE } else { 0 };
-    let min = fixed + 2 * GPT_RESERVE + (64 << 20);
-    if opts.size < min || !opts.size.is_multiple_of(ALIGN) {
-        return Err(BuildError::Options(format!(
-            "the disk size must be a multiple of 1 MiB and at least {} MiB (got {} bytes)",
-            min >> 20,
-            opts.size
-        )));
-    }
     let efi = match opts.boot {
         Boot::Bios => None,
         _ => Some(
@@ -412,11 +416,7 @@ fn build_at(tree: &Path, out: &Path, opts: &Options) -> Result<Built, BuildError
         return Err(BuildError::Options("the layout lost a partition".into()));
     };
     let root_uuid = derived_uuid(&opts.seed, "root filesystem").to_string();
-    let esp_volume_id = u32::from_le_bytes(
-        derived_uuid(&opts.seed, "esp volume id").as_bytes()[..4]
-            .try_into()
-            .unwrap_or([0; 4]),
-    );
+    let esp_volume_id = derived_u32(&opts.seed, "esp volume id");
     let esp_uuid = format!("{:04X}-{:04X}", esp_volume_id >> 16, esp_volume_id & 0xffff);
 
     // The root filesystem's content: the tree, and what the image adds to it.
@@ -787,12 +787,7 @@ pub fn convert(raw: &Path, out: &Path, to: Container, seed: &str) -> Result<(), 
         .arg(out);
     run_tool("qemu-img", &mut cmd)?;
     if to == Container::VmdkStreamOptimized {
-        let cid = u32::from_le_bytes(
-            derived_uuid(seed, "vmdk content id").as_bytes()[..4]
-                .try_into()
-                .unwrap_or([0; 4]),
-        );
-        set_vmdk_cid(out, cid)?;
+        set_vmdk_cid(out, derived_u32(seed, "vmdk content id"))?;
     }
     Ok(())
 }

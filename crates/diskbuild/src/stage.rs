@@ -74,8 +74,7 @@ impl Stage {
             linked: 0,
             copied: 0,
         };
-        let root = stage.root().to_path_buf();
-        stage.mirror_dir(tree, &root)?;
+        stage.mirror_tree(tree)?;
         Ok(stage)
     }
 
@@ -84,9 +83,9 @@ impl Stage {
         self.dir.path()
     }
 
-    /// Mirrors the tree's directory `from` into `to`, directories in parallel
-    /// (rayon): most of the cost is one system call per entry.
-    fn mirror_dir(&mut self, from: &Path, to: &Path) -> Result<(), BuildError> {
+    /// Mirrors `tree` into the stage's root, directories in parallel (rayon): most
+    /// of the cost is one system call per entry.
+    fn mirror_tree(&mut self, tree: &Path) -> Result<(), BuildError> {
         let shared = Mirroring {
             dirs: Mutex::new(Vec::new()),
             linked: AtomicU64::new(0),
@@ -94,7 +93,7 @@ impl Stage {
             error: Mutex::new(None),
         };
         let root = self.root().to_path_buf();
-        rayon::scope(|s| mirror_into(s, from.to_path_buf(), to.to_path_buf(), &root, &shared));
+        rayon::scope(|s| mirror_into(s, tree.to_path_buf(), root.clone(), &root, &shared));
         if let Some(e) = shared.error.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(e);
         }
@@ -130,8 +129,8 @@ impl Stage {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io_err("stat", &path)(e)),
             Ok(meta) if meta.is_dir() => {
-                // The stage's directories are still owner-writable (sealed later).
-                // (Sealing skips the directories that are gone.)
+                // The stage's directories are still owner-writable until sealed,
+                // and sealing skips the directories that are gone.
                 fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
                 Ok(true)
             }
