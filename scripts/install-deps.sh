@@ -87,6 +87,40 @@ if ! (set +o pipefail; has_compress); then
   (set +o pipefail; has_compress)
 fi
 
+# xfsprogs of at least 6.17 for XFS roots: `mkfs.xfs -p DIR` populates a filesystem
+# from a directory (names of any bytes, hard links, extended attributes, times from
+# SOURCE_DATE_EPOCH), and `xfs_db rdump` copies a tree back out as the independent
+# reader. No stable Debian release has it yet, so unstable's build is unpacked into a
+# private directory with the C library it was linked against, and run through that
+# library's loader; nothing on the system changes. apt verifies every package.
+xfs_dir="$tools/xfsprogs"
+has_populate() { "$xfs_dir/bin/mkfs.xfs" -V 2>/dev/null | awk '{split($3, v, "."); exit !(v[1] > 6 || (v[1] == 6 && v[2] >= 17))}'; }
+if ! has_populate; then
+  mirror=$(apt-get indextargets --format '$(REPO_URI)' | grep -v security | head -1)
+  [ -n "$mirror" ] || { echo "no Debian apt source to take xfsprogs from" >&2; exit 2; }
+  apt_dir=$(mktemp -d)
+  mkdir -p "$apt_dir/lists/partial"
+  echo "deb $mirror unstable main" > "$apt_dir/sources.list"
+  apt_opts=(-o Dir::Etc::sourcelist="$apt_dir/sources.list" -o Dir::Etc::sourceparts=-
+            -o Dir::State::Lists="$apt_dir/lists" -o APT::Sandbox::User=root)
+  echo "fetching xfsprogs and its libraries from unstable into $xfs_dir" >&2
+  apt-get "${apt_opts[@]}" update -qq
+  (cd "$apt_dir" && apt-get "${apt_opts[@]}" download -qq \
+    xfsprogs/unstable libc6/unstable libinih1/unstable liburcu8t64/unstable \
+    libblkid1/unstable libuuid1/unstable)
+  for deb in "$apt_dir"/*.deb; do dpkg-deb -x "$deb" "$apt_dir/x"; done
+  rm -rf "$xfs_dir" && mkdir -p "$xfs_dir/bin" "$xfs_dir/lib"
+  cp -a "$apt_dir/x/usr/sbin" "$xfs_dir/"
+  cp -a "$apt_dir"/x/usr/lib/x86_64-linux-gnu/*.so* "$xfs_dir/lib/"
+  for tool in mkfs.xfs xfs_db xfs_repair; do
+    printf '#!/bin/sh\n# %s from Debian unstable, run with the C library it was built for.\nd=$(dirname "$(readlink -f "$0")")/..\nexec "$d/lib/ld-linux-x86-64.so.2" --library-path "$d/lib" "$d/sbin/%s" "$@"\n' \
+      "$tool" "$tool" > "$xfs_dir/bin/$tool"
+    chmod +x "$xfs_dir/bin/$tool"
+  done
+  rm -rf "$apt_dir"
+  has_populate || { echo "$xfs_dir/bin/mkfs.xfs cannot populate from a directory" >&2; exit 2; }
+fi
+
 # moto (an independent implementation of the EBS, EC2 and S3 APIs) and boto3 (an
 # independent client) for the upload tests, in a venv that survives between runs.
 venv=${AMIFORGE_VENV:-$HOME/.cache/amiforge/venv}

@@ -37,6 +37,10 @@ pub struct BuildArgs {
     /// The tree's architecture.
     #[arg(long, value_enum, default_value_t = ArchArg::X86_64)]
     arch: ArchArg,
+    /// The root filesystem. XFS needs xfsprogs 6.17 or later (its mkfs.xfs populates
+    /// a filesystem from a directory; AMIFORGE_MKFS_XFS names one not on the PATH).
+    #[arg(long = "root-fs", value_enum, default_value_t = RootFsArg::Ext4)]
+    root_fs: RootFsArg,
     /// Derive every identifier (disk and partition GUIDs, filesystem UUIDs, hash
     /// seeds) from this string. Default: the value of SOURCE_DATE_EPOCH when it is
     /// set (so two builds with it are byte-identical), otherwise random.
@@ -74,6 +78,12 @@ enum BootArg {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum RootFsArg {
+    Ext4,
+    Xfs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum ArchArg {
     #[value(name = "x86_64")]
     X86_64,
@@ -98,8 +108,12 @@ struct Report {
     /// The kernel version GRUB's configuration boots.
     kernel: Option<String>,
     partitions: Vec<Partition>,
+    /// The root filesystem: ext4 or xfs.
+    root_fs: &'static str,
     /// What the image holds that the tree does not.
     added: Vec<Added>,
+    /// What the tree holds that the image does not, besides sysprep's removals.
+    left_out: Vec<Added>,
     /// Files mirrored into the stage as hard links, and as copies.
     staged_linked: u64,
     staged_copied: u64,
@@ -206,6 +220,10 @@ pub fn build(args: BuildArgs, show_progress: bool) -> Result<bool> {
         size: parse_size(&args.size)?,
         boot,
         arch,
+        root_fs: match args.root_fs {
+            RootFsArg::Ext4 => diskbuild::RootFs::Ext4,
+            RootFsArg::Xfs => diskbuild::RootFs::Xfs,
+        },
         seed,
         epoch,
         sysprep: !args.no_sysprep,
@@ -338,8 +356,14 @@ fn build_raw(
         loader: built.loader,
         bios_loader: built.bios_loader,
         kernel: built.kernel,
+        root_fs: opts.root_fs.name(),
         added: built
             .added
+            .into_iter()
+            .map(|(path, what)| Added { path, what })
+            .collect(),
+        left_out: built
+            .left_out
             .into_iter()
             .map(|(path, what)| Added { path, what })
             .collect(),
@@ -401,8 +425,8 @@ fn finish(args: &BuildArgs, report: Option<Report>) -> Result<bool> {
                 );
             }
             println!(
-                "  root filesystem UUID {}, ESP {}",
-                report.root_uuid, report.esp_uuid
+                "  root filesystem {} UUID {}, ESP {}",
+                report.root_fs, report.root_uuid, report.esp_uuid
             );
             if let Some(l) = &report.loader {
                 println!("  UEFI: {l}");
@@ -415,6 +439,9 @@ fn finish(args: &BuildArgs, report: Option<Report>) -> Result<bool> {
             }
             for a in &report.added {
                 println!("  added {}: {}", a.path, a.what);
+            }
+            for a in &report.left_out {
+                println!("  left out {}: {}", a.path, a.what);
             }
             for r in &report.sysprep {
                 println!("  sysprep {}: {} {}", r.operation, r.action, r.path);

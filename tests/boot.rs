@@ -3,7 +3,7 @@
 //! scripts/make-boot-tree.sh), and `amiforge boot-test` of the result in QEMU
 //! with OVMF and SeaBIOS: the disk boots both ways to cloud-init's user data.
 //! The pieces are checked with readers we did not write: sfdisk, e2fsck, debugfs,
-//! blkid and mtools.
+//! blkid and mtools. The same tree with an XFS root boots both ways too.
 
 mod common;
 use common::*;
@@ -14,15 +14,17 @@ fn boot_tree() -> PathBuf {
     fixture("debian-boot-root")
 }
 
-fn build(tree: &Path, out: &Path) -> Value {
+fn build(tree: &Path, out: &Path, extra: &[&str]) -> Value {
     let (code, stdout, stderr) = outcome(
         amiforge()
             .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("AMIFORGE_MKFS_XFS", private_tool("xfsprogs/bin/mkfs.xfs"))
             .arg("build")
             .arg(tree)
             .arg("-o")
             .arg(out)
-            .args(["--size", "2G", "--format", "json"]),
+            .args(["--size", "2G", "--format", "json"])
+            .args(extra),
     );
     assert_eq!(code, Some(0), "{stderr}");
     serde_json::from_str(&stdout).unwrap()
@@ -56,7 +58,7 @@ fn debugfs(image: &Path, root_start: u64, request: &str) -> String {
 fn a_debian_tree_builds_into_a_hybrid_disk_that_boots_with_uefi_and_with_bios() {
     let scratch = Scratch::new("boot");
     let image = scratch.path("debian.img");
-    let report = build(&boot_tree(), &image);
+    let report = build(&boot_tree(), &image, &[]);
     let root_uuid = report["root_uuid"].as_str().unwrap();
     let parts = report["partitions"].as_array().unwrap();
     let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
@@ -216,32 +218,10 @@ fn a_debian_tree_builds_into_a_hybrid_disk_that_boots_with_uefi_and_with_bios() 
     let log = scratch.path("serial.log");
     let (code, tested, stderr) = boot_test(&image, &["--log", log.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{tested:#} {stderr}");
-    let boots = tested["boots"].as_array().unwrap();
-    let firmwares: Vec<&str> = boots
-        .iter()
-        .map(|b| b["firmware"].as_str().unwrap())
-        .collect();
-    assert_eq!(firmwares, ["uefi", "bios"]);
-    for b in boots {
-        let checks: Vec<&str> = b["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["passed"] == true)
-            .map(|c| c["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            checks,
-            [
-                "firmware",
-                "loader",
-                "kernel",
-                "multi-user",
-                "user-data",
-                "ssh-host-keys"
-            ]
-        );
-    }
+    assert_eq!(
+        passed_checks(&tested),
+        every_check_passed_in_uefi_and_bios()
+    );
     let serial = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
     assert!(serial.contains("Linux version"), "the serial log is saved");
     assert_eq!(
@@ -272,12 +252,86 @@ fn a_debian_tree_builds_into_a_hybrid_disk_that_boots_with_uefi_and_with_bios() 
     );
 }
 
+/// The checks of boot-test, in order.
+const CHECKS: [&str; 6] = [
+    "firmware",
+    "loader",
+    "kernel",
+    "multi-user",
+    "user-data",
+    "ssh-host-keys",
+];
+
+/// A UEFI boot and a BIOS boot with every check passed, as [`passed_checks`] gives it.
+fn every_check_passed_in_uefi_and_bios() -> Vec<(String, Vec<String>)> {
+    let all: Vec<String> = CHECKS.map(String::from).to_vec();
+    vec![("uefi".into(), all.clone()), ("bios".into(), all)]
+}
+
+/// Which checks of each boot passed, by firmware.
+fn passed_checks(tested: &Value) -> Vec<(String, Vec<String>)> {
+    tested["boots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let passed = b["checks"].as_array().unwrap().iter();
+            (
+                b["firmware"].as_str().unwrap().to_string(),
+                passed
+                    .filter(|c| c["passed"] == true)
+                    .map(|c| c["name"].as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_debian_tree_with_an_xfs_root_boots_with_uefi_and_with_bios() {
+    let scratch = Scratch::new("boot-xfs");
+    let image = scratch.path("debian-xfs.img");
+    let report = build(&boot_tree(), &image, &["--root-fs", "xfs"]);
+    assert_eq!(report["root_fs"], "xfs");
+    let left_out: Vec<&str> = report["left_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        !left_out.is_empty() && left_out.iter().all(|p| p.starts_with("/dev/")),
+        "{left_out:?}"
+    );
+    let inspected = json(&["inspect", image.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(inspected["boot_mode"], "uefi-preferred", "{inspected:#}");
+    let text = inspected.to_string();
+    assert!(text.contains("Debian GNU/Linux 12"), "{text}");
+    assert!(text.contains(report["kernel"].as_str().unwrap()), "{text}");
+    assert_eq!(inspected["drivers"]["ena"], true, "{inspected:#}");
+    assert_eq!(inspected["drivers"]["nvme"], true, "{inspected:#}");
+
+    // GRUB reads the XFS (its prefix and the kernel live there), the kernel mounts it.
+    let log = scratch.path("serial.log");
+    let (code, tested, stderr) = boot_test(&image, &["--log", log.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{tested:#} {stderr}");
+    assert_eq!(
+        passed_checks(&tested),
+        every_check_passed_in_uefi_and_bios()
+    );
+    let serial = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    assert!(
+        serial.contains("XFS (vda3): Mounting V5 Filesystem"),
+        "{serial}"
+    );
+}
+
 #[test]
 fn two_builds_of_the_debian_tree_with_one_source_date_epoch_are_identical() {
     let scratch = Scratch::new("boot-repro");
     let (a, b) = (scratch.path("a.img"), scratch.path("b.img"));
-    let mut first = build(&boot_tree(), &a);
-    let mut second = build(&boot_tree(), &b);
+    let mut first = build(&boot_tree(), &a, &[]);
+    let mut second = build(&boot_tree(), &b, &[]);
     first["image"] = Value::Null;
     second["image"] = Value::Null;
     assert_eq!(first, second);

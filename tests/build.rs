@@ -222,6 +222,147 @@ fn a_tree_becomes_a_gpt_disk_that_sfdisk_mtools_and_debugfs_read_back() {
 }
 
 #[test]
+fn an_xfs_root_holds_the_tree_as_xfs_db_reads_it_back_and_is_reproducible() {
+    let scratch = Scratch::new("build-xfs");
+    let tree = scratch.path("tree");
+    make_tree(&tree);
+    // Names of any bytes, a hard link, and a device node: mkfs.xfs would open the
+    // host's device to copy it, so the build leaves it out and says so.
+    std::fs::write(tree.join("etc/Text::Wrap.3pm"), "a name with colons\n").unwrap();
+    std::fs::hard_link(tree.join("usr/bin/tool"), tree.join("usr/bin/tool-again")).unwrap();
+    std::fs::create_dir_all(tree.join("dev")).unwrap();
+    tool_output(
+        tool("mknod")
+            .arg(tree.join("dev/null"))
+            .args(["c", "1", "3"]),
+    );
+    let mkfs = private_tool("xfsprogs/bin/mkfs.xfs");
+    let xfs_build = |out: &Path, from: &Path| {
+        outcome(
+            amiforge()
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .env("AMIFORGE_MKFS_XFS", &mkfs)
+                .arg("build")
+                .arg(from)
+                .arg("-o")
+                .arg(out)
+                // mkfs.xfs makes nothing under 300 MB.
+                .args(["--size", "512M", "--boot", "uefi", "--root-fs", "xfs"])
+                .args(["--format", "json"]),
+        )
+    };
+    let image = scratch.path("disk.img");
+    let (code, stdout, stderr) = xfs_build(&image, &tree);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["root_fs"], "xfs");
+    assert_eq!(report["left_out"][0]["path"], "/dev/null", "{report:#}");
+
+    // The root partition, cut out: xfs_repair (xfsprogs 7 and the system's own)
+    // finds it consistent, CRCs included after the generations and times were set.
+    let root = &report["partitions"][1];
+    let root_img = scratch.path("root.img");
+    tool_output(
+        tool("dd")
+            .arg(format!("if={}", image.display()))
+            .arg(format!("of={}", root_img.display()))
+            .args(["bs=1M", "conv=sparse", "status=none"])
+            .arg(format!("skip={}", root["start"].as_u64().unwrap() >> 20))
+            .arg(format!("count={}", root["size"].as_u64().unwrap() >> 20)),
+    );
+    for mut repair in [
+        std::process::Command::new(private_tool("xfsprogs/bin/xfs_repair")),
+        tool("xfs_repair"),
+    ] {
+        tool_output(repair.args(["-n", "-f"]).arg(&root_img));
+    }
+    let probed = String::from_utf8(tool_output(
+        tool("blkid").args(["-o", "export"]).arg(&root_img),
+    ))
+    .unwrap();
+    assert!(probed.contains("TYPE=xfs"), "{probed}");
+    assert!(
+        probed.contains(&format!("UUID={}", report["root_uuid"].as_str().unwrap())),
+        "{probed}"
+    );
+
+    // xfs_db's rdump: the tree, file for file, plus fstab and /boot/efi, less the
+    // device node; the hard link is one inode.
+    let dumped = scratch.path("dumped");
+    std::fs::create_dir_all(&dumped).unwrap();
+    tool_output(
+        std::process::Command::new(private_tool("xfsprogs/bin/xfs_db"))
+            .args(["-r", "-c"])
+            .arg(format!("rdump / {}", dumped.display()))
+            .arg(&root_img),
+    );
+    let mut theirs = listing(&dumped);
+    let fstab = std::fs::read_to_string(dumped.join("etc/fstab")).unwrap();
+    assert!(
+        fstab.contains(&format!(
+            "UUID={} / xfs defaults 0 0",
+            report["root_uuid"].as_str().unwrap()
+        )),
+        "{fstab}"
+    );
+    assert!(theirs.remove("etc/fstab").is_some());
+    assert_eq!(theirs.remove("boot/efi").as_deref(), Some("dir"));
+    let mut expected = listing(&tree);
+    expected.remove("dev/null");
+    assert_eq!(theirs, expected);
+    let inode = |path: &str| {
+        let out = tool_output(
+            std::process::Command::new(private_tool("xfsprogs/bin/xfs_db"))
+                .args([
+                    "-r",
+                    "-c",
+                    &format!("path {path}"),
+                    "-c",
+                    "print core.nlinkv2 v3.inumber",
+                ])
+                .arg(&root_img),
+        );
+        String::from_utf8(out).unwrap()
+    };
+    let linked = inode("/usr/bin/tool");
+    assert!(linked.contains("core.nlinkv2 = 2"), "{linked}");
+    assert_eq!(linked, inode("/usr/bin/tool-again"));
+
+    // amiforge reads it back; a copy of the tree builds the same bytes.
+    let listed = String::from_utf8(ok(&["ls", image.to_str().unwrap(), "/etc"])).unwrap();
+    assert!(listed.contains("Text::Wrap.3pm"), "{listed}");
+    let again = scratch.path("again.img");
+    tool_output(tool("cp").arg("-a").arg(&tree).arg(scratch.path("copy")));
+    let (code, _, stderr) = xfs_build(&again, &scratch.path("copy"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(sha256_file(&image), sha256_file(&again));
+}
+
+#[test]
+fn an_xfs_root_needs_an_mkfs_xfs_that_populates_from_a_directory() {
+    let scratch = Scratch::new("build-old-xfs");
+    let tree = scratch.path("tree");
+    make_tree(&tree);
+    // An mkfs.xfs of xfsprogs 6.1 (Debian 12's) cannot: the build says what it needs
+    // before it makes anything.
+    let old = scratch.path("mkfs.xfs");
+    std::fs::write(&old, "#!/bin/sh\necho mkfs.xfs version 6.1.0\n").unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (code, _, stderr) = outcome(
+        amiforge()
+            .env("AMIFORGE_MKFS_XFS", &old)
+            .arg("build")
+            .arg(&tree)
+            .arg("-o")
+            .arg(scratch.path("disk.img"))
+            .args(["--size", "512M", "--boot", "uefi", "--root-fs", "xfs"]),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("xfsprogs 6.17 or later"), "{stderr}");
+    assert!(!scratch.path("disk.img").exists());
+}
+
+#[test]
 fn builds_with_one_source_date_epoch_are_identical_and_a_changed_file_changes_them() {
     let scratch = Scratch::new("build-repro");
     let tree = scratch.path("tree");

@@ -134,6 +134,24 @@ pub fn tool(name: &str) -> Command {
     panic!("{name} is not installed: the README's test command installs it");
 }
 
+/// A tool of the private tool directory scripts/install-deps.sh fills
+/// ($AMIFORGE_TOOLS, by default under ~/.cache/amiforge/tools), such as
+/// `xfsprogs/bin/mkfs.xfs` (xfsprogs new enough to populate from a directory) or
+/// `btrfs-progs/bin/btrfs`; required like any other tool.
+pub fn private_tool(rel: &str) -> PathBuf {
+    let tools = std::env::var_os("AMIFORGE_TOOLS").map_or_else(
+        || Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/amiforge/tools"),
+        PathBuf::from,
+    );
+    let p = tools.join(rel);
+    assert!(
+        p.exists(),
+        "{} is not installed: the README's test command installs it",
+        p.display()
+    );
+    p
+}
+
 pub fn tool_output(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().expect("tool runs");
     assert!(

@@ -9,7 +9,7 @@
 //! |---|---|---|---|---|
 //! | 1 | `bios` | 1 MiB | BIOS boot | GRUB's core image (legacy boot; the MBR holds GRUB's boot.img) |
 //! | 2 | `esp` | 128 MiB | EFI system | FAT32 (written with `fatfs`): the EFI loader at the removable path |
-//! | 3 | `root` | the rest | root (x86-64 or arm64) | ext4 made by `mkfs.ext4 -d` from the staged tree, in place |
+//! | 3 | `root` | the rest | root (x86-64 or arm64) | ext4 made by `mkfs.ext4 -d` from the staged tree, in place; or XFS made by `mkfs.xfs -p` ([`xfs_root`]) |
 //!
 //! The BIOS boot partition is left out for `--boot uefi`.
 //!
@@ -18,15 +18,17 @@
 //! GRUB's modules, `/boot/grub` ([`grub`]). The tree itself is never written.
 //!
 //! Every identifier (disk and partition GUIDs, the ext4 UUID and hash seed, the
-//! FAT volume id) is derived from the seed; every timestamp the tools would take
-//! from the clock is the seed's epoch, and file times are clamped to it
-//! ([`ext4_times`]), so two builds of one tree are byte-identical.
+//! FAT volume id, XFS inode generations) is derived from the seed; every timestamp
+//! the tools would take from the clock is the seed's epoch, and file times are
+//! clamped to it ([`ext4_times`], [`xfs_root`]), so two builds of one tree are
+//! byte-identical.
 
 pub mod archive;
 pub mod ext4_times;
 pub mod grub;
 pub mod stage;
 pub mod sysprep;
+pub mod xfs_root;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -100,6 +102,25 @@ impl Arch {
     }
 }
 
+/// The root filesystem's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootFs {
+    /// ext4, by `mkfs.ext4 -d`.
+    Ext4,
+    /// XFS, by `mkfs.xfs -p` (xfsprogs 6.17 or later).
+    Xfs,
+}
+
+impl RootFs {
+    /// Its name in fstab.
+    pub fn name(self) -> &'static str {
+        match self {
+            RootFs::Ext4 => "ext4",
+            RootFs::Xfs => "xfs",
+        }
+    }
+}
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -109,6 +130,8 @@ pub struct Options {
     pub boot: Boot,
     /// The tree's architecture.
     pub arch: Arch,
+    /// The root filesystem.
+    pub root_fs: RootFs,
     /// Every identifier is derived from this.
     pub seed: String,
     /// The time every new timestamp gets (`SOURCE_DATE_EPOCH`).
@@ -154,9 +177,13 @@ pub struct Built {
     pub esp_uuid: String,
     /// What the image holds that the tree does not: path and what was done.
     pub added: Vec<(String, String)>,
+    /// What the tree holds that the image does not (besides sysprep's removals):
+    /// path and why.
+    pub left_out: Vec<(String, String)>,
     /// Files staged as hard links to the tree, and copied.
     pub staged: (u64, u64),
-    /// Inodes whose times were clamped to the epoch.
+    /// Inodes whose times were clamped to the epoch (and, on XFS, whose
+    /// generation was derived).
     pub clamped_inodes: u64,
     /// What sysprep removed (empty when it did not run).
     pub sysprep: Vec<sysprep::Removal>,
@@ -427,9 +454,26 @@ fn build_at(tree: &Path, out: &Path, near: &Path, opts: &Options) -> Result<Buil
         Vec::new()
     };
     let mut added = Vec::new();
+    let mut left_out = Vec::new();
+    if opts.root_fs == RootFs::Xfs {
+        for node in staged.devices.clone() {
+            staged.remove(&node)?;
+            left_out.push((
+                format!("/{node}"),
+                "a device node: mkfs.xfs would open the build host's device to copy it \
+                 (systemd mounts a devtmpfs on /dev)"
+                    .to_string(),
+            ));
+        }
+    }
+    // ext4 is checked at boot; xfs_repair is never run from fstab.
+    let root_line = match opts.root_fs {
+        RootFs::Ext4 => "ext4 defaults,errors=remount-ro 0 1",
+        RootFs::Xfs => "xfs defaults 0 0",
+    };
     let fstab = format!(
         "# Written by amiforge build: the filesystems of this image, by UUID.\n\
-         UUID={root_uuid} / ext4 defaults,errors=remount-ro 0 1\n\
+         UUID={root_uuid} / {root_line}\n\
          UUID={esp_uuid} /boot/efi vfat umask=0077 0 1\n"
     );
     let replaced = staged.exists("etc/fstab")?;
@@ -495,18 +539,28 @@ fn build_at(tree: &Path, out: &Path, near: &Path, opts: &Options) -> Result<Buil
     };
     drop(file);
     staged.seal()?;
-    make_root(staged.root(), out, root, &root_uuid, opts)?;
     let staged_counts = (staged.linked, staged.copied);
-    // The stage (thousands of links) is removed while the times are clamped.
-    let removal = std::thread::spawn(move || drop(staged));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
+    let clamped_inodes = match opts.root_fs {
+        RootFs::Ext4 => {
+            make_ext4_root(staged.root(), out, root, &root_uuid, opts)?;
+            // The stage (thousands of links) is removed while the times are clamped.
+            let removal = std::thread::spawn(move || drop(staged));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(out)
+                .map_err(io("open", out))?;
+            let clamped = ext4_times::clamp_times(&file, out, root.start, opts.epoch)?;
+            let _ = removal.join();
+            clamped
+        }
+        RootFs::Xfs => xfs_root::make(staged.root(), out, near, root, &root_uuid, opts)?,
+    };
+    File::options()
         .write(true)
         .open(out)
-        .map_err(io("open", out))?;
-    let clamped_inodes = ext4_times::clamp_times(&file, out, root.start, opts.epoch)?;
-    file.sync_all().map_err(io("write", out))?;
-    let _ = removal.join();
+        .and_then(|f| f.sync_all())
+        .map_err(io("write", out))?;
     Ok(Built {
         disk_guid: disk_guid.to_string(),
         root_uuid,
@@ -522,6 +576,7 @@ fn build_at(tree: &Path, out: &Path, near: &Path, opts: &Options) -> Result<Buil
         kernel: kernel.map(|k| k.version),
         esp_uuid,
         added,
+        left_out,
         staged: staged_counts,
         clamped_inodes,
         sysprep,
@@ -723,7 +778,7 @@ fn write_esp(
 /// Makes the root ext4 in place at the root partition's offset with `mkfs.ext4 -d`
 /// (no mount, no loop device), its UUID and hash seed derived from the seed and its
 /// clock set to the epoch.
-fn make_root(
+fn make_ext4_root(
     tree: &Path,
     out: &Path,
     root: &BuiltPartition,
@@ -792,40 +847,115 @@ pub fn convert(raw: &Path, out: &Path, to: Container, seed: &str) -> Result<(), 
     Ok(())
 }
 
-/// How far into a VMDK its embedded descriptor is looked for: qemu-img puts it at
-/// sector 1, within the first few KiB.
-const VMDK_DESCRIPTOR_SEARCH: usize = 64 << 10;
+/// A VMDK's embedded descriptor: where its sector offset and size live in the
+/// sparse extent header, and the most this reads (qemu-img gives it 20 sectors).
+const VMDK_DESCRIPTOR_OFFSET: usize = 28;
+const VMDK_DESCRIPTOR_SIZE: usize = 36;
+const VMDK_DESCRIPTOR_MAX: u64 = 1 << 20;
 
-/// Rewrites the `CID=xxxxxxxx` line of a VMDK's embedded descriptor in place (the
-/// same length, so nothing moves).
+/// Rewrites the `CID=` line of a VMDK's embedded descriptor, in place: the
+/// descriptor is text padded with zeros to its sectors. qemu-img writes the CID
+/// in hex without leading zeros, so the line's length varies by a digit or more.
 fn set_vmdk_cid(path: &Path, cid: u32) -> Result<(), BuildError> {
     use std::os::unix::fs::FileExt;
     let io = |what| {
         let path = path.to_path_buf();
         move |source| BuildError::Io { what, path, source }
     };
+    let bad = |reason: &str| BuildError::Tool {
+        tool: "qemu-img",
+        status: "wrote".into(),
+        stderr: format!("{}: {reason}", path.display()),
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(io("open"))?;
-    let mut head = vec![0u8; VMDK_DESCRIPTOR_SEARCH];
-    let n = file.read_at(&mut head, 0).map_err(io("read"))?;
-    head.truncate(n);
-    const KEY: &[u8] = b"\nCID=";
-    let at = head
-        .windows(KEY.len())
-        .position(|w| w == KEY)
-        .map(|i| i + KEY.len())
-        .filter(|&i| {
-            head.get(i..i + 8)
-                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
-        })
-        .ok_or_else(|| BuildError::Tool {
-            tool: "qemu-img",
-            status: "wrote".into(),
-            stderr: format!("{}: no CID line in the VMDK descriptor", path.display()),
-        })?;
-    file.write_all_at(format!("{cid:08x}").as_bytes(), at as u64)
-        .map_err(io("write"))
+    let mut header = [0u8; 512];
+    file.read_exact_at(&mut header, 0).map_err(io("read"))?;
+    let sectors = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&header[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    let (offset, size) = (
+        sectors(VMDK_DESCRIPTOR_OFFSET) * SECTOR,
+        sectors(VMDK_DESCRIPTOR_SIZE) * SECTOR,
+    );
+    if &header[..4] != b"KDMV" || offset == 0 || size == 0 || size > VMDK_DESCRIPTOR_MAX {
+        return Err(bad("no embedded VMDK descriptor"));
+    }
+    let mut area = vec![0u8; size as usize];
+    file.read_exact_at(&mut area, offset).map_err(io("read"))?;
+    let end = area.iter().position(|&b| b == 0).unwrap_or(area.len());
+    let text =
+        std::str::from_utf8(&area[..end]).map_err(|_| bad("a descriptor that is not text"))?;
+    let mut found = false;
+    let mut rewritten = String::with_capacity(text.len() + 8);
+    for line in text.split_inclusive('\n') {
+        if line.starts_with("CID=") && !found {
+            found = true;
+            rewritten.push_str(&format!("CID={cid:08x}\n"));
+        } else {
+            rewritten.push_str(line);
+        }
+    }
+    if !found {
+        return Err(bad("no CID line in the VMDK descriptor"));
+    }
+    if rewritten.len() >= area.len() {
+        return Err(bad("no room in the VMDK descriptor for its CID"));
+    }
+    area.fill(0);
+    area[..rewritten.len()].copy_from_slice(rewritten.as_bytes());
+    file.write_all_at(&area, offset).map_err(io("write"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VMDK's first sectors as qemu-img writes them: the header, then the
+    /// descriptor at sector 1, its CID in hex without leading zeros.
+    fn vmdk_with_cid(cid: &str) -> tempfile::NamedTempFile {
+        let mut bytes = vec![0u8; 21 * SECTOR as usize];
+        bytes[..4].copy_from_slice(b"KDMV");
+        bytes[VMDK_DESCRIPTOR_OFFSET..VMDK_DESCRIPTOR_OFFSET + 8]
+            .copy_from_slice(&1u64.to_le_bytes());
+        bytes[VMDK_DESCRIPTOR_SIZE..VMDK_DESCRIPTOR_SIZE + 8].copy_from_slice(&20u64.to_le_bytes());
+        let text = format!(
+            "# Disk DescriptorFile\nversion=1\nCID={cid}\nparentCID=ffffffff\ncreateType=\"streamOptimized\"\n"
+        );
+        bytes[512..512 + text.len()].copy_from_slice(text.as_bytes());
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), bytes).unwrap();
+        file
+    }
+
+    fn descriptor(path: &Path) -> String {
+        let bytes = std::fs::read(path).unwrap();
+        let area = &bytes[512..];
+        String::from_utf8(area[..area.iter().position(|&b| b == 0).unwrap()].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_vmdk_cid_is_replaced_whatever_its_length() {
+        for qemu_cid in ["7b3c2a19", "b3c2a19", "0"] {
+            let vmdk = vmdk_with_cid(qemu_cid);
+            set_vmdk_cid(vmdk.path(), 0x0012_abcd).unwrap();
+            assert_eq!(
+                descriptor(vmdk.path()),
+                "# Disk DescriptorFile\nversion=1\nCID=0012abcd\nparentCID=ffffffff\ncreateType=\"streamOptimized\"\n"
+            );
+        }
+    }
+
+    #[test]
+    fn a_vmdk_without_a_descriptor_is_an_error() {
+        let vmdk = vmdk_with_cid("1");
+        std::fs::write(vmdk.path(), [0u8; 1024]).unwrap();
+        let e = set_vmdk_cid(vmdk.path(), 1).unwrap_err();
+        assert!(e.to_string().contains("no embedded VMDK descriptor"), "{e}");
+    }
 }

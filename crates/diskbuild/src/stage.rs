@@ -13,7 +13,7 @@
 
 use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -38,6 +38,8 @@ pub struct Stage {
     pub linked: u64,
     /// Files that had to be copied.
     pub copied: u64,
+    /// The character and block device nodes staged, relative to the root, sorted.
+    pub devices: Vec<String>,
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -73,6 +75,7 @@ impl Stage {
             dirs: Vec::new(),
             linked: 0,
             copied: 0,
+            devices: Vec::new(),
         };
         stage.mirror_tree(tree)?;
         Ok(stage)
@@ -90,6 +93,7 @@ impl Stage {
             dirs: Mutex::new(Vec::new()),
             linked: AtomicU64::new(0),
             copied: AtomicU64::new(0),
+            devices: Mutex::new(Vec::new()),
             error: Mutex::new(None),
         };
         let root = self.root().to_path_buf();
@@ -101,6 +105,16 @@ impl Stage {
             .extend(shared.dirs.into_inner().unwrap_or_else(|e| e.into_inner()));
         // Sealing goes deepest first; parents are listed before their children.
         self.dirs.sort_by_key(|d| d.path.components().count());
+        let devices = shared
+            .devices
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        self.devices.extend(
+            devices
+                .iter()
+                .filter_map(|d| Some(d.strip_prefix(&root).ok()?.to_string_lossy().into_owned())),
+        );
+        self.devices.sort();
         self.linked += shared.linked.into_inner();
         self.copied += shared.copied.into_inner();
         Ok(())
@@ -261,6 +275,7 @@ struct Mirroring {
     dirs: Mutex<Vec<DirAttrs>>,
     linked: AtomicU64,
     copied: AtomicU64,
+    devices: Mutex<Vec<PathBuf>>,
     /// The first error; the other tasks stop when it is set.
     error: Mutex<Option<BuildError>>,
 }
@@ -328,9 +343,17 @@ fn mirror_one(
         let entry = entry.map_err(io_err("list", src))?;
         let from = entry.path();
         let to = dst.join(entry.file_name());
-        if entry.file_type().map_err(io_err("stat", &from))?.is_dir() {
+        let kind = entry.file_type().map_err(io_err("stat", &from))?;
+        if kind.is_dir() {
             subdirs.push((from, to));
-        } else if link_or_copy(&from, &to)? {
+            continue;
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            if let Ok(mut devices) = shared.devices.lock() {
+                devices.push(to.clone());
+            }
+        }
+        if link_or_copy(&from, &to)? {
             shared.linked.fetch_add(1, Ordering::Relaxed);
         } else {
             shared.copied.fetch_add(1, Ordering::Relaxed);
