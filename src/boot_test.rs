@@ -174,14 +174,20 @@ fn boot_all(
     let format = inspected.source.as_ref().map_or("raw", |s| s.format);
     let qemu_format = qemu_format(format)
         .with_context(|| format!("{}: QEMU cannot boot a {format} image", image.display()))?;
-    if let Some(arch) = inspected.architecture.as_deref().filter(|a| *a != "x86_64") {
-        bail!(
-            "{}: boot-test runs x86_64 images; this one is {arch}",
+    let arch = match inspected.architecture.as_deref() {
+        Some("x86_64") | None => boottest::Arch::X86_64,
+        Some("arm64") => boottest::Arch::Arm64,
+        Some(other) => bail!(
+            "{}: boot-test runs x86_64 and arm64 images; this one is {other}",
             image.display()
-        );
-    }
+        ),
+    };
     let mode = serde_json::to_value(inspected.boot_mode)?;
     let firmwares: Vec<boottest::Firmware> = match (firmware, mode.as_str()) {
+        // An arm64 machine has UEFI only: a legacy-bootable arm64 disk is tried with it.
+        (FirmwareArg::Auto, Some(_)) if arch == boottest::Arch::Arm64 => {
+            vec![boottest::Firmware::Uefi]
+        }
         (FirmwareArg::Uefi, _) | (FirmwareArg::Auto, Some("uefi")) => {
             vec![boottest::Firmware::Uefi]
         }
@@ -213,6 +219,7 @@ fn boot_all(
         let outcome = boottest::run(&boottest::Options {
             image: image.to_path_buf(),
             format: qemu_format.to_string(),
+            arch,
             firmware,
             accel,
             timeout: Duration::from_secs(settings.timeout),

@@ -34,9 +34,10 @@ pub struct BuildArgs {
     /// How the disk boots. Default: hybrid (UEFI preferred) on x86_64, uefi on arm64.
     #[arg(long, value_enum)]
     boot: Option<BootArg>,
-    /// The tree's architecture.
-    #[arg(long, value_enum, default_value_t = ArchArg::X86_64)]
-    arch: ArchArg,
+    /// The tree's architecture. Default: what its programs (sh, bash, busybox,
+    /// systemd) are built for.
+    #[arg(long, value_enum)]
+    arch: Option<ArchArg>,
     /// The root filesystem. XFS needs xfsprogs 6.17 or later (its mkfs.xfs populates
     /// a filesystem from a directory; AMIFORGE_MKFS_XFS names one not on the PATH).
     #[arg(long = "root-fs", value_enum, default_value_t = RootFsArg::Ext4)]
@@ -98,6 +99,10 @@ struct Report {
     bundle: Option<BundleReport>,
     image_format: &'static str,
     size: u64,
+    /// The tree's architecture (given, or told by its programs).
+    architecture: &'static str,
+    /// How the disk boots: uefi, bios or hybrid.
+    boot: &'static str,
     disk_guid: String,
     root_uuid: String,
     esp_uuid: String,
@@ -207,15 +212,15 @@ pub fn build(args: BuildArgs, show_progress: bool) -> Result<bool> {
         .clone()
         .or(epoch_var)
         .unwrap_or_else(|| format!("{:032x}", fastrand::u128(..)));
-    let arch = match args.arch {
+    let arch = args.arch.map(|a| match a {
         ArchArg::X86_64 => diskbuild::Arch::X86_64,
         ArchArg::Arm64 => diskbuild::Arch::Arm64,
-    };
-    let boot = match (args.boot, arch) {
-        (Some(BootArg::Uefi), _) | (None, diskbuild::Arch::Arm64) => diskbuild::Boot::Uefi,
-        (Some(BootArg::Bios), _) => diskbuild::Boot::Bios,
-        (Some(BootArg::Hybrid), _) | (None, diskbuild::Arch::X86_64) => diskbuild::Boot::Hybrid,
-    };
+    });
+    let boot = args.boot.map(|b| match b {
+        BootArg::Uefi => diskbuild::Boot::Uefi,
+        BootArg::Bios => diskbuild::Boot::Bios,
+        BootArg::Hybrid => diskbuild::Boot::Hybrid,
+    });
     let opts = diskbuild::Options {
         size: parse_size(&args.size)?,
         boot,
@@ -257,12 +262,13 @@ pub fn build(args: BuildArgs, show_progress: bool) -> Result<bool> {
                     .to_string_lossy()
                     .into_owned(),
             };
-            let architecture = match args.arch {
-                ArchArg::X86_64 => "x86_64",
-                ArchArg::Arm64 => "arm64",
-            };
-            let create =
-                crate::bundle::defaults(&raw, dir, &name, args.fail_on.name(), architecture)?;
+            let create = crate::bundle::defaults(
+                &raw,
+                dir,
+                &name,
+                args.fail_on.name(),
+                report.architecture,
+            )?;
             let Some(created) = crate::bundle::write(create, show_progress)? else {
                 return Ok(None);
             };
@@ -350,6 +356,12 @@ fn build_raw(
             ImageFormat::Vmdk => "vmdk",
         },
         size: opts.size,
+        architecture: built.arch.name(),
+        boot: match built.boot {
+            diskbuild::Boot::Uefi => "uefi",
+            diskbuild::Boot::Bios => "bios",
+            diskbuild::Boot::Hybrid => "hybrid",
+        },
         disk_guid: built.disk_guid,
         root_uuid: built.root_uuid,
         esp_uuid: built.esp_uuid,
@@ -406,10 +418,12 @@ fn finish(args: &BuildArgs, report: Option<Report>) -> Result<bool> {
         Format::Json => write_json(&report)?,
         Format::Text => {
             println!(
-                "{} ({}, {} bytes, GPT {})",
+                "{} ({}, {} bytes, {} {}, GPT {})",
                 report.image.as_deref().unwrap_or("(no image kept)"),
                 report.image_format,
                 report.size,
+                report.architecture,
+                report.boot,
                 report.disk_guid
             );
             if let Some(b) = &report.bundle {

@@ -9,9 +9,10 @@ use common::*;
 use serde_json::Value;
 use std::path::Path;
 
-/// A small root tree: configuration, a binary-looking file, a symlink, a nested
-/// directory, and a stand-in for systemd-boot's EFI binary (random bytes: this test
-/// checks where the loader goes, not that it boots).
+/// A small root tree: configuration, a binary-looking file, a shell (the build
+/// host's own, which tells the tree's architecture), a symlink, a nested directory,
+/// and a stand-in for systemd-boot's EFI binary (random bytes: this test checks
+/// where the loader goes, not that it boots).
 fn make_tree(dir: &Path) {
     for d in [
         "etc/ssh",
@@ -32,6 +33,7 @@ fn make_tree(dir: &Path) {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(dir.join("usr/bin/tool"), &blob).unwrap();
+    std::fs::copy("/bin/dash", dir.join("usr/bin/sh")).unwrap();
     std::os::unix::fs::symlink("usr/bin", dir.join("bin")).unwrap();
     let loader: Vec<u8> = (0..65_536u32).map(|i| (i * 7 + 3) as u8).collect();
     std::fs::write(
@@ -89,6 +91,9 @@ fn a_tree_becomes_a_gpt_disk_that_sfdisk_mtools_and_debugfs_read_back() {
     assert_eq!(code, Some(0), "{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(listing(&tree), before, "the tree is not changed");
+    // No --arch: the tree's shell says x86_64.
+    assert_eq!(report["architecture"], "x86_64");
+    assert_eq!(report["boot"], "uefi");
     let stages: Vec<_> = std::fs::read_dir(scratch.path(""))
         .unwrap()
         .filter_map(|e| e.ok())

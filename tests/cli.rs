@@ -178,6 +178,8 @@ fn offline_commands_need_no_aws_environment_and_never_touch_the_network() {
             "256M",
             "--boot",
             "uefi",
+            "--arch",
+            "x86_64",
         ],
         vec!["inspect", image],
         vec!["ls", image, "/etc"],

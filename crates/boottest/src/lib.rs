@@ -3,11 +3,14 @@
 //! runs, the kernel starts, systemd reaches multi-user, cloud-init runs the user
 //! data, and the SSH host keys exist.
 //!
-//! - **Firmware**: UEFI with OVMF (a private copy of its variable store), legacy
-//!   BIOS with SeaBIOS (QEMU's default).
-//! - **Acceleration**: KVM when `/dev/kvm` can be opened; if KVM fails (some
-//!   hosts expose a device that cannot run the guest), the boot is run again
-//!   under software emulation, and the outcome says so.
+//! - **Machine**: an x86_64 image boots in `qemu-system-x86_64` (q35), an arm64
+//!   image in `qemu-system-aarch64` (virt, a Neoverse N1 as in Graviton2).
+//! - **Firmware**: UEFI with OVMF, or AAVMF on arm64 (a private copy of its
+//!   variable store); legacy BIOS with SeaBIOS (QEMU's default, x86_64 only).
+//! - **Acceleration**: KVM when `/dev/kvm` can be opened and the guest is of the
+//!   host's architecture; if KVM fails (some hosts expose a device that cannot run
+//!   the guest), the boot is run again under software emulation, and the outcome
+//!   says so.
 //! - **The image is never written**: QEMU opens it with `snapshot=on`, which
 //!   sends every write to a temporary overlay.
 //! - **User data**: a NoCloud seed (a FAT volume labelled `CIDATA`) whose
@@ -45,6 +48,33 @@ impl Firmware {
     }
 }
 
+/// The guest's architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// x86-64: q35, OVMF or SeaBIOS.
+    X86_64,
+    /// 64-bit Arm: virt, AAVMF.
+    Arm64,
+}
+
+impl Arch {
+    /// The QEMU system emulator, and the Debian package that has it.
+    fn qemu(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::X86_64 => ("qemu-system-x86_64", "qemu-system-x86"),
+            Arch::Arm64 => ("qemu-system-aarch64", "qemu-system-arm"),
+        }
+    }
+
+    /// Whether this machine's CPU runs the guest natively (so KVM can).
+    fn native(self) -> bool {
+        match self {
+            Arch::X86_64 => cfg!(target_arch = "x86_64"),
+            Arch::Arm64 => cfg!(target_arch = "aarch64"),
+        }
+    }
+}
+
 /// Which accelerator QEMU runs the guest with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -63,6 +93,8 @@ pub struct Options {
     pub image: PathBuf,
     /// Its container format, as QEMU names it (`raw`, `qcow2`, `vmdk`, `vpc`, `vhdx`).
     pub format: String,
+    /// The guest's architecture.
+    pub arch: Arch,
     /// The firmware.
     pub firmware: Firmware,
     /// The accelerator.
@@ -166,46 +198,67 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, path, source }
 }
 
-/// OVMF's code and variable template: `AMIFORGE_OVMF_CODE` and
-/// `AMIFORGE_OVMF_VARS` when set, else the first pair installed.
-fn ovmf() -> Result<(PathBuf, PathBuf), Error> {
+/// Where Debian, Fedora and Arch keep the arm64 UEFI firmware for QEMU's virt
+/// machine (AAVMF): code and the variable store template, each 64 MiB.
+const AAVMF: &[(&str, &str)] = &[
+    (
+        "/usr/share/AAVMF/AAVMF_CODE.fd",
+        "/usr/share/AAVMF/AAVMF_VARS.fd",
+    ),
+    (
+        "/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw",
+        "/usr/share/edk2/aarch64/vars-template-pflash.raw",
+    ),
+    (
+        "/usr/share/edk2/aarch64/QEMU_CODE.fd",
+        "/usr/share/edk2/aarch64/QEMU_VARS.fd",
+    ),
+];
+
+/// The UEFI firmware's code and variable template for `arch`:
+/// `AMIFORGE_OVMF_CODE` and `AMIFORGE_OVMF_VARS` (x86_64), or
+/// `AMIFORGE_AAVMF_CODE` and `AMIFORGE_AAVMF_VARS` (arm64), when set; else the
+/// first pair installed.
+fn uefi_firmware(arch: Arch) -> Result<(PathBuf, PathBuf), Error> {
+    let (known, name, package) = match arch {
+        Arch::X86_64 => (OVMF, "OVMF", "ovmf"),
+        Arch::Arm64 => (AAVMF, "AAVMF", "qemu-efi-aarch64"),
+    };
     if let (Some(code), Some(vars)) = (
-        std::env::var_os("AMIFORGE_OVMF_CODE"),
-        std::env::var_os("AMIFORGE_OVMF_VARS"),
+        std::env::var_os(format!("AMIFORGE_{name}_CODE")),
+        std::env::var_os(format!("AMIFORGE_{name}_VARS")),
     ) {
         return Ok((code.into(), vars.into()));
     }
-    OVMF.iter()
+    known
+        .iter()
         .map(|(c, v)| (PathBuf::from(c), PathBuf::from(v)))
         .find(|(c, v)| c.is_file() && v.is_file())
         .ok_or_else(|| {
-            Error::Missing(
-                "no OVMF firmware for UEFI boot (install Debian's ovmf, or set AMIFORGE_OVMF_CODE and AMIFORGE_OVMF_VARS)".into(),
-            )
-        })
-}
-
-fn qemu_binary() -> Result<PathBuf, Error> {
-    let name = "qemu-system-x86_64";
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
             Error::Missing(format!(
-                "{name} is not installed (Debian's qemu-system-x86)"
+                "no {name} firmware for UEFI boot (install Debian's {package}, or set AMIFORGE_{name}_CODE and AMIFORGE_{name}_VARS)"
             ))
         })
 }
 
+fn qemu_binary(arch: Arch) -> Result<PathBuf, Error> {
+    let (name, package) = arch.qemu();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::Missing(format!("{name} is not installed (Debian's {package})")))
+}
+
 /// The NoCloud user data: print the marker and the number of host keys on the
-/// serial console, then power off.
+/// consoles (the kernel's, and the first serial port of x86 and of Arm's virt
+/// machine, whichever exist), then power off.
 pub fn user_data(nonce: &str) -> String {
     let marker = checks::marker(nonce);
     format!(
         "#cloud-config\n\
          runcmd:\n\
-         \x20 - [sh, -c, 'n=0; for k in /etc/ssh/ssh_host_*_key; do [ -s \"$k\" ] && n=$((n+1)); done; echo \"{marker} user-data ran; host keys: $n\" | tee /dev/console > /dev/ttyS0']\n\
+         \x20 - [sh, -c, 'n=0; for k in /etc/ssh/ssh_host_*_key; do [ -s \"$k\" ] && n=$((n+1)); done; for c in /dev/console /dev/ttyS0 /dev/ttyAMA0; do echo \"{marker} user-data ran; host keys: $n\" 2>/dev/null > $c || true; done']\n\
          power_state:\n\
          \x20 mode: poweroff\n\
          \x20 delay: now\n\
@@ -319,10 +372,15 @@ fn kvm_probe(qemu: &Path, work: &Path) -> Result<(), String> {
 
 /// Boots the image once and checks every step.
 pub fn run(opts: &Options) -> Result<Outcome, Error> {
-    let qemu = qemu_binary()?;
-    let firmware = match opts.firmware {
-        Firmware::Uefi => Some(ovmf()?),
-        Firmware::Bios => None,
+    let qemu = qemu_binary(opts.arch)?;
+    let firmware = match (opts.firmware, opts.arch) {
+        (Firmware::Uefi, arch) => Some(uefi_firmware(arch)?),
+        (Firmware::Bios, Arch::X86_64) => None,
+        (Firmware::Bios, Arch::Arm64) => {
+            return Err(Error::Missing(
+                "an arm64 machine has no legacy BIOS: it boots with UEFI only".into(),
+            ))
+        }
     };
     let work = tempfile::tempdir().map_err(io("create a temporary directory", Path::new(".")))?;
     let seed = work.path().join("seed.img");
@@ -331,6 +389,8 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
     let accels: &[&'static str] = match opts.accel {
         Accel::Kvm => &["kvm"],
         Accel::Tcg => &["tcg"],
+        Accel::Auto if !opts.arch.native() => &["tcg"],
+        Accel::Auto if opts.arch == Arch::Arm64 && kvm_available() => &["kvm", "tcg"],
         Accel::Auto if kvm_available() => match kvm_probe(&qemu, work.path()) {
             Ok(()) => &["kvm", "tcg"],
             Err(why) => {
@@ -389,16 +449,31 @@ impl Attempt<'_> {
     fn command(&self, serial: &Path, debug: &Path) -> Result<Command, Error> {
         let opts = self.opts;
         let mut cmd = Command::new(self.qemu);
+        let machine = match opts.arch {
+            Arch::X86_64 => "q35",
+            Arch::Arm64 => "virt",
+        };
         cmd.arg("-machine")
-            .arg(format!("q35,accel={}", self.accel))
+            .arg(format!("{machine},accel={}", self.accel))
             .args(["-m", &opts.memory_mib.to_string()])
             .args(["-smp", &opts.cpus.to_string()])
             .args(["-display", "none", "-no-reboot", "-no-user-config"])
             .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .arg("-chardev")
-            .arg(format!("file,id=debugcon,path={}", debug.display()))
-            .args(["-device", "isa-debugcon,iobase=0x402,chardev=debugcon"])
+            .arg(format!("file:{}", serial.display()));
+        match opts.arch {
+            // SeaBIOS says which disk it boots on QEMU's debug console.
+            Arch::X86_64 => {
+                cmd.arg("-chardev")
+                    .arg(format!("file,id=debugcon,path={}", debug.display()))
+                    .args(["-device", "isa-debugcon,iobase=0x402,chardev=debugcon"]);
+            }
+            // The CPU of AWS Graviton2.
+            Arch::Arm64 if self.accel == "tcg" => {
+                cmd.args(["-cpu", "neoverse-n1"]);
+            }
+            Arch::Arm64 => {}
+        }
+        cmd
             // A network for cloud-init to find, nothing beyond the guest, and no
             // network boot ROM: a disk that does not boot must not turn into PXE.
             .args(["-netdev", "user,id=net0,restrict=on"])

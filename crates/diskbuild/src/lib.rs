@@ -71,7 +71,64 @@ pub enum Arch {
     Arm64,
 }
 
+/// Programs every Linux root has, one of which tells its architecture: the ELF
+/// header's machine. Symlinks are not followed (one may point outside the tree).
+const ARCH_WITNESSES: [&str; 8] = [
+    "usr/bin/sh",
+    "usr/bin/dash",
+    "usr/bin/bash",
+    "usr/bin/busybox",
+    "usr/lib/systemd/systemd",
+    "bin/sh",
+    "bin/bash",
+    "bin/busybox",
+];
+/// ELF e_machine values.
+const EM_X86_64: u16 = 62;
+const EM_AARCH64: u16 = 183;
+
 impl Arch {
+    /// The architecture of the programs in `tree`, from the first of
+    /// [`ARCH_WITNESSES`] that is a regular ELF file.
+    pub fn of_tree(tree: &Path) -> Result<Arch, BuildError> {
+        for rel in ARCH_WITNESSES {
+            let path = tree.join(rel);
+            let regular = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+            let mut header = [0u8; 20];
+            if !regular
+                || File::open(&path)
+                    .and_then(|mut f| f.read_exact(&mut header))
+                    .is_err()
+                || &header[..4] != b"\x7fELF"
+            {
+                continue;
+            }
+            let machine = u16::from_le_bytes([header[18], header[19]]);
+            return match machine {
+                EM_X86_64 => Ok(Arch::X86_64),
+                EM_AARCH64 => Ok(Arch::Arm64),
+                other => Err(BuildError::Tree {
+                    tree: tree.to_path_buf(),
+                    reason: format!(
+                        "{rel} is built for ELF machine {other}, neither x86_64 nor arm64"
+                    ),
+                }),
+            };
+        }
+        Err(BuildError::Tree {
+            tree: tree.to_path_buf(),
+            reason: "no program (usr/bin/sh, bash, busybox, systemd) tells its architecture; give --arch".into(),
+        })
+    }
+
+    /// Its name, as `inspect` reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
     /// The removable-media loader path UEFI firmware boots with no boot entries.
     pub fn removable_loader(self) -> &'static str {
         match self {
@@ -126,10 +183,10 @@ impl RootFs {
 pub struct Options {
     /// The disk's size in bytes.
     pub size: u64,
-    /// How it boots.
-    pub boot: Boot,
-    /// The tree's architecture.
-    pub arch: Arch,
+    /// How it boots; by default hybrid on x86_64, UEFI on arm64.
+    pub boot: Option<Boot>,
+    /// The tree's architecture; by default what its programs are built for.
+    pub arch: Option<Arch>,
     /// The root filesystem.
     pub root_fs: RootFs,
     /// Every identifier is derived from this.
@@ -160,6 +217,10 @@ pub struct BuiltPartition {
 /// What was built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Built {
+    /// The tree's architecture.
+    pub arch: Arch,
+    /// How the disk boots.
+    pub boot: Boot,
     /// The disk's GUID.
     pub disk_guid: String,
     /// The partitions, in order.
@@ -324,7 +385,8 @@ fn build_at(tree: &Path, out: &Path, near: &Path, opts: &Options) -> Result<Buil
         let path = path.to_path_buf();
         move |source| BuildError::Io { what, path, source }
     };
-    let bios = opts.boot != Boot::Uefi;
+    // Until the tree says its architecture, the default boot may be hybrid.
+    let bios = opts.boot != Some(Boot::Uefi);
     let fixed = ESP_SIZE + if bios { BIOS_BOOT_SIZE } else { 0 };
     let min = fixed + 2 * GPT_RESERVE + (64 << 20);
     if opts.size < min || !opts.size.is_multiple_of(ALIGN) {
@@ -346,19 +408,32 @@ fn build_at(tree: &Path, out: &Path, near: &Path, opts: &Options) -> Result<Buil
         });
     };
     let tree = unpacked.as_ref().map_or(tree, |u| u.path());
-    let efi = match opts.boot {
-        Boot::Bios => None,
-        _ => Some(
-            match grub::modules_dir(tree, grub::efi_platform(opts.arch)) {
-                Some(dir) => EfiLoader::Grub(dir),
-                None => {
-                    let (from, bytes) = find_loader(tree, opts.arch)?;
-                    EfiLoader::Prebuilt(from, bytes)
-                }
-            },
-        ),
+    let arch = match opts.arch {
+        Some(arch) => arch,
+        None => Arch::of_tree(tree)?,
     };
-    let bios_modules = match opts.boot {
+    let boot = opts.boot.unwrap_or(match arch {
+        Arch::X86_64 => Boot::Hybrid,
+        Arch::Arm64 => Boot::Uefi,
+    });
+    let bios = boot != Boot::Uefi;
+    if bios && arch != Arch::X86_64 {
+        return Err(BuildError::Options(format!(
+            "{} has no legacy BIOS boot: build it with --boot uefi",
+            arch.name()
+        )));
+    }
+    let efi = match boot {
+        Boot::Bios => None,
+        _ => Some(match grub::modules_dir(tree, grub::efi_platform(arch)) {
+            Some(dir) => EfiLoader::Grub(dir),
+            None => {
+                let (from, bytes) = find_loader(tree, arch)?;
+                EfiLoader::Prebuilt(from, bytes)
+            }
+        }),
+    };
+    let bios_modules = match boot {
         Boot::Uefi => None,
         _ => Some(grub::modules_dir(tree, grub::BIOS_PLATFORM).ok_or_else(|| BuildError::Tree {
             tree: tree.to_path_buf(),
@@ -402,7 +477,7 @@ fn build_at(tree: &Path, out: &Path, near: &Path, opts: &Options) -> Result<Buil
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
         .create_from_device(file, Some(disk_guid))
         .map_err(gpt_err)?;
-    let root_type = match opts.arch {
+    let root_type = match arch {
         Arch::X86_64 => gpt::partition_types::LINUX_ROOT_X64,
         Arch::Arm64 => gpt::partition_types::LINUX_ROOT_ARM_64,
     };
@@ -485,7 +560,7 @@ fn build_at(tree: &Path, out: &Path, near: &Path, opts: &Options) -> Result<Buil
     staged.make_dir("boot/efi")?;
     let work = tempfile::tempdir().map_err(io("create a temporary directory for", out))?;
     if let Some(kernel) = &kernel {
-        let cfg = grub::config(&root_uuid, kernel, &os_name(tree)?, opts.arch);
+        let cfg = grub::config(&root_uuid, kernel, &os_name(tree)?, arch);
         staged.put("boot/grub/grub.cfg", cfg.as_bytes(), 0o644)?;
         added.push((
             "/boot/grub/grub.cfg".to_string(),
@@ -496,7 +571,7 @@ fn build_at(tree: &Path, out: &Path, near: &Path, opts: &Options) -> Result<Buil
         None => None,
         Some(EfiLoader::Prebuilt(_, bytes)) => Some(bytes.clone()),
         Some(EfiLoader::Grub(modules)) => {
-            let platform = grub::efi_platform(opts.arch);
+            let platform = grub::efi_platform(arch);
             let n = staged.mirror_files(
                 tree,
                 &format!("usr/lib/grub/{platform}"),
@@ -512,7 +587,7 @@ fn build_at(tree: &Path, out: &Path, near: &Path, opts: &Options) -> Result<Buil
         esp,
         loader_bytes.as_deref(),
         esp_volume_id,
-        opts,
+        arch,
     )?;
     let bios_loader = match (&bios_modules, part("bios")) {
         (Some(modules), Some(bios)) => {
@@ -562,15 +637,17 @@ fn build_at(tree: &Path, out: &Path, near: &Path, opts: &Options) -> Result<Buil
         .and_then(|f| f.sync_all())
         .map_err(io("write", out))?;
     Ok(Built {
+        arch,
+        boot,
         disk_guid: disk_guid.to_string(),
         root_uuid,
         loader: efi.map(|l| match l {
             EfiLoader::Grub(_) => format!(
                 "GRUB {} assembled from the tree's modules -> {}",
-                grub::efi_platform(opts.arch),
-                opts.arch.removable_loader()
+                grub::efi_platform(arch),
+                arch.removable_loader()
             ),
-            EfiLoader::Prebuilt(from, _) => format!("{from} -> {}", opts.arch.removable_loader()),
+            EfiLoader::Prebuilt(from, _) => format!("{from} -> {}", arch.removable_loader()),
         }),
         bios_loader,
         kernel: kernel.map(|k| k.version),
@@ -734,7 +811,7 @@ fn write_esp(
     esp: &BuiltPartition,
     loader: Option<&[u8]>,
     volume_id: u32,
-    opts: &Options,
+    arch: Arch,
 ) -> Result<(), BuildError> {
     let err = |source| BuildError::Esp {
         path: out.to_path_buf(),
@@ -760,8 +837,7 @@ fn write_esp(
         let root = fs.root_dir();
         let mut dir = root.create_dir("EFI").map_err(err)?;
         dir = dir.create_dir("BOOT").map_err(err)?;
-        let name = opts
-            .arch
+        let name = arch
             .removable_loader()
             .rsplit('/')
             .next()
@@ -949,6 +1025,37 @@ mod tests {
                 "# Disk DescriptorFile\nversion=1\nCID=0012abcd\nparentCID=ffffffff\ncreateType=\"streamOptimized\"\n"
             );
         }
+    }
+
+    /// An ELF header for `machine`, padded as a tiny program.
+    fn elf(machine: u16) -> Vec<u8> {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[18..20].copy_from_slice(&machine.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn the_trees_architecture_is_told_by_its_programs_not_by_symlinks() {
+        let tree = tempfile::tempdir().unwrap();
+        let bin = tree.path().join("usr/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        assert!(Arch::of_tree(tree.path())
+            .unwrap_err()
+            .to_string()
+            .contains("give --arch"));
+        // A symlink is not followed (it could point at the build host's /bin/sh).
+        std::os::unix::fs::symlink("/bin/sh", bin.join("sh")).unwrap();
+        assert!(Arch::of_tree(tree.path()).is_err());
+        std::fs::write(bin.join("dash"), elf(EM_AARCH64)).unwrap();
+        assert_eq!(Arch::of_tree(tree.path()).unwrap(), Arch::Arm64);
+        std::fs::write(bin.join("dash"), elf(EM_X86_64)).unwrap();
+        assert_eq!(Arch::of_tree(tree.path()).unwrap(), Arch::X86_64);
+        std::fs::write(bin.join("dash"), elf(8)).unwrap();
+        assert!(Arch::of_tree(tree.path())
+            .unwrap_err()
+            .to_string()
+            .contains("ELF machine 8"));
     }
 
     #[test]
