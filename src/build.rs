@@ -28,30 +28,8 @@ pub struct BuildArgs {
     /// by qemu-img.
     #[arg(long = "image-format", value_enum, default_value_t = ImageFormat::Raw)]
     image_format: ImageFormat,
-    /// The disk's size: bytes, or a number with K, M, G or T (powers of 1024).
-    #[arg(long, default_value = "4G")]
-    size: String,
-    /// How the disk boots. Default: hybrid (UEFI preferred) on x86_64, uefi on arm64.
-    #[arg(long, value_enum)]
-    boot: Option<BootArg>,
-    /// The tree's architecture. Default: what its programs (sh, bash, busybox,
-    /// systemd) are built for.
-    #[arg(long, value_enum)]
-    arch: Option<ArchArg>,
-    /// The root filesystem. XFS needs xfsprogs 6.17 or later (its mkfs.xfs populates
-    /// a filesystem from a directory; AMIFORGE_MKFS_XFS names one not on the PATH).
-    #[arg(long = "root-fs", value_enum, default_value_t = RootFsArg::Ext4)]
-    root_fs: RootFsArg,
-    /// Derive every identifier (disk and partition GUIDs, filesystem UUIDs, hash
-    /// seeds) from this string. Default: the value of SOURCE_DATE_EPOCH when it is
-    /// set (so two builds with it are byte-identical), otherwise random.
-    #[arg(long)]
-    seed: Option<String>,
-    /// Do not clean the image (sysprep is on by default: SSH host keys, machine-id,
-    /// histories, cloud-init state, logs, package caches, temporary files, random
-    /// seeds, DHCP leases, account backups, crash dumps, root's password).
-    #[arg(long)]
-    no_sysprep: bool,
+    #[command(flatten)]
+    disk: DiskArgs,
     /// Refuse the image (exit 1, nothing left behind) when the audit's secret scan
     /// of the built root finds a secret at least this severe; `none` skips the scan.
     #[arg(long, value_enum, default_value_t = FailOn::High)]
@@ -64,6 +42,117 @@ pub struct BuildArgs {
     format: Format,
 }
 
+/// How a disk is built from a tree: the options `build` and `publish --from-tree`
+/// share.
+#[derive(clap::Args, Debug)]
+pub struct DiskArgs {
+    /// The disk's size: bytes, or a number with K, M, G or T (powers of 1024).
+    /// Default: 4G.
+    #[arg(long)]
+    size: Option<String>,
+    /// How the disk boots. Default: hybrid (UEFI preferred) on x86_64, uefi on arm64.
+    #[arg(long, value_enum)]
+    boot: Option<BootArg>,
+    /// The tree's architecture. Default: what its programs (sh, bash, busybox,
+    /// systemd) are built for.
+    #[arg(long, value_enum)]
+    arch: Option<ArchArg>,
+    /// The root filesystem (default ext4). XFS needs xfsprogs 6.17 or later (its
+    /// mkfs.xfs populates a filesystem from a directory; AMIFORGE_MKFS_XFS names one
+    /// not on the PATH).
+    #[arg(long = "root-fs", value_enum)]
+    root_fs: Option<RootFsArg>,
+    /// Derive every identifier (disk and partition GUIDs, filesystem UUIDs, hash
+    /// seeds) from this string. Default: the value of SOURCE_DATE_EPOCH when it is
+    /// set (so two builds with it are byte-identical), otherwise random.
+    #[arg(long)]
+    seed: Option<String>,
+    /// Do not clean the image (sysprep is on by default: SSH host keys, machine-id,
+    /// histories, cloud-init state, logs, package caches, temporary files, random
+    /// seeds, DHCP leases, account backups, crash dumps, root's password).
+    #[arg(long)]
+    no_sysprep: bool,
+}
+
+/// The disk size when none is given.
+const DEFAULT_SIZE: u64 = 4 << 30;
+
+impl DiskArgs {
+    /// Whether any of these options was given.
+    pub fn given(&self) -> bool {
+        self.size.is_some()
+            || self.boot.is_some()
+            || self.arch.is_some()
+            || self.root_fs.is_some()
+            || self.seed.is_some()
+            || self.no_sysprep
+    }
+
+    /// The build's options: the seed from --seed or SOURCE_DATE_EPOCH (else
+    /// random), the clock from SOURCE_DATE_EPOCH (else now).
+    fn options(&self) -> Result<diskbuild::Options> {
+        let epoch_var = std::env::var("SOURCE_DATE_EPOCH").ok();
+        let epoch = match &epoch_var {
+            Some(v) => v
+                .trim()
+                .parse()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let seed = self
+            .seed
+            .clone()
+            .or(epoch_var)
+            .unwrap_or_else(|| format!("{:032x}", fastrand::u128(..)));
+        Ok(diskbuild::Options {
+            size: match &self.size {
+                Some(s) => parse_size(s)?,
+                None => DEFAULT_SIZE,
+            },
+            boot: self.boot.map(|b| match b {
+                BootArg::Uefi => diskbuild::Boot::Uefi,
+                BootArg::Bios => diskbuild::Boot::Bios,
+                BootArg::Hybrid => diskbuild::Boot::Hybrid,
+            }),
+            arch: self.arch.map(|a| match a {
+                ArchArg::X86_64 => diskbuild::Arch::X86_64,
+                ArchArg::Arm64 => diskbuild::Arch::Arm64,
+            }),
+            root_fs: match self.root_fs {
+                None | Some(RootFsArg::Ext4) => diskbuild::RootFs::Ext4,
+                Some(RootFsArg::Xfs) => diskbuild::RootFs::Xfs,
+            },
+            seed,
+            epoch,
+            sysprep: !self.no_sysprep,
+        })
+    }
+}
+
+/// `publish --from-tree`: builds the raw disk `out` from `tree`, as `build` does
+/// without its secret scan (publish's audit gate follows, on the whole audit).
+pub fn build_for_publish(
+    tree: &std::path::Path,
+    out: &std::path::Path,
+    disk: &DiskArgs,
+) -> Result<()> {
+    let opts = disk.options()?;
+    tracing::info!("building {} from {}", out.display(), tree.display());
+    let built = diskbuild::build(tree, out, &opts)?;
+    tracing::info!(
+        "built {}: {}, {} root {}, kernel {}; sysprep removed {} item(s)",
+        out.display(),
+        built.arch.name(),
+        opts.root_fs.name(),
+        built.root_uuid,
+        built.kernel.as_deref().unwrap_or("none"),
+        built.sysprep.len()
+    );
+    Ok(())
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum ImageFormat {
     Raw,
@@ -71,20 +160,20 @@ enum ImageFormat {
     Vmdk,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum BootArg {
     Uefi,
     Bios,
     Hybrid,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum RootFsArg {
     Ext4,
     Xfs,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum ArchArg {
     #[value(name = "x86_64")]
     X86_64,
@@ -197,42 +286,7 @@ fn parse_size(s: &str) -> Result<u64> {
 
 /// Builds; `Ok(false)` when the secret scan refused the image (exit 1).
 pub fn build(args: BuildArgs, show_progress: bool) -> Result<bool> {
-    let epoch_var = std::env::var("SOURCE_DATE_EPOCH").ok();
-    let epoch = match &epoch_var {
-        Some(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    };
-    let seed = args
-        .seed
-        .clone()
-        .or(epoch_var)
-        .unwrap_or_else(|| format!("{:032x}", fastrand::u128(..)));
-    let arch = args.arch.map(|a| match a {
-        ArchArg::X86_64 => diskbuild::Arch::X86_64,
-        ArchArg::Arm64 => diskbuild::Arch::Arm64,
-    });
-    let boot = args.boot.map(|b| match b {
-        BootArg::Uefi => diskbuild::Boot::Uefi,
-        BootArg::Bios => diskbuild::Boot::Bios,
-        BootArg::Hybrid => diskbuild::Boot::Hybrid,
-    });
-    let opts = diskbuild::Options {
-        size: parse_size(&args.size)?,
-        boot,
-        arch,
-        root_fs: match args.root_fs {
-            RootFsArg::Ext4 => diskbuild::RootFs::Ext4,
-            RootFsArg::Xfs => diskbuild::RootFs::Xfs,
-        },
-        seed,
-        epoch,
-        sysprep: !args.no_sysprep,
-    };
+    let opts = args.disk.options()?;
     // Where the raw disk is built: the output itself, or beside the output (a
     // container is converted from it) or the bundle (when it is the only output).
     let beside = |path: &std::path::Path| -> Result<PathBuf> {

@@ -156,6 +156,14 @@ pub struct PublishArgs {
     /// Seconds each boot of --boot-test may take.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub boot_test_timeout: u64,
+    /// Build the image first from this root tree (a directory or a tar archive), as
+    /// `amiforge build TREE -o IMAGE` does: IMAGE is written (replaced) with the raw
+    /// disk, kept for the next incremental upload, then audited, gated and published.
+    /// The build's own options follow.
+    #[arg(long, value_name = "TREE")]
+    pub from_tree: Option<std::path::PathBuf>,
+    #[command(flatten, next_help_heading = "Build options (with --from-tree)")]
+    pub disk: crate::build::DiskArgs,
 }
 
 #[derive(Serialize)]
@@ -174,6 +182,21 @@ struct PublishOutput<'a> {
 /// Returns false when the gate failed (exit 1).
 pub fn publish(args: PublishArgs, show_progress: bool) -> Result<bool> {
     let input = args.upload.image.clone();
+    match &args.from_tree {
+        Some(tree) => {
+            if crate::bundled::is_bundle(&input) || input.is_dir() {
+                bail!(
+                    "{}: with --from-tree, IMAGE is the disk file to build, not a directory",
+                    input.display()
+                );
+            }
+            crate::build::build_for_publish(tree, &input, &args.disk)?;
+        }
+        None if args.disk.given() => {
+            bail!("--size, --boot, --arch, --root-fs, --seed and --no-sysprep build a tree: give --from-tree TREE")
+        }
+        None => {}
+    }
     let user_tags = parse_tags(&args.upload.tags)?;
     let mut common_tags = user_tags.clone();
     common_tags.push((TAG_VERSION.into(), env!("CARGO_PKG_VERSION").into()));

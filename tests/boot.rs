@@ -355,7 +355,8 @@ fn boot_test_refuses_what_it_cannot_boot_with_exit_2() {
 }
 
 #[test]
-fn publish_with_boot_test_uploads_only_an_image_that_boots_and_a_bundle_boots_too() {
+fn publish_with_boot_test_uploads_only_an_image_that_boots_a_bundle_boots_too_and_from_tree_builds_first(
+) {
     let scratch = Scratch::new("boot-publish");
     let image = scratch.path("uefi.img");
     // UEFI only: one boot to wait for.
@@ -416,10 +417,53 @@ fn publish_with_boot_test_uploads_only_an_image_that_boots_and_a_bundle_boots_to
     assert_eq!(tested["boots"][0]["firmware"], "uefi");
     assert_eq!(tested["image"], bundle.display().to_string());
 
-    // The disk as built boots, is uploaded and registered, and says so in a tag.
-    let (code, stdout, stderr) = publish(&image, "amiforge-booted");
+    // Build options without a tree to build are an error.
+    let (code, _, stderr) = outcome(
+        amiforge_at(&server.endpoint())
+            .arg("publish")
+            .arg(&image)
+            .args(["--name", "amiforge-confused", "--size", "2G"]),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("give --from-tree TREE"), "{stderr}");
+
+    // publish --from-tree builds the disk (the same bytes as the build above: one
+    // SOURCE_DATE_EPOCH), boots it, uploads and registers it, and says so in a tag.
+    let rebuilt = scratch.path("rebuilt.img");
+    let (code, stdout, stderr) = outcome(
+        amiforge_at(&server.endpoint())
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .arg("publish")
+            .arg(&rebuilt)
+            .arg("--from-tree")
+            .arg(boot_tree())
+            .args(["--size", "2G", "--boot", "uefi"])
+            .args([
+                "--name",
+                "amiforge-booted",
+                "--boot-test",
+                "--format",
+                "json",
+            ])
+            .args(["--boot-test-timeout", "480", "--no-progress"]),
+    );
     assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(sha256_file(&rebuilt), sha256_file(&image));
     let published: Value = serde_json::from_str(&stdout).unwrap();
+    // The snapshot holds the disk: every block that is not zeros, and nothing else.
+    let blocks = server
+        .own_blocks(published["snapshot_id"].as_str().unwrap())
+        .unwrap();
+    let disk = std::fs::File::open(&image).unwrap();
+    const BLOCK: u64 = 512 << 10;
+    let mut block = vec![0u8; BLOCK as usize];
+    for index in 0..std::fs::metadata(&image).unwrap().len() / BLOCK {
+        std::os::unix::fs::FileExt::read_exact_at(&disk, &mut block, index * BLOCK).unwrap();
+        match blocks.get(&index) {
+            Some(sent) => assert!(sent[..] == block[..], "block {index} differs"),
+            None => assert!(block.iter().all(|&b| b == 0), "block {index} was not sent"),
+        }
+    }
     let tags = server.tags_of(published["image_id"].as_str().unwrap());
     assert!(
         tags.contains(&("amiforge:boot-test".to_string(), "uefi passed".to_string())),
