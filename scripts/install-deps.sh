@@ -18,6 +18,7 @@ packages=(
   mdadm            # mdadm --examine: reference reader of the hand-written md superblocks
   lvm2             # pvcreate, vgcreate, vgcfgrestore, lvs: the LVM fixtures and their layout
   ovmf seabios     # boot-test's firmware: UEFI (OVMF) and legacy BIOS (SeaBIOS)
+  qemu-efi-aarch64 # boot-test's arm64 UEFI firmware (AAVMF)
   grub-common      # grub-mkimage: build assembles GRUB's images from the tree's own modules
   openssh-client openssl zstd xz-utils   # planted keys, compressed logs
   python3 python3-venv
@@ -38,12 +39,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # QEMU 10 from the release's backports: qemu-img for the qcow2, VMDK, VHD and VHDX
-# containers of the input tests, qemu-system-x86 for boot-test. The release's 7.2
+# containers of the input tests, qemu-system-x86 and qemu-system-arm for boot-test,
+# qemu-user-static to run the arm64 boot tree's maintainer scripts. The release's 7.2
 # cannot make a LUKS-encrypted qcow2 on this kind of machine (its key-derivation
 # benchmark reads no thread CPU time), and qemu-system must match qemu-utils, which a
 # machine may already have from backports. Only these packages come from there.
 qemu_major=$(qemu-img --version 2>/dev/null | awk 'NR == 1 {split($3, v, "."); print v[1]}')
-if [ "${qemu_major:-0}" -lt 10 ] || ! command -v qemu-system-x86_64 >/dev/null; then
+if [ "${qemu_major:-0}" -lt 10 ] || ! command -v qemu-system-x86_64 >/dev/null ||
+   ! command -v qemu-system-aarch64 >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then
   codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
   mirror=$(apt-get indextargets --format '$(RELEASE) $(REPO_URI)' \
     | awk -v r="$codename" '$1 == r { print $2; exit }')
@@ -52,12 +55,13 @@ if [ "${qemu_major:-0}" -lt 10 ] || ! command -v qemu-system-x86_64 >/dev/null; 
   if ! grep -qs "$codename-backports" $list; then
     echo "deb $mirror $codename-backports main" | $sudo tee $list >/dev/null
   fi
-  echo "installing qemu-utils and qemu-system-x86 from $codename-backports" >&2
+  echo "installing qemu-utils, qemu-system-x86, qemu-system-arm and qemu-user-static from $codename-backports" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    "qemu-utils/$codename-backports" "qemu-system-x86/$codename-backports" >/dev/null
+    "qemu-utils/$codename-backports" "qemu-system-x86/$codename-backports" \
+    "qemu-system-arm/$codename-backports" "qemu-user-static/$codename-backports" >/dev/null
 fi
-missing_packages "${packages[@]}" qemu-utils qemu-system-x86
+missing_packages "${packages[@]}" qemu-utils qemu-system-x86 qemu-system-arm qemu-user-static
 [ ${#missing[@]} -eq 0 ] || { echo "still missing after installing: ${missing[*]}" >&2; exit 2; }
 
 # btrfs-progs of at least 6.11 for the btrfs fixtures: `mkfs.btrfs --rootdir` with

@@ -3,7 +3,8 @@
 //! scripts/make-boot-tree.sh), and `amiforge boot-test` of the result in QEMU
 //! with OVMF and SeaBIOS: the disk boots both ways to cloud-init's user data.
 //! The pieces are checked with readers we did not write: sfdisk, e2fsck, debugfs,
-//! blkid and mtools. The same tree with an XFS root boots both ways too.
+//! blkid and mtools. The same tree with an XFS root boots both ways too, and an
+//! arm64 tree boots in qemu-system-aarch64 with AAVMF.
 
 mod common;
 use common::*;
@@ -324,6 +325,56 @@ fn the_debian_tree_with_an_xfs_root_boots_with_uefi_and_with_bios() {
         serial.contains("XFS (vda3): Mounting V5 Filesystem"),
         "{serial}"
     );
+}
+
+#[test]
+fn an_arm64_debian_tree_builds_into_a_uefi_disk_that_boots_in_qemu_system_aarch64() {
+    // The arm64 tree (debootstrap --arch arm64, its scripts run by qemu-user-static)
+    // has GRUB's arm64-efi modules and the arm64 cloud kernel.
+    let scratch = Scratch::new("boot-arm64");
+    let image = scratch.path("debian-arm64.img");
+    let report = build(&fixture("debian-boot-root-arm64"), &image, &[]);
+    // Nothing said which architecture: the tree's programs did, and arm64 boots UEFI.
+    assert_eq!(report["architecture"], "arm64", "{report:#}");
+    assert_eq!(report["boot"], "uefi");
+    let parts = report["partitions"].as_array().unwrap();
+    assert_eq!(
+        parts[1]["type_guid"], "b921b045-1df0-41c3-af44-4c6f280d3fae",
+        "the Discoverable Partitions root type of arm64"
+    );
+    let esp = format!(
+        "{}@@{}",
+        image.display(),
+        parts[0]["start"].as_u64().unwrap()
+    );
+    let efi = String::from_utf8(tool_output(tool("mdir").args([
+        "-i",
+        &esp,
+        "-b",
+        "::/EFI/BOOT",
+    ])))
+    .unwrap();
+    assert!(efi.contains("BOOTAA64.EFI"), "{efi}");
+    let inspected = json(&["inspect", image.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(inspected["architecture"], "arm64", "{inspected:#}");
+    assert_eq!(inspected["boot_mode"], "uefi", "{inspected:#}");
+
+    // AAVMF, GRUB, the kernel on the PL011 console, systemd and cloud-init: all six
+    // steps, under software emulation of a Neoverse N1.
+    let (code, tested, stderr) = boot_test(&image, &[]);
+    assert_eq!(code, Some(0), "{tested:#} {stderr}");
+    let all: Vec<String> = CHECKS.map(String::from).to_vec();
+    assert_eq!(passed_checks(&tested), vec![("uefi".to_string(), all)]);
+    assert_eq!(tested["boots"][0]["accel"], "tcg", "{tested:#}");
+    // There is no legacy BIOS on arm64.
+    let (code, _, stderr) = outcome(
+        amiforge()
+            .arg("boot-test")
+            .arg(&image)
+            .args(["--firmware", "bios"]),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("UEFI only"), "{stderr}");
 }
 
 #[test]
