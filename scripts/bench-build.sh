@@ -4,12 +4,14 @@
 # mcopy, grub-mkimage for UEFI and BIOS with dd of the core image and boot.img, and
 # mkfs.ext4 -d of the tree in place), in alternating runs of one session; then the
 # time `amiforge boot-test` takes to reach the user data's marker, with software
-# emulation and, where the host's KVM is usable, with KVM.
+# emulation and, where the host's KVM is usable, with KVM; and the same for the arm64
+# tree (`make-boot-tree.sh DIR arm64`) in qemu-system-aarch64.
 #
 #   scripts/bench-build.sh [RUNS]        (default 5)
 #
-# amiforge is measured twice: as shipped (sysprep, and the audit's secret scan of the
-# built root) and with --fail-on none (no scan). The floor does neither, and writes
+# amiforge is measured three times: as shipped (sysprep, and the audit's secret scan
+# of the built root), with --fail-on none (no scan), and with --fail-on none and an
+# XFS root (mkfs.xfs -p, xfsprogs from install-deps.sh's tool directory). The floor does neither, and writes
 # no fstab or GRUB configuration: it is what the disk costs at the least.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,8 @@ profile=${BENCH_PROFILE:-release}
 cargo build --profile "$profile" --locked --quiet -p amiforge -p ebs-testserver
 target=${CARGO_TARGET_DIR:-$PWD/target}/$([ "$profile" = dev ] && echo debug || echo "$profile")
 tree=$(scripts/make-boot-tree.sh "${AMIFORGE_FIXTURES:-$PWD/fixtures/build}")
+arm64_tree=$(scripts/make-boot-tree.sh "${AMIFORGE_FIXTURES:-$PWD/fixtures/build}" arm64)
+export AMIFORGE_MKFS_XFS=${AMIFORGE_MKFS_XFS:-${AMIFORGE_TOOLS:-$HOME/.cache/amiforge/tools}/xfsprogs/bin/mkfs.xfs}
 dir=${BENCH_DIR:-$PWD/target/bench}/build
 mkdir -p "$dir"
 export SOURCE_DATE_EPOCH=1700000000 E2FSPROGS_FAKE_TIME=1700000000
@@ -61,6 +65,8 @@ for i in $(seq "$runs"); do
   results+=("$(measure amiforge "$target/amiforge" build "$tree" -o "$dir/amiforge.img" --size "$size" --format json --no-progress)")
   rm -f "$dir/amiforge.img"
   results+=("$(measure amiforge-no-scan "$target/amiforge" build "$tree" -o "$dir/amiforge.img" --size "$size" --fail-on none --format json)")
+  rm -f "$dir/amiforge-xfs.img"
+  results+=("$(measure amiforge-xfs-no-scan "$target/amiforge" build "$tree" -o "$dir/amiforge-xfs.img" --size "$size" --fail-on none --root-fs xfs --format json)")
 done
 
 # Boot to the user data's marker, each firmware, software emulation and KVM.
@@ -73,6 +79,14 @@ for accel in tcg kvm; do
     boots+=("$accel failed: $(tail -1 "$dir/boot-$accel.stderr")")
   fi
 done
+# The arm64 disk: no KVM for it on an x86 host.
+"$target/amiforge" build "$arm64_tree" -o "$dir/arm64.img" --size "$size" --fail-on none --format json > /dev/null
+if "$target/amiforge" boot-test "$dir/arm64.img" --accel tcg --timeout 900 --format json \
+    > "$dir/boot-arm64.json" 2> "$dir/boot-arm64.stderr"; then
+  boots+=("arm64 ok")
+else
+  boots+=("arm64 failed: $(tail -1 "$dir/boot-arm64.stderr")")
+fi
 
 python3 - "$dir" "$runs" "${boots[@]}" -- "${results[@]}" <<'PY'
 import json, statistics, sys
@@ -86,7 +100,7 @@ for name, wall, cpu, rss in results:
 med = {n: [statistics.median(x[i] for x in v) for i in range(3)] for n, v in by.items()}
 print(f"build of the Debian tree, medians of {runs} alternating runs:")
 print(f"{'':18} {'wall s':>8} {'CPU s':>8} {'RSS MiB':>8} {'wall vs floor':>14}")
-for n in ['floor', 'amiforge', 'amiforge-no-scan']:
+for n in ['floor', 'amiforge', 'amiforge-no-scan', 'amiforge-xfs-no-scan']:
     w, c, r = med[n]
     print(f"{n:18} {w:8.2f} {c:8.2f} {r / 1024:8.0f} {w / med['floor'][0]:13.2f}x")
 print("boot-test to the user data's marker:")

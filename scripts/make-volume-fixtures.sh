@@ -173,6 +173,39 @@ truncate -s 320M "$out/xfs-v4.img"
 mkfs.xfs -q -f -m crc=0 -n ftype=0 -p "$work/proto" "$out/xfs-v4.img" 2>/dev/null
 cp -r "$xtree" "$out/xfs.tree"
 
+# --- xfs-modern.img: what today's mkfs.xfs makes by default (xfsprogs 7: rmapbt,
+# nrext64, exchange-range, parent pointers), populated from a directory (mkfs.xfs -p
+# DIR, the xfsprogs install-deps.sh unpacks). A sparse file of 600 data runs keeps its
+# extents in a bmap btree, and a directory of 30,000 entries, its blocks interleaved
+# with the inodes mkfs allocates as it goes, keeps them in btree format too; xfs_db
+# rdump writes the tree back out beside it as the independent account.
+xfs_progs=${AMIFORGE_TOOLS:-$HOME/.cache/amiforge/tools}/xfsprogs/bin
+mtree="$work/mtree"
+mkdir -p "$mtree"/{etc,usr/lib,man,big}
+cp "$root/usr/lib/os-release" "$mtree/usr/lib/os-release"
+ln -s ../usr/lib/os-release "$mtree/etc/os-release"
+echo "xfs-modern-host" > "$mtree/etc/hostname"
+python3 - "$mtree" <<'PY'
+import os, random, sys
+tree = sys.argv[1]
+random.seed(304)
+with open(os.path.join(tree, "usr/lib/sparse.bin"), "wb") as f:
+    for i in range(600):
+        f.seek(i * 8192)
+        f.write(random.randbytes(4096))
+for i in range(30000):
+    open(os.path.join(tree, "big", "an-entry-with-a-fairly-long-name-%06d" % i), "w").close()
+with open(os.path.join(tree, "man", "Text::Wrap.3pm"), "w") as f:
+    f.write("a name with colons, as every dpkg multi-arch file has\n")
+PY
+ln "$mtree/usr/lib/os-release" "$mtree/usr/lib/os-release.hardlink"
+ln -s "$(printf 'long/%.0s' $(seq 80))target" "$mtree/remote-link"
+find "$mtree" -exec touch -h -d @1700000000 {} +
+truncate -s 512M "$out/xfs-modern.img"
+"$xfs_progs/mkfs.xfs" -q -f -m uuid=4b1d0000-0000-4000-8000-000000000007 -p "$mtree" "$out/xfs-modern.img"
+mkdir -p "$out/xfs-modern.rdump"
+"$xfs_progs/xfs_db" -r -c "rdump / $out/xfs-modern.rdump" "$out/xfs-modern.img" 2>/dev/null
+
 # --- btrfs, made by mkfs.btrfs --rootdir (btrfs-progs of at least 6.11, which
 # install-deps.sh unpacks: the release's 6.2 has neither --compress nor --subvol).
 # btrfs restore, btrfs-progs' own reader, writes each image's tree back out beside it

@@ -4,7 +4,9 @@
 //!   in two segments (the root, on both PVs), a striped LV and a swap LV. LVM's own
 //!   account of the layout (`lvs -o seg_pe_ranges`, saved beside the image) and the
 //!   trees the filesystems were made from are the independent ground truth.
-//! - XFS v4 and v5 made by `mkfs.xfs -p`, checked against their tree and `xfs_db`.
+//! - XFS v4 and v5 made by `mkfs.xfs -p`, checked against their tree and `xfs_db`;
+//!   a default XFS of xfsprogs 7 populated from a directory (bmap btrees, parent
+//!   pointers), checked against `xfs_db rdump`.
 //! - btrfs made by `mkfs.btrfs --rootdir`, uncompressed and with each compression,
 //!   with a subvolume, and a Fedora-shaped disk; checked against their trees and
 //!   against `btrfs restore`, btrfs-progs' own reader.
@@ -252,6 +254,54 @@ fn xfs_v5_and_v4_trees_read_as_mkfs_wrote_them_in_every_directory_format() {
             if !big_dir || i % 97 == 0 {
                 assert_eq!(sha256(&ok(&["cat", image, &path])), sha, "{name}:{path}");
             }
+        }
+    }
+}
+
+#[test]
+fn a_default_xfs_of_todays_mkfs_reads_as_xfs_db_rdump_writes_it_out() {
+    let image = fixture("volumes/xfs-modern.img");
+    let image = image.to_str().unwrap();
+    // What the fixture is for, as xfs_db sees it: a file and a directory whose
+    // extents live in a bmap btree, and parent pointers and exchange-range on.
+    let xfs_db = private_tool("xfsprogs/bin/xfs_db");
+    let seen = String::from_utf8(tool_output(
+        std::process::Command::new(&xfs_db)
+            .args([
+                "-r",
+                "-c",
+                "path /usr/lib/sparse.bin",
+                "-c",
+                "print core.format",
+            ])
+            .args([
+                "-c",
+                "path /big",
+                "-c",
+                "print core.format",
+                "-c",
+                "version",
+            ])
+            .arg(image),
+    ))
+    .unwrap();
+    assert_eq!(seen.matches("core.format = 3 (btree)").count(), 2, "{seen}");
+    assert!(
+        seen.contains("PARENT") && seen.contains("EXCHANGE"),
+        "{seen}"
+    );
+
+    let r = json(&["inspect", image, "--format", "json"]);
+    assert_eq!(r["partitions"][0]["filesystem"]["kind"], "xfs");
+    assert_eq!(r["partitions"][0]["filesystem"]["examined"], true, "{r}");
+    // Names (colons and 30,000 entries of one directory), kinds, sizes and link
+    // targets agree with xfs_db's rdump; so does every byte of every file, the
+    // sparse one's holes included.
+    let rdump = fixture("volumes/xfs-modern.rdump");
+    assert_eq!(listed_entries(image, &[]), tree_entries(&rdump));
+    for (path, sha) in tree_files(&rdump) {
+        if !path.starts_with("/big/") {
+            assert_eq!(sha256(&ok(&["cat", image, &path])), sha, "{path}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! XFS, read-only: v4 and v5 superblocks, inodes v1 to v3 (bigtime, NREXT64), data
 //! forks in local, extent and btree format, every directory format, symlinks inline
-//! and remote, ftype.
+//! and remote, ftype; and what today's mkfs.xfs turns on by default (parent
+//! pointers and exchange-range, neither of which changes what this reads).
 //!
 //! Inodes are found from their numbers (AG, block in the AG, slot), so sparse inode
 //! chunks need nothing special. Directories in block, leaf, node or btree format all
@@ -47,8 +48,18 @@ const INCOMPAT_META_UUID: u32 = 4;
 const INCOMPAT_BIGTIME: u32 = 8;
 const INCOMPAT_NEEDSREPAIR: u32 = 16;
 const INCOMPAT_NREXT64: u32 = 32;
-const KNOWN_INCOMPAT: u32 =
-    INCOMPAT_FTYPE | INCOMPAT_SPINODES | INCOMPAT_META_UUID | INCOMPAT_BIGTIME | INCOMPAT_NREXT64;
+/// File range exchanges may be logged: nothing a reader of a clean log sees.
+const INCOMPAT_EXCHRANGE: u32 = 64;
+/// Parent pointers: extended attributes of every inode naming its parents, in the
+/// attribute fork this reader does not read. Directories are as before.
+const INCOMPAT_PARENT: u32 = 128;
+const KNOWN_INCOMPAT: u32 = INCOMPAT_FTYPE
+    | INCOMPAT_SPINODES
+    | INCOMPAT_META_UUID
+    | INCOMPAT_BIGTIME
+    | INCOMPAT_NREXT64
+    | INCOMPAT_EXCHRANGE
+    | INCOMPAT_PARENT;
 /// v4: the ftype bit lives in features2.
 const V4_FTYPE: u32 = 0x200;
 /// Inode flags2 bits.
