@@ -15,6 +15,7 @@ scripts/make-volume-fixtures.sh "$AMIFORGE_FIXTURES"
 scripts/make-package-fixtures.sh "$AMIFORGE_FIXTURES"
 scripts/make-boot-tree.sh "$AMIFORGE_FIXTURES" >/dev/null
 scripts/make-boot-tree.sh "$AMIFORGE_FIXTURES" arm64 >/dev/null
+scripts/make-kernel-fixtures.sh "$AMIFORGE_FIXTURES"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

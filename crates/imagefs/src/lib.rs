@@ -29,6 +29,7 @@ pub mod raid;
 mod unallocated;
 mod walk;
 mod xfs;
+mod xfs_log;
 
 use serde::Serialize;
 use std::io::Read;

@@ -9,7 +9,7 @@
 //! and free-index blocks begin, so one reader of data blocks serves all four; short
 //! form directories live in the inode. Reflinked files read like any other: their
 //! extents point at shared blocks. A realtime device or an external log is refused as
-//! unsupported rather than misread. Every count is bounded: extents by the fork's
+//! unsupported rather than misread; a dirty log is said in the notes ([`crate::xfs_log`]). Every count is bounded: extents by the fork's
 //! size or the btree's depth, btree depth by [`MAX_BTREE_DEPTH`], a directory by
 //! [`MAX_DIR_BYTES`].
 
@@ -214,6 +214,34 @@ impl Xfs {
                 notes.push("marked as needing repair (xfs_repair)".into());
             }
             ftype = incompat & INCOMPAT_FTYPE != 0;
+        }
+        // The internal log: its first filesystem block (AG, block in the AG) and
+        // its length in blocks.
+        let log_start = be64(&sb, 48);
+        let (log_ag, log_in_ag) = (
+            log_start >> agblk_log,
+            log_start & ((1u64 << agblk_log) - 1),
+        );
+        let log_blocks = u64::from(be32(&sb, 96));
+        match log_ag
+            .checked_mul(ag_blocks)
+            .and_then(|b| b.checked_add(log_in_ag))
+            .and_then(|b| b.checked_mul(block))
+        {
+            Some(at) => match crate::xfs_log::state(&*source, at, log_blocks * block / 512) {
+                crate::xfs_log::LogState::Clean => {}
+                crate::xfs_log::LogState::Dirty => notes.push(
+                    "the log is dirty (not unmounted cleanly): changes still in it are not \
+                     seen; mounting the filesystem or xfs_repair would replay them"
+                        .into(),
+                ),
+                crate::xfs_log::LogState::Unknown(why) => {
+                    notes.push(format!("whether the log is clean is unknown: {why}"))
+                }
+            },
+            None => notes.push(format!(
+                "the log's start (block {log_start}) is out of range"
+            )),
         }
         let dir_block = block << sb[192].min(16);
         Ok(Self {
