@@ -49,6 +49,20 @@ struct Bench {
     audit_config: PathBuf,
 }
 
+/// The byte offset of the internal log of a bare XFS (superblock at byte 0).
+fn xfs_log_start(src: &FileSource) -> Option<u64> {
+    let mut sb = [0u8; 128];
+    src.read_exact_at(&mut sb, 0).ok()?;
+    if &sb[..4] != b"XFSB" {
+        return None;
+    }
+    let be32 = |at: usize| u64::from(u32::from_be_bytes(sb[at..at + 4].try_into().unwrap()));
+    let (block, ag_blocks, ag_log) = (be32(4), be32(84), u32::from(sb[124]));
+    let start = u64::from_be_bytes(sb[48..56].try_into().unwrap());
+    let (ag, in_ag) = (start >> ag_log, start & ((1 << ag_log) - 1));
+    Some((ag * ag_blocks + in_ag) * block)
+}
+
 impl Bench {
     fn new(name: &str) -> Self {
         let path = fixture(name);
@@ -83,6 +97,10 @@ impl Bench {
         }
         let len = std::fs::metadata(&path).unwrap().len();
         metadata.push(len.saturating_sub(sector_size));
+        // A bare XFS: its log's head blocks too, which are read to tell a dirty log.
+        if let Some(log) = xfs_log_start(&src) {
+            metadata.extend([log, log + 512, log + 4096]);
+        }
         let audit_config = work.with_extension("audit.toml");
         std::fs::write(&audit_config, "[skip]\npaths = [\"/data/sparse-1g\"]\n").unwrap();
         Self {
@@ -394,6 +412,10 @@ fn mutations_of_an_lvm_image_with_linear_and_striped_lvs() {
 #[test]
 fn mutations_of_an_xfs_v5() {
     mutate("volumes/xfs-v5.img", 15);
+}
+#[test]
+fn mutations_of_an_xfs_with_a_dirty_log() {
+    mutate("kernel-xfs/xfs-dirty.img", 18);
 }
 #[test]
 fn mutations_of_a_zstd_compressed_btrfs_with_a_subvolume() {
