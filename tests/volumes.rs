@@ -306,6 +306,94 @@ fn a_default_xfs_of_todays_mkfs_reads_as_xfs_db_rdump_writes_it_out() {
     }
 }
 
+/// The byte offset of XFS filesystem block `fsblock`, as xfs_db converts it.
+fn xfs_byte_offset(image: &Path, fsblock: u64) -> u64 {
+    let out = tool_output(
+        tool("xfs_db")
+            .args(["-r", "-c", &format!("convert fsblock {fsblock} byte")])
+            .arg(image),
+    );
+    let text = String::from_utf8(out).unwrap();
+    // "0x1400f000 (335605760)"
+    text.split(['(', ')']).nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn v5_metadata_blocks_whose_crc_does_not_match_are_errors_not_misreads() {
+    let scratch = Scratch::new("xfs-crc");
+    // A block-format directory's only block, one byte of an entry changed.
+    let v5 = fixture("volumes/xfs-v5.img");
+    let bmap = String::from_utf8(tool_output(
+        tool("xfs_db")
+            .args(["-r", "-c", "path /block", "-c", "bmap"])
+            .arg(&v5),
+    ))
+    .unwrap();
+    // "data offset 0 startblock 32807 (1/39) count 1 flag 0"
+    let block: u64 = bmap.split_whitespace().nth(4).unwrap().parse().unwrap();
+    let damaged = scratch.path("dir.img");
+    sparse_copy(&v5, &damaged);
+    let at = xfs_byte_offset(&v5, block) + 100;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&damaged)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    std::fs::File::open(&v5)
+        .unwrap()
+        .read_exact_at(&mut byte, at)
+        .unwrap();
+    f.write_all_at(&[byte[0] ^ 0x20], at).unwrap();
+    let (code, _, stderr) = outcome(amiforge().arg("ls").arg(&damaged).arg("/block"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("CRC does not match"), "{stderr}");
+
+    // A bmap btree block of the sparse file of xfsprogs 7's image.
+    let modern = fixture("volumes/xfs-modern.img");
+    let ptrs = String::from_utf8(tool_output(
+        std::process::Command::new(private_tool("xfsprogs/bin/xfs_db"))
+            .args([
+                "-r",
+                "-c",
+                "path /usr/lib/sparse.bin",
+                "-c",
+                "print u3.bmbt.ptrs",
+            ])
+            .arg(&modern),
+    ))
+    .unwrap();
+    // "u3.bmbt.ptrs[1-3] = 1:98329 2:98331 3:98339"
+    let block: u64 = ptrs
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let damaged = scratch.path("bmbt.img");
+    sparse_copy(&modern, &damaged);
+    let at = xfs_byte_offset(&modern, block) + 200;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&damaged)
+        .unwrap();
+    std::fs::File::open(&modern)
+        .unwrap()
+        .read_exact_at(&mut byte, at)
+        .unwrap();
+    f.write_all_at(&[byte[0] ^ 0x01], at).unwrap();
+    let (code, _, stderr) = outcome(
+        amiforge()
+            .arg("cat")
+            .arg(&damaged)
+            .arg("/usr/lib/sparse.bin"),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("CRC does not match"), "{stderr}");
+}
+
 #[test]
 fn an_xfs_directory_in_node_format_lists_what_xfs_db_lists() {
     let image = fixture("volumes/xfs-v5.img");

@@ -440,6 +440,12 @@ impl Xfs {
                 format!("btree block {fsblock} is not a level-{level} bmap block"),
             ));
         }
+        if self.v5 && !crc_matches(&b, BMBT_CRC) {
+            return Err(corrupt(
+                path,
+                format!("bmap btree block {fsblock}: its CRC does not match"),
+            ));
+        }
         let count = usize::from(be16(&b, 6));
         let max = (b.len() - header) / 16;
         if count > max {
@@ -609,6 +615,12 @@ impl Xfs {
                 ))
             }
         };
+        if header == 64 && !crc_matches(b, DIR3_CRC) {
+            return Err(corrupt(
+                path,
+                "a directory data block whose CRC does not match",
+            ));
+        }
         let end = if single {
             // The block tail: the leaf entries' count, then the stale count.
             let count = be32(b, b.len() - 8) as usize;
@@ -971,6 +983,26 @@ impl Read for XfsFile<'_> {
 }
 
 /// CRC-32C (Castagnoli), as XFS checksums its v5 metadata.
+/// Where v5 metadata blocks keep their CRC: a bmap btree block's long-form header,
+/// and a directory block's header.
+const BMBT_CRC: usize = 64;
+const DIR3_CRC: usize = 4;
+
+/// Whether the CRC-32C stored little-endian at `at` in `b` is that of `b` with
+/// those four bytes as zeros, as every v5 metadata block is checksummed.
+fn crc_matches(b: &[u8], at: usize) -> bool {
+    let Some(stored) = b.get(at..at + 4) else {
+        return false;
+    };
+    let stored = u32::from_le_bytes([stored[0], stored[1], stored[2], stored[3]]);
+    const CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+    let mut digest = CASTAGNOLI.digest();
+    digest.update(&b[..at]);
+    digest.update(&[0; 4]);
+    digest.update(&b[at + 4..]);
+    digest.finalize() == stored
+}
+
 fn crc32c(bytes: &[u8]) -> u32 {
     const CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
     CASTAGNOLI.checksum(bytes)
