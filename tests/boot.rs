@@ -44,6 +44,18 @@ fn boot_test(image: &Path, extra: &[&str]) -> (Option<i32>, Value, String) {
     (code, report, stderr)
 }
 
+/// mtools' listing of `EFI/BOOT` on the ESP that starts at byte `esp_start`.
+fn efi_boot_dir(image: &Path, esp_start: u64) -> String {
+    let esp = format!("{}@@{esp_start}", image.display());
+    String::from_utf8(tool_output(tool("mdir").args([
+        "-i",
+        &esp,
+        "-b",
+        "::/EFI/BOOT",
+    ])))
+    .unwrap()
+}
+
 /// The debugfs view of the image's root filesystem, at its partition's offset.
 fn debugfs(image: &Path, root_start: u64, request: &str) -> String {
     String::from_utf8(tool_output(
@@ -92,18 +104,7 @@ fn a_debian_tree_builds_into_a_hybrid_disk_that_boots_with_uefi_and_with_bios() 
             .arg("-fn")
             .arg(format!("{}?offset={root_start}", image.display())),
     );
-    let esp = format!(
-        "{}@@{}",
-        image.display(),
-        parts[1]["start"].as_u64().unwrap()
-    );
-    let efi = String::from_utf8(tool_output(tool("mdir").args([
-        "-i",
-        &esp,
-        "-b",
-        "::/EFI/BOOT",
-    ])))
-    .unwrap();
+    let efi = efi_boot_dir(&image, parts[1]["start"].as_u64().unwrap());
     assert!(efi.contains("BOOTX64.EFI"), "{efi}");
 
     // The configuration boots the root by UUID; fstab mounts it and the ESP by UUID;
@@ -342,18 +343,7 @@ fn an_arm64_debian_tree_builds_into_a_uefi_disk_that_boots_in_qemu_system_aarch6
         parts[1]["type_guid"], "b921b045-1df0-41c3-af44-4c6f280d3fae",
         "the Discoverable Partitions root type of arm64"
     );
-    let esp = format!(
-        "{}@@{}",
-        image.display(),
-        parts[0]["start"].as_u64().unwrap()
-    );
-    let efi = String::from_utf8(tool_output(tool("mdir").args([
-        "-i",
-        &esp,
-        "-b",
-        "::/EFI/BOOT",
-    ])))
-    .unwrap();
+    let efi = efi_boot_dir(&image, parts[0]["start"].as_u64().unwrap());
     assert!(efi.contains("BOOTAA64.EFI"), "{efi}");
     let inspected = json(&["inspect", image.to_str().unwrap(), "--format", "json"]);
     assert_eq!(inspected["architecture"], "arm64", "{inspected:#}");

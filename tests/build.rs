@@ -56,6 +56,19 @@ fn build(tree: &Path, out: &Path, extra: &[&str]) -> (Option<i32>, String, Strin
     )
 }
 
+/// Copies the partition `part` (as the build report gives it: start and size,
+/// 1 MiB-aligned) of `image` to `to`, with dd, holes kept.
+fn cut_partition(image: &Path, part: &Value, to: &Path) {
+    tool_output(
+        tool("dd")
+            .arg(format!("if={}", image.display()))
+            .arg(format!("of={}", to.display()))
+            .args(["bs=1M", "conv=sparse", "status=none"])
+            .arg(format!("skip={}", part["start"].as_u64().unwrap() >> 20))
+            .arg(format!("count={}", part["size"].as_u64().unwrap() >> 20)),
+    );
+}
+
 /// Every file, directory and symlink under `dir`: path → (kind, content digest or
 /// link target).
 fn listing(dir: &Path) -> std::collections::BTreeMap<String, String> {
@@ -168,14 +181,7 @@ fn a_tree_becomes_a_gpt_disk_that_sfdisk_mtools_and_debugfs_read_back() {
     // The root filesystem, as debugfs dumps it: the tree, file for file.
     let root = &ours[1];
     let root_img = scratch.path("root.img");
-    tool_output(
-        tool("dd")
-            .arg(format!("if={}", image.display()))
-            .arg(format!("of={}", root_img.display()))
-            .args(["bs=1M", "conv=sparse", "status=none"])
-            .arg(format!("skip={}", root["start"].as_u64().unwrap() >> 20))
-            .arg(format!("count={}", root["size"].as_u64().unwrap() >> 20)),
-    );
+    cut_partition(&image, root, &root_img);
     let uuid = String::from_utf8(tool_output(
         tool("blkid")
             .args(["-s", "UUID", "-o", "value"])
@@ -267,14 +273,7 @@ fn an_xfs_root_holds_the_tree_as_xfs_db_reads_it_back_and_is_reproducible() {
     // finds it consistent, CRCs included after the generations and times were set.
     let root = &report["partitions"][1];
     let root_img = scratch.path("root.img");
-    tool_output(
-        tool("dd")
-            .arg(format!("if={}", image.display()))
-            .arg(format!("of={}", root_img.display()))
-            .args(["bs=1M", "conv=sparse", "status=none"])
-            .arg(format!("skip={}", root["start"].as_u64().unwrap() >> 20))
-            .arg(format!("count={}", root["size"].as_u64().unwrap() >> 20)),
-    );
+    cut_partition(&image, root, &root_img);
     for mut repair in [
         std::process::Command::new(private_tool("xfsprogs/bin/xfs_repair")),
         tool("xfs_repair"),
