@@ -144,6 +144,8 @@ pub struct Xfs {
     v5: bool,
     ftype: bool,
     notes: Vec<String>,
+    /// The internal log: its first filesystem block and its length in blocks.
+    log: (u64, u64),
     /// Directory inode number → its entries (or why they could not be read).
     dirs: std::cell::RefCell<Vec<(u64, DirEntries)>>,
 }
@@ -215,34 +217,6 @@ impl Xfs {
             }
             ftype = incompat & INCOMPAT_FTYPE != 0;
         }
-        // The internal log: its first filesystem block (AG, block in the AG) and
-        // its length in blocks.
-        let log_start = be64(&sb, 48);
-        let (log_ag, log_in_ag) = (
-            log_start >> agblk_log,
-            log_start & ((1u64 << agblk_log) - 1),
-        );
-        let log_blocks = u64::from(be32(&sb, 96));
-        match log_ag
-            .checked_mul(ag_blocks)
-            .and_then(|b| b.checked_add(log_in_ag))
-            .and_then(|b| b.checked_mul(block))
-        {
-            Some(at) => match crate::xfs_log::state(&*source, at, log_blocks * block / 512) {
-                crate::xfs_log::LogState::Clean => {}
-                crate::xfs_log::LogState::Dirty => notes.push(
-                    "the log is dirty (not unmounted cleanly): changes still in it are not \
-                     seen; mounting the filesystem or xfs_repair would replay them"
-                        .into(),
-                ),
-                crate::xfs_log::LogState::Unknown(why) => {
-                    notes.push(format!("whether the log is clean is unknown: {why}"))
-                }
-            },
-            None => notes.push(format!(
-                "the log's start (block {log_start}) is out of range"
-            )),
-        }
         let dir_block = block << sb[192].min(16);
         Ok(Self {
             source,
@@ -260,6 +234,7 @@ impl Xfs {
             v5,
             ftype,
             notes,
+            log: (be64(&sb, 48), u64::from(be32(&sb, 96))),
             dirs: std::cell::RefCell::new(Vec::new()),
         })
     }
@@ -855,8 +830,27 @@ impl Filesystem for Xfs {
         FsKind::Xfs
     }
 
+    /// The notes of opening, and whether the log is clean: looked at here, when a
+    /// report asks, not at every open (the audit opens a volume once per worker).
     fn notes(&self) -> Vec<String> {
-        self.notes.clone()
+        let mut notes = self.notes.clone();
+        let (start, blocks) = self.log;
+        let Some(at) = self.block_offset(start) else {
+            notes.push(format!("the log's start (block {start}) is out of range"));
+            return notes;
+        };
+        match crate::xfs_log::state(&*self.source, at, blocks * self.block / 512) {
+            crate::xfs_log::LogState::Clean => {}
+            crate::xfs_log::LogState::Dirty => notes.push(
+                "the log is dirty (not unmounted cleanly): changes still in it are not \
+                 seen; mounting the filesystem or xfs_repair would replay them"
+                    .into(),
+            ),
+            crate::xfs_log::LogState::Unknown(why) => {
+                notes.push(format!("whether the log is clean is unknown: {why}"))
+            }
+        }
+        notes
     }
 
     fn metadata(&self, path: &[u8]) -> Result<Metadata> {
