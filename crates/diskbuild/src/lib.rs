@@ -615,27 +615,24 @@ fn build_at(tree: &Path, out: &Path, near: &Path, opts: &Options) -> Result<Buil
     drop(file);
     staged.seal()?;
     let staged_counts = (staged.linked, staged.copied);
+    // The disk, open again for what follows the root's mkfs and for the final sync.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(out)
+        .map_err(io("open", out))?;
     let clamped_inodes = match opts.root_fs {
         RootFs::Ext4 => {
             make_ext4_root(staged.root(), out, root, &root_uuid, opts)?;
             // The stage (thousands of links) is removed while the times are clamped.
             let removal = std::thread::spawn(move || drop(staged));
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(out)
-                .map_err(io("open", out))?;
             let clamped = ext4_times::clamp_times(&file, out, root.start, opts.epoch)?;
             let _ = removal.join();
             clamped
         }
-        RootFs::Xfs => xfs_root::make(staged.root(), out, near, root, &root_uuid, opts)?,
+        RootFs::Xfs => xfs_root::make(staged.root(), (&file, out), near, root, &root_uuid, opts)?,
     };
-    File::options()
-        .write(true)
-        .open(out)
-        .and_then(|f| f.sync_all())
-        .map_err(io("write", out))?;
+    file.sync_all().map_err(io("write", out))?;
     Ok(Built {
         arch,
         boot,

@@ -74,12 +74,12 @@ pub fn check_tool(tool: &Path) -> Result<String, BuildError> {
     Ok(version)
 }
 
-/// Makes the root XFS from `stage` into the partition `root` of the disk `out`;
-/// `near` is where the filesystem is made before it is copied. Returns how many
-/// inodes [`finish`] changed.
+/// Makes the root XFS from `stage` into the partition `root` of the disk (open,
+/// and its path); `near` is where the filesystem is made before it is copied.
+/// Returns how many inodes [`finish`] changed.
 pub fn make(
     stage: &Path,
-    out: &Path,
+    (disk, out): (&File, &Path),
     near: &Path,
     root: &BuiltPartition,
     uuid: &str,
@@ -108,11 +108,7 @@ pub fn make(
         .arg(fs.path());
     run_tool("mkfs.xfs", &mut cmd)?;
     let changed = finish(fs.as_file(), fs.path(), &opts.seed, opts.epoch)?;
-    let disk = File::options()
-        .write(true)
-        .open(out)
-        .map_err(io("open", out))?;
-    copy_data(fs.as_file(), fs.path(), &disk, out, root.start)?;
+    copy_data(fs.as_file(), fs.path(), disk, out, root.start)?;
     Ok(changed)
 }
 
