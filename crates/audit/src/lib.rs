@@ -25,6 +25,7 @@ pub mod config;
 mod deleted;
 mod files;
 mod hygiene;
+mod md5_lanes;
 mod provenance;
 pub mod sarif;
 mod scan;

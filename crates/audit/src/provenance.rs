@@ -4,6 +4,7 @@
 //! by the secrets auditor, which reads every file anyway ([`check`]), so that no
 //! file is read twice.
 
+use crate::md5_lanes::Md5Lanes;
 use crate::{Auditor, Category, Context, Finding, Gap, NotExamined, Output, Severity};
 use sha2::Digest as _;
 
@@ -145,31 +146,10 @@ impl Hasher {
 }
 
 /// Package files up to this size, with an MD5 digest (dpkg's), are kept whole and
-/// hashed many at a time in SIMD lanes ([`Batch`]): one MD5 stream cannot be made
+/// hashed side by side in SIMD lanes ([`Batch`]): one MD5 stream cannot be made
 /// faster, and most package files are small (on a Debian root, 95% of them are
-/// under 64 KiB).
+/// under 64 KiB). At most one file per lane is kept at a time.
 pub(crate) const BATCHED_FILE_MAX: u64 = 8 << 20;
-/// Files above this size wait in a group of their own: among small files a large
-/// one runs nearly alone in its SIMD lane, slower than one stream would.
-const LARGE_FILE: usize = 1 << 20;
-/// A group of small files is hashed once it holds this many files or bytes...
-const SMALL_GROUP: Limits = Limits {
-    files: 256,
-    bytes: 16 << 20,
-};
-/// ... and a group of large files at 8 of them (8 lanes busy from start to end,
-/// sorted by length) or 16 MiB.
-const LARGE_GROUP: Limits = Limits {
-    files: 8,
-    bytes: 16 << 20,
-};
-
-/// When a group of waiting files is hashed.
-#[derive(Clone, Copy)]
-struct Limits {
-    files: usize,
-    bytes: usize,
-}
 
 /// How a file's digest is being made.
 enum Digesting {
@@ -231,8 +211,8 @@ impl<'a> Check<'a> {
 
     /// Once the whole file was read: marks the secrets found in it as shipped by
     /// its package when its bytes are unchanged, or adds the integrity finding
-    /// when they are not. A small file's check waits in `batch`, with what was
-    /// found in it, until the batch is hashed; the rest go to `out` now.
+    /// when they are not. A small file's check goes to a lane of `batch`, with
+    /// what was found in it, and ends when its lane has hashed it.
     pub(crate) fn finish(
         self,
         ctx: &Context<'_>,
@@ -246,24 +226,17 @@ impl<'a> Check<'a> {
                 judge(ctx, self.owned, file, &h.finish(), &mut found);
                 out.findings.extend(found);
             }
-            Digesting::Buffered(bytes) => {
-                let group = if bytes.len() > LARGE_FILE {
-                    &mut batch.large
-                } else {
-                    &mut batch.small
-                };
-                group.bytes += bytes.len();
-                group.waiting.push(Waiting {
+            Digesting::Buffered(bytes) => batch.add(
+                Waiting {
                     owned: self.owned,
                     partition: file.0,
                     path: file.1.to_string(),
                     bytes,
                     found,
-                });
-                if group.waiting.len() >= group.limits.files || group.bytes >= group.limits.bytes {
-                    group.hash(batch.engine, ctx, out);
-                }
-            }
+                },
+                ctx,
+                out,
+            ),
         }
     }
 }
@@ -277,58 +250,49 @@ struct Waiting<'a> {
     found: Vec<Finding>,
 }
 
-/// Package files waiting to be hashed together (MD5 in SIMD lanes, 16 at a time
-/// with AVX-512), so that checking them costs a fraction of one stream's time: the
-/// small ones in one group, the large ones in another.
-pub(crate) struct Batch<'a> {
-    engine: md5_many::Md5Many,
-    small: Group<'a>,
-    large: Group<'a>,
+impl Waiting<'_> {
+    /// With the digest of its bytes: its findings, judged, to `out`.
+    fn judged(self, ctx: &Context<'_>, digest: &[u8], out: &mut Output) {
+        let mut found = self.found;
+        judge(
+            ctx,
+            self.owned,
+            (self.partition, &self.path),
+            digest,
+            &mut found,
+        );
+        out.findings.extend(found);
+    }
 }
 
-/// Files waiting, and when they are hashed.
-struct Group<'a> {
-    waiting: Vec<Waiting<'a>>,
-    bytes: usize,
-    limits: Limits,
+impl AsRef<[u8]> for Waiting<'_> {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Package files being hashed side by side in SIMD lanes ([`Md5Lanes`]); each
+/// file's findings are judged when its digest is done.
+pub(crate) struct Batch<'a> {
+    lanes: Md5Lanes<Waiting<'a>>,
 }
 
 impl<'a> Batch<'a> {
     pub(crate) fn new() -> Self {
-        let group = |limits| Group {
-            waiting: Vec::new(),
-            bytes: 0,
-            limits,
-        };
         Batch {
-            engine: md5_many::Md5Many::new(),
-            small: group(SMALL_GROUP),
-            large: group(LARGE_GROUP),
+            lanes: Md5Lanes::new(),
         }
     }
 
-    /// Hashes every file waiting, and puts their findings in `out`.
+    fn add(&mut self, file: Waiting<'a>, ctx: &Context<'_>, out: &mut Output) {
+        self.lanes
+            .add(file, |file, digest| file.judged(ctx, &digest, out));
+    }
+
+    /// Hashes every file still waiting, and puts their findings in `out`.
     pub(crate) fn hash(&mut self, ctx: &Context<'_>, out: &mut Output) {
-        self.small.hash(self.engine, ctx, out);
-        self.large.hash(self.engine, ctx, out);
-    }
-}
-
-impl Group<'_> {
-    /// Hashes the files waiting, and puts their findings in `out`.
-    fn hash(&mut self, engine: md5_many::Md5Many, ctx: &Context<'_>, out: &mut Output) {
-        // Lanes of one SIMD group run for as long as the longest file in it: files
-        // of like lengths side by side waste the fewest.
-        self.waiting.sort_unstable_by_key(|w| w.bytes.len());
-        let inputs: Vec<&[u8]> = self.waiting.iter().map(|w| w.bytes.as_slice()).collect();
-        let mut digests = vec![[0u8; 16]; inputs.len()];
-        engine.hash_many(&inputs, &mut digests);
-        for (w, digest) in self.waiting.drain(..).zip(digests) {
-            let mut found = w.found;
-            judge(ctx, w.owned, (w.partition, &w.path), &digest, &mut found);
-            out.findings.extend(found);
-        }
-        self.bytes = 0;
+        self.lanes
+            .finish(|file, digest| file.judged(ctx, &digest, out));
     }
 }
 
@@ -448,65 +412,12 @@ mod tests {
         assert_eq!(from("/a/__pycache__/sub/m.cpython-311.pyc"), None);
     }
 
-    /// Bytes from a fixed-seed generator: the same every run.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
-    /// md5-many is young: its batches must give what RustCrypto's md-5 gives, for
-    /// lengths around every padding boundary, in batches of mixed and equal lengths
-    /// larger and smaller than a SIMD group.
-    #[test]
-    fn batched_md5_agrees_with_md5_crate() {
-        let engine = md5_many::Md5Many::new();
-        let mut lengths: Vec<usize> = (0..200).collect();
-        lengths.extend([
-            511,
-            512,
-            513,
-            4095,
-            4096,
-            65_535,
-            65_536,
-            1 << 20,
-            (1 << 20) + 7,
-        ]);
-        lengths.extend((0..40).map(|i| 1000 + i * 37_001 % 300_000));
-        let files: Vec<Vec<u8>> = lengths
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| noise(n, i as u64))
-            .collect();
-        let expected: Vec<[u8; 16]> = files.iter().map(|f| md5::Md5::digest(f).into()).collect();
-        for group in [1, 2, 3, 15, 16, 17, 47, 48, 49, 256] {
-            for (files, expected) in files.chunks(group).zip(expected.chunks(group)) {
-                let inputs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
-                let mut digests = vec![[0u8; 16]; inputs.len()];
-                engine.hash_many(&inputs, &mut digests);
-                assert_eq!(digests, expected, "a batch of {group}");
-            }
-        }
-        let equal: Vec<Vec<u8>> = (0..50).map(|i| noise(4096, 1000 + i)).collect();
-        let inputs: Vec<&[u8]> = equal.iter().map(Vec::as_slice).collect();
-        let mut digests = vec![[0u8; 16]; inputs.len()];
-        engine.hash_many(&inputs, &mut digests);
-        for (f, d) in equal.iter().zip(digests) {
-            assert_eq!(d, <[u8; 16]>::from(md5::Md5::digest(f)));
-        }
-    }
-
     /// The streaming state, fed in pieces of any size, gives the same digest.
     #[test]
     fn streamed_md5_agrees_with_md5_crate() {
-        let data = noise(3 << 20, 7);
+        let data: Vec<u8> = (0..3u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         for piece in [1, 63, 64, 65, 8191, 1 << 20] {
             let mut h = super::Hasher::for_digest(&packages::Digest::Md5([0; 16]));
             for p in data[..(piece * 50).min(data.len())].chunks(piece) {
