@@ -421,7 +421,7 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
         .root_partition
         .and_then(|n| Some((n, image.filesystem(n).ok()?)))
         .map(|(n, fs)| {
-            let walked: std::collections::HashSet<&str> = files
+            let walked: std::collections::HashSet<&str, foldhash::fast::RandomState> = files
                 .on(n)
                 .filter(|f| f.metadata.kind == imagefs::FileKind::Dir)
                 .map(|f| f.path.as_str())

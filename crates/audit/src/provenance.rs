@@ -53,7 +53,7 @@ impl Auditor for ProvenanceAuditor {
         if p.files.is_empty() {
             return Ok(out);
         }
-        let present: HashSet<&str> = ctx
+        let present: HashSet<&str, foldhash::fast::RandomState> = ctx
             .files
             .on(root)
             .filter(|f| f.metadata.kind == imagefs::FileKind::File)

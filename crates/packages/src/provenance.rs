@@ -90,11 +90,14 @@ pub struct Owned {
     pub conffile: bool,
 }
 
+/// Path → what shipped it.
+pub type Files = HashMap<String, Owned, foldhash::fast::RandomState>;
+
 /// Every file the package databases of one filesystem account for, by path.
 #[derive(Debug, Clone, Default)]
 pub struct Provenance {
     /// Path (resolved, absolute) → what shipped it.
-    pub files: HashMap<String, Owned>,
+    pub files: Files,
     /// Databases read.
     pub databases: Vec<String>,
     /// Databases found and not read (or read in part), each with the reason.
@@ -118,7 +121,7 @@ pub fn provenance(fs: &dyn Filesystem, walked_dir: &dyn Fn(&str) -> bool) -> Pro
     let mut out = Provenance::default();
     let mut resolver = Resolver {
         walked_dir,
-        dirs: HashMap::new(),
+        dirs: HashMap::default(),
     };
     dpkg_md5sums(fs, &mut resolver, &mut out);
     dpkg_conffiles(fs, &mut resolver, &mut out);
@@ -131,7 +134,7 @@ pub fn provenance(fs: &dyn Filesystem, walked_dir: &dyn Fn(&str) -> bool) -> Pro
 /// directory, and not at all for a directory the walk reached.
 struct Resolver<'a> {
     walked_dir: &'a dyn Fn(&str) -> bool,
-    dirs: HashMap<String, Option<String>>,
+    dirs: HashMap<String, Option<String>, foldhash::fast::RandomState>,
 }
 
 impl Resolver<'_> {
@@ -141,6 +144,9 @@ impl Resolver<'_> {
             return None;
         }
         let (dir, name) = path.rsplit_once('/')?;
+        if dir.is_empty() || (self.walked_dir)(dir) {
+            return Some(path.to_string());
+        }
         let resolved = self.resolve_dir(fs, dir)?;
         Some(if resolved == "/" {
             format!("/{name}")
@@ -243,15 +249,18 @@ fn dpkg_md5sums(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Provenan
         let stem = name.trim_end_matches(".md5sums");
         let package = stem.split_once(':').map_or(stem, |(p, _)| p).to_string();
         let mut bad = 0usize;
+        let mut absolute = String::new();
         for line in String::from_utf8_lossy(&data).lines() {
             let Some((hex, file)) = line.split_once("  ") else {
                 bad += usize::from(!line.trim().is_empty());
                 continue;
             };
-            let (Some(digest), Some(file)) = (
-                Digest::parse("md5", hex),
-                resolver.resolve(fs, &format!("/{file}")),
-            ) else {
+            absolute.clear();
+            absolute.push('/');
+            absolute.push_str(file);
+            let (Some(digest), Some(file)) =
+                (Digest::parse("md5", hex), resolver.resolve(fs, &absolute))
+            else {
                 bad += 1;
                 continue;
             };
