@@ -33,7 +33,7 @@ for line in sys.stdin:
 med = {n: [statistics.median(r[i] for r in v) for i in (0, 1)] for n, v in runs.items()}
 (a_cpu, a_wall), (b_cpu, b_wall) = med["image-4g.img"], med["image-4g-no-provenance.img"]
 n = len(runs["image-4g.img"])
-print(f"with dpkg's digests: {a_cpu:.2f} CPU s, {a_wall:.3f} s wall; without: {b_cpu:.2f} CPU s, {b_wall:.3f} s wall")
+print(f"with dpkg digests: {a_cpu:.2f} CPU s, {a_wall:.3f} s wall; without: {b_cpu:.2f} CPU s, {b_wall:.3f} s wall")
 print(f"provenance costs {100 * (a_cpu / b_cpu - 1):+.1f}% CPU and {100 * (a_wall / b_wall - 1):+.1f}% wall "
       f"(medians of {n} alternating runs; goal: at most +10%)")
 '
