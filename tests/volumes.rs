@@ -306,6 +306,23 @@ fn a_default_xfs_of_todays_mkfs_reads_as_xfs_db_rdump_writes_it_out() {
     }
 }
 
+/// A sparse copy of `from` at `to`, with the bits of `mask` flipped in the byte at
+/// offset `at`.
+fn copy_with_bits_flipped(from: &Path, to: &Path, at: u64, mask: u8) {
+    sparse_copy(from, to);
+    let mut byte = [0u8; 1];
+    std::fs::File::open(from)
+        .unwrap()
+        .read_exact_at(&mut byte, at)
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(to)
+        .unwrap()
+        .write_all_at(&[byte[0] ^ mask], at)
+        .unwrap();
+}
+
 /// The byte offset of XFS filesystem block `fsblock`, as xfs_db converts it.
 fn xfs_byte_offset(image: &Path, fsblock: u64) -> u64 {
     let out = tool_output(
@@ -332,18 +349,7 @@ fn v5_metadata_blocks_whose_crc_does_not_match_are_errors_not_misreads() {
     // "data offset 0 startblock 32807 (1/39) count 1 flag 0"
     let block: u64 = bmap.split_whitespace().nth(4).unwrap().parse().unwrap();
     let damaged = scratch.path("dir.img");
-    sparse_copy(&v5, &damaged);
-    let at = xfs_byte_offset(&v5, block) + 100;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&damaged)
-        .unwrap();
-    let mut byte = [0u8; 1];
-    std::fs::File::open(&v5)
-        .unwrap()
-        .read_exact_at(&mut byte, at)
-        .unwrap();
-    f.write_all_at(&[byte[0] ^ 0x20], at).unwrap();
+    copy_with_bits_flipped(&v5, &damaged, xfs_byte_offset(&v5, block) + 100, 0x20);
     let (code, _, stderr) = outcome(amiforge().arg("ls").arg(&damaged).arg("/block"));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("CRC does not match"), "{stderr}");
@@ -373,17 +379,12 @@ fn v5_metadata_blocks_whose_crc_does_not_match_are_errors_not_misreads() {
         .parse()
         .unwrap();
     let damaged = scratch.path("bmbt.img");
-    sparse_copy(&modern, &damaged);
-    let at = xfs_byte_offset(&modern, block) + 200;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&damaged)
-        .unwrap();
-    std::fs::File::open(&modern)
-        .unwrap()
-        .read_exact_at(&mut byte, at)
-        .unwrap();
-    f.write_all_at(&[byte[0] ^ 0x01], at).unwrap();
+    copy_with_bits_flipped(
+        &modern,
+        &damaged,
+        xfs_byte_offset(&modern, block) + 200,
+        0x01,
+    );
     let (code, _, stderr) = outcome(
         amiforge()
             .arg("cat")
