@@ -6,8 +6,8 @@ use md5_many::{Md5Many, Md5State};
 const MD5_BLOCK: usize = 64;
 
 /// The lanes take no more files while they hold more than this: 16 lanes of files
-/// of 8 MiB would hold 128 MiB for each worker. On a Debian root they hold a few
-/// MiB at a time; past this, a file is hashed alone, at one stream's speed.
+/// of [`crate::provenance::BATCHED_FILE_MAX`] would hold 256 MiB for each worker.
+/// Past it, the lanes hash what they hold until files end and free enough memory.
 pub(crate) const LANES_HELD_MAX: usize = 32 << 20;
 
 /// Files being hashed side by side, one in each SIMD lane (16 with AVX-512), in
@@ -15,22 +15,29 @@ pub(crate) const LANES_HELD_MAX: usize = 32 << 20;
 /// step: MD5 over many files at a fraction of one stream's cost, holding only one
 /// file per lane. When a file ends, the next one takes its lane.
 ///
+/// A step with lanes free fills them with copies of a busy lane's bytes (and
+/// throwaway states): md5-many's kernels for fewer streams than its width are
+/// many times slower than the full width (measured: 6 streams alone, 0.2 GB/s;
+/// padded to 16, 2.3 GB/s). One file alone is hashed at one stream's speed.
+///
+/// Twice as many lanes (md5-many's two interleaved chains, 15% faster on a
+/// lockstep benchmark) hashed no faster in the audit and held more memory.
+///
 /// Grouping whole files and hashing each group at once does worse: lanes run as
 /// long as the longest file beside them, and files of like lengths are only found
 /// among many more files than memory should hold.
 pub(crate) struct Md5Lanes<T> {
     engine: Md5Many,
     lanes: Vec<Option<Lane<T>>>,
-    /// Each lane's MD5 so far.
-    states: Vec<Md5State>,
     /// The bytes of the files in lanes.
     held: usize,
 }
 
-/// The file in a lane, and how much of it was hashed.
+/// The file in a lane, how much of it was hashed, and its MD5 so far.
 struct Lane<T> {
     file: T,
     hashed: usize,
+    state: Md5State,
 }
 
 impl<T: AsRef<[u8]>> Lane<T> {
@@ -46,7 +53,6 @@ impl<T: AsRef<[u8]>> Md5Lanes<T> {
         Md5Lanes {
             engine,
             lanes: (0..lanes).map(|_| None).collect(),
-            states: vec![Md5State::new(); lanes],
             held: 0,
         }
     }
@@ -57,22 +63,22 @@ impl<T: AsRef<[u8]>> Md5Lanes<T> {
         self.held
     }
 
-    /// Puts `file` in a lane, once hashing has freed one; the files that end
-    /// meanwhile go to `done` with their digests. While the lanes hold more than
-    /// [`LANES_HELD_MAX`] bytes, `file` is hashed alone, now.
+    /// Puts `file` in a lane, once hashing has freed one and the lanes hold at
+    /// most [`LANES_HELD_MAX`] bytes; the files that end meanwhile go to `done`
+    /// with their digests.
     pub(crate) fn add(&mut self, file: T, mut done: impl FnMut(T, [u8; 16])) {
-        if self.held > LANES_HELD_MAX {
-            let digest = md5_many::md5(file.as_ref());
-            done(file, digest);
-            return;
-        }
-        self.held += file.as_ref().len();
         loop {
             self.retire(&mut done);
-            if let Some(free) = self.lanes.iter().position(Option::is_none) {
-                self.lanes[free] = Some(Lane { file, hashed: 0 });
-                self.states[free] = Md5State::new();
-                return;
+            if self.held <= LANES_HELD_MAX {
+                if let Some(free) = self.lanes.iter().position(Option::is_none) {
+                    self.held += file.as_ref().len();
+                    self.lanes[free] = Some(Lane {
+                        file,
+                        hashed: 0,
+                        state: Md5State::new(),
+                    });
+                    return;
+                }
             }
             self.step();
         }
@@ -80,50 +86,68 @@ impl<T: AsRef<[u8]>> Md5Lanes<T> {
 
     /// Hashes the files still in lanes, to `done` with their digests.
     pub(crate) fn finish(&mut self, mut done: impl FnMut(T, [u8; 16])) {
-        let (mut states, files): (Vec<Md5State>, Vec<Lane<T>>) = self
-            .lanes
-            .iter_mut()
-            .zip(&self.states)
-            .filter_map(|(lane, state)| Some((*state, lane.take()?)))
-            .unzip();
-        let inputs: Vec<&[u8]> = files.iter().map(Lane::rest).collect();
-        self.engine.update_many(&mut states, &inputs);
-        self.held = 0;
-        for (state, lane) in states.iter().zip(files) {
-            done(lane.file, state.finalize());
+        loop {
+            self.retire(&mut done);
+            if self.lanes.iter().all(Option::is_none) {
+                return;
+            }
+            self.step();
         }
     }
 
     /// Finishes the files with less than a block left to hash.
     fn retire(&mut self, done: &mut impl FnMut(T, [u8; 16])) {
-        for (lane, state) in self.lanes.iter_mut().zip(&mut self.states) {
+        for lane in &mut self.lanes {
             if lane.as_ref().is_some_and(|l| l.rest().len() < MD5_BLOCK) {
-                let Some(l) = lane.take() else { continue };
-                self.held -= l.file.as_ref().len();
-                state.update(l.rest());
-                done(l.file, state.finalize());
+                let Some(Lane {
+                    file,
+                    hashed,
+                    mut state,
+                }) = lane.take()
+                else {
+                    continue;
+                };
+                self.held -= file.as_ref().len();
+                state.update(&file.as_ref()[hashed..]);
+                done(file, state.finalize());
             }
         }
     }
 
-    /// With a file of at least a block left in every lane: hashes, in every lane
-    /// at once, as many whole blocks as the shortest rest holds.
+    /// With at least one file in the lanes and at least a block left in each:
+    /// hashes, in every busy lane at once, as many whole blocks as the shortest
+    /// rest holds.
     fn step(&mut self) {
-        let whole_blocks = |l: &Option<Lane<T>>| {
-            l.as_ref()
-                .map_or(0, |l| l.rest().len() / MD5_BLOCK * MD5_BLOCK)
-        };
-        let len = self.lanes.iter().map(whole_blocks).min().unwrap_or(0);
-        assert!(len > 0, "a step needs a block in every lane");
-        let inputs: Vec<&[u8]> = self
-            .lanes
+        let width = self.lanes.len();
+        let mut busy: Vec<&mut Lane<T>> = self.lanes.iter_mut().flatten().collect();
+        let len = busy
             .iter()
-            .flatten()
-            .map(|l| &l.rest()[..len])
-            .collect();
-        self.engine.update_many(&mut self.states, &inputs);
-        for l in self.lanes.iter_mut().flatten() {
-            l.hashed += len;
+            .map(|l| l.rest().len() / MD5_BLOCK * MD5_BLOCK)
+            .min()
+            .unwrap_or(0);
+        assert!(
+            len > 0,
+            "a step needs a file, and a block in every busy lane"
+        );
+        if let [alone] = busy.as_mut_slice() {
+            let Lane {
+                file,
+                hashed,
+                state,
+            } = &mut **alone;
+            state.update(&file.as_ref()[*hashed..*hashed + len]);
+            *hashed += len;
+            return;
+        }
+        let mut states: Vec<Md5State> = busy.iter().map(|l| l.state).collect();
+        states.resize(width, Md5State::new());
+        let mut inputs: Vec<&[u8]> = busy.iter().map(|l| &l.rest()[..len]).collect();
+        inputs.resize(width, inputs[0]);
+        self.engine.update_many(&mut states, &inputs);
+        drop(inputs);
+        for (lane, state) in busy.iter_mut().zip(states) {
+            lane.state = state;
+            lane.hashed += len;
         }
     }
 }
@@ -215,8 +239,8 @@ mod tests {
         assert_eq!(lanes_digests(&shuffled), expected_shuffled, "interleaved");
     }
 
-    /// Large files do not pile up in the lanes: past the limit, a file is hashed
-    /// alone, and its digest is still right.
+    /// Large files do not pile up in the lanes: past the limit, the lanes hash
+    /// what they hold before they take more, and every digest is still right.
     #[test]
     fn lanes_hold_at_most_their_limit_and_one_file() {
         let file = noise(4 << 20, 1);

@@ -148,7 +148,13 @@ fn read_and_scan(
             match secrets::Compression::detect(&windows.buf) {
                 Some(format) if decompress => {
                     let head = std::mem::take(&mut windows.buf);
-                    return scan_compressed(ctx, fs, f, (format, head, file), out, found, check);
+                    let opened = Opened {
+                        format,
+                        head,
+                        head_is_whole: eof,
+                        rest: file,
+                    };
+                    return scan_compressed(ctx, fs, f, opened, out, found, check);
                 }
                 _ => {}
             }
@@ -238,22 +244,42 @@ impl Read for Tee<'_, '_, '_> {
     }
 }
 
+/// A compressed file, opened: its format, the bytes already read and the rest.
+struct Opened<'f> {
+    format: secrets::Compression,
+    head: Vec<u8>,
+    /// The bytes already read are the whole file.
+    head_is_whole: bool,
+    rest: Box<dyn Read + 'f>,
+}
+
 /// Scans what a compressed file decompresses to, window by window as it is
 /// decompressed (never the whole of it in memory), up to
-/// `limits.max_decompressed_bytes`. `opened` is the format, the bytes already read
-/// and the rest of the file. Every byte of the file goes to `check`, those the
-/// decoder did not need too. Damaged data is scanned as it is, after what could be
-/// decompressed. Says whether the whole file was read.
+/// `limits.max_decompressed_bytes`. Every byte of the file goes to `check`, those
+/// the decoder did not need too: a file read whole at once is handed over whole
+/// afterwards, without a copy, and a larger one as it is read. Damaged data is
+/// scanned as it is, after what could be decompressed. Says whether the whole
+/// file was read.
 fn scan_compressed(
     ctx: &Context<'_>,
     fs: &dyn Filesystem,
     f: &crate::files::IndexedFile,
-    opened: (secrets::Compression, Vec<u8>, Box<dyn Read + '_>),
+    opened: Opened<'_>,
     out: &mut Output,
     found: &mut Vec<Finding>,
-    mut check: Option<&mut Check<'_>>,
+    check: Option<&mut Check<'_>>,
 ) -> bool {
-    let (format, head, rest) = opened;
+    let Opened {
+        format,
+        head,
+        head_is_whole,
+        rest,
+    } = opened;
+    let (mut check, whole_check) = if head_is_whole {
+        (None, check)
+    } else {
+        (check, None)
+    };
     let limits = ctx.config.limits;
     let (partition, path) = (f.partition, f.path.as_str());
     // Records what was not read, and says the file was not read whole (false).
@@ -305,6 +331,9 @@ fn scan_compressed(
     }
     if input.limit() == 0 {
         return not_read(out, too_large);
+    }
+    if let Some(c) = whole_check {
+        c.whole(input.into_inner().into_inner().0.into_inner());
     }
     match decoded {
         Ok(false) => {}
