@@ -222,6 +222,12 @@ fn insert(out: &mut Provenance, path: String, owned: Owned) -> bool {
     true
 }
 
+/// The bytes of a typical md5sums line, to size the map of package files by.
+const MD5SUMS_LINE_TYPICAL: u64 = 64;
+/// At most this many package files are made room for before they are read: a
+/// large distribution's root (some 100,000 files), about 12 MiB.
+const OWNED_FILES_RESERVED_MAX: usize = 1 << 17;
+
 /// `info/PACKAGE[:ARCH].md5sums`: "md5hex  path/without/leading/slash" lines.
 fn dpkg_md5sums(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Provenance) {
     let Ok(entries) = fs.read_dir(DPKG_INFO.as_bytes()) else {
@@ -234,6 +240,15 @@ fn dpkg_md5sums(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Provenan
         .filter(|(n, _)| n.ends_with(".md5sums"))
         .collect();
     names.sort();
+    // Room for every line at once (a line is 32 hex digits, two spaces and a path
+    // of some 40 bytes), so that the map is not rehashed as it grows; sizes are
+    // what the image says, so the room set aside is bounded.
+    let lines: u64 = names
+        .iter()
+        .map(|(_, size)| size / MD5SUMS_LINE_TYPICAL)
+        .sum();
+    let room = usize::try_from(lines).unwrap_or(usize::MAX);
+    out.files.reserve(room.min(OWNED_FILES_RESERVED_MAX));
     for (name, size) in names {
         let path = format!("{DPKG_INFO}/{name}");
         let data = match resolver.read(fs, &path, size) {
