@@ -127,18 +127,20 @@ print(f"whole audit of the 4 GiB image: {wall:.2f} s (target: under 10 s)")
 PY
 
 # What the package-file check (provenance: dpkg's md5sums) costs: the same audit of
-# the same tree with no file digests in dpkg's database (no info/*.md5sums, no
-# Conffiles: in the status file), so that the provenance has nothing to check and
-# nothing to report, PROVENANCE_RUNS times each, in turn.
+# the same tree with dpkg's file digests renamed out of the provenance's sight
+# (info/*.md5sums to *.md5sums-unread, the status file's Conffiles: field to
+# Conffiles-unread:), so that the provenance has nothing to check and nothing to
+# report while every other auditor reads the same files and the same bytes,
+# PROVENANCE_RUNS times each, in turn.
 if compgen -G "$tree/var/lib/dpkg/info/*.md5sums" > /dev/null; then
   bare=$dir/image-4g-no-provenance.img
   if [ ! -f "$bare" ] || [ "$image" -nt "$bare" ]; then
-    echo "making $bare (the same tree without dpkg's file digests)..." >&2
+    echo "making $bare (the same tree with dpkg's file digests renamed)..." >&2
     rm -rf "$dir/no-provenance" && cp -a "$tree" "$dir/no-provenance"
-    rm -f "$dir"/no-provenance/var/lib/dpkg/info/*.md5sums
-    status=$dir/no-provenance/var/lib/dpkg/status
-    awk '/^Conffiles:/ { skip = 1; next } skip && /^ / { next } { skip = 0; print }' \
-      "$status" > "$status.new" && mv "$status.new" "$status"
+    for sums in "$dir"/no-provenance/var/lib/dpkg/info/*.md5sums; do
+      mv "$sums" "$sums-unread"
+    done
+    sed -i 's/^Conffiles:/Conffiles-unread:/' "$dir/no-provenance/var/lib/dpkg/status"
     rm -f "$bare" && truncate -s 4G "$bare" && mkfs.ext4 -q -F -d "$dir/no-provenance" "$bare"
     rm -rf "$dir/no-provenance"
   fi

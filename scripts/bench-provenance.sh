@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: what dpkg provenance (the MD5 of every package file, and the integrity
 # findings) adds to the audit of the debootstrap'd Debian root: the same image with
-# and without dpkg's file digests (info/*.md5sums, and the status file's Conffiles:),
-# so that the provenance has nothing to check, RUNS alternating runs each, medians of the
+# dpkg's file digests and with them renamed (info/*.md5sums, and the status file's
+# Conffiles:, the same bytes under names the provenance does not read), so that the
+# provenance has nothing to check, RUNS alternating runs each, medians of the
 # whole process's CPU and wall time. The images are those `scripts/bench-audit.sh
 # debian` makes (run it once first); this measures only the two audits.
 #
