@@ -169,11 +169,22 @@ fn changed_and_missing_package_files_are_what_debsums_reports() {
     // debsums on the same tree, dumped by debugfs (not by amiforge).
     let tree = dir.path("tree");
     std::fs::create_dir_all(&tree).unwrap();
-    tool_output(
-        tool("debugfs")
-            .arg("-R")
-            .arg(format!("rdump / {}", tree.display()))
-            .arg(&root),
+    // debugfs says only its version when every file was written; it exits 0 even
+    // when some were not (a full disk), which would leave debsums a partial tree.
+    let dumped = tool("debugfs")
+        .arg("-R")
+        .arg(format!("rdump / {}", tree.display()))
+        .arg(&root)
+        .output()
+        .unwrap();
+    let complaints: Vec<_> = String::from_utf8_lossy(&dumped.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("debugfs "))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        dumped.status.success() && complaints.is_empty(),
+        "debugfs rdump did not write the whole tree: {complaints:?}"
     );
     let out = tool("debsums")
         .args(["-a", "-c", "--root"])
@@ -209,7 +220,9 @@ fn changed_and_missing_package_files_are_what_debsums_reports() {
     let expected: BTreeSet<String> = changed.iter().map(|p| p.to_string()).collect();
     assert!(
         theirs_changed.is_superset(&expected),
-        "debsums sees the three changes: {theirs_changed:?}"
+        "debsums sees the three changes: {theirs_changed:?} ({}; {})",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(ours_changed, theirs_changed);
     assert_eq!(theirs_missing, BTreeSet::from(["/usr/bin/dir".to_string()]));

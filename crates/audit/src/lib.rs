@@ -40,6 +40,7 @@ use inspect::Image;
 use serde::Serialize;
 use sha2::Digest;
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 /// What a finding is about.
@@ -300,8 +301,31 @@ pub struct Context<'a> {
     pub config: &'a Config,
     /// The compiled secret rules.
     pub scanner: &'a secrets::Scanner,
-    /// Which package ships each file of the root filesystem, and its digest.
-    pub provenance: &'a packages::Provenance,
+    /// Which package ships each file of the root filesystem, and its digest:
+    /// read by the first auditor that asks ([`Context::provenance`]).
+    provenance: &'a OnceLock<packages::Provenance>,
+}
+
+impl<'a> Context<'a> {
+    /// Which package ships each file of the root filesystem, and its digest. The
+    /// package databases are read by the first auditor that asks, while the
+    /// auditors that do not need them run; the others wait for it.
+    pub fn provenance(&self) -> &'a packages::Provenance {
+        let cell: &'a OnceLock<packages::Provenance> = self.provenance;
+        cell.get_or_init(|| {
+            (self.inspection.root_partition)
+                .and_then(|n| Some((n, self.image.filesystem(n).ok()?)))
+                .map(|(n, fs)| {
+                    let walked: std::collections::HashSet<&str, foldhash::fast::RandomState> =
+                        (self.files.on(n))
+                            .filter(|f| f.metadata.kind == imagefs::FileKind::Dir)
+                            .map(|f| f.path.as_str())
+                            .collect();
+                    packages::provenance(&*fs, &|dir| walked.contains(dir))
+                })
+                .unwrap_or_default()
+        })
+    }
 }
 
 /// What an auditor produced.
@@ -417,18 +441,7 @@ pub fn audit(image: &Image, name: &str, config: &Config, progress: &dyn Progress
     let inspection = image.report();
     let scanner = secrets::Scanner::new();
     let files = FileIndex::build(image, config);
-    let provenance = inspection
-        .root_partition
-        .and_then(|n| Some((n, image.filesystem(n).ok()?)))
-        .map(|(n, fs)| {
-            let walked: std::collections::HashSet<&str, foldhash::fast::RandomState> = files
-                .on(n)
-                .filter(|f| f.metadata.kind == imagefs::FileKind::Dir)
-                .map(|f| f.path.as_str())
-                .collect();
-            packages::provenance(&*fs, &|dir| walked.contains(dir))
-        })
-        .unwrap_or_default();
+    let provenance = OnceLock::new();
     let ctx = Context {
         image,
         inspection: &inspection,

@@ -38,7 +38,7 @@ impl Auditor for ProvenanceAuditor {
     }
     fn run(&self, ctx: &Context<'_>) -> Result<Output, String> {
         let mut out = Output::default();
-        let p = ctx.provenance;
+        let p = ctx.provenance();
         let Some(root) = ctx.inspection.root_partition else {
             return Ok(out);
         };
@@ -93,7 +93,7 @@ impl Auditor for ProvenanceAuditor {
 
 /// Package files missing from the root filesystem (`root`), in path order.
 fn missing(ctx: &Context<'_>, root: u32, out: &mut Output) {
-    let p = ctx.provenance;
+    let p = ctx.provenance();
     let present: HashSet<&str, foldhash::fast::RandomState> = ctx
         .files
         .on(root)
@@ -199,7 +199,7 @@ impl<'a> Check<'a> {
         if ctx.inspection.root_partition != Some(partition) {
             return None;
         }
-        let owned = ctx.provenance.owner(path)?;
+        let owned = ctx.provenance().owner(path)?;
         let digesting = match owned.digest {
             packages::Digest::Md5(_) if size <= BATCHED_FILE_MAX => Digesting::Buffered(Vec::new()),
             _ => Digesting::Streaming(Box::new(Hasher::for_digest(&owned.digest))),
