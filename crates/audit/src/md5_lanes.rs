@@ -15,8 +15,8 @@ pub(crate) const LANES_HELD_MAX: usize = 32 << 20;
 /// step: MD5 over many files at a fraction of one stream's cost, holding only one
 /// file per lane. When a file ends, the next one takes its lane.
 ///
-/// A step with lanes free fills them with copies of a busy lane's bytes (and
-/// throwaway states): md5-many's kernels for fewer streams than its width are
+/// A step with lanes free fills them with copies of a busy lane's bytes (into
+/// their throwaway states): md5-many's kernels for fewer streams than its width are
 /// many times slower than the full width (measured: 6 streams alone, 0.2 GB/s;
 /// padded to 16, 2.3 GB/s). One file alone is hashed at one stream's speed.
 ///
@@ -29,15 +29,17 @@ pub(crate) const LANES_HELD_MAX: usize = 32 << 20;
 pub(crate) struct Md5Lanes<T> {
     engine: Md5Many,
     lanes: Vec<Option<Lane<T>>>,
+    /// Each lane's MD5 so far, side by side as md5-many takes them (a free
+    /// lane's is thrown away when a file takes the lane).
+    states: Vec<Md5State>,
     /// The bytes of the files in lanes.
     held: usize,
 }
 
-/// The file in a lane, how much of it was hashed, and its MD5 so far.
+/// The file in a lane, and how much of it was hashed.
 struct Lane<T> {
     file: T,
     hashed: usize,
-    state: Md5State,
 }
 
 impl<T: AsRef<[u8]>> Lane<T> {
@@ -53,6 +55,7 @@ impl<T: AsRef<[u8]>> Md5Lanes<T> {
         Md5Lanes {
             engine,
             lanes: (0..lanes).map(|_| None).collect(),
+            states: vec![Md5State::new(); lanes],
             held: 0,
         }
     }
@@ -72,11 +75,8 @@ impl<T: AsRef<[u8]>> Md5Lanes<T> {
             if self.held <= LANES_HELD_MAX {
                 if let Some(free) = self.lanes.iter().position(Option::is_none) {
                     self.held += file.as_ref().len();
-                    self.lanes[free] = Some(Lane {
-                        file,
-                        hashed: 0,
-                        state: Md5State::new(),
-                    });
+                    self.lanes[free] = Some(Lane { file, hashed: 0 });
+                    self.states[free] = Md5State::new();
                     return;
                 }
             }
@@ -97,14 +97,9 @@ impl<T: AsRef<[u8]>> Md5Lanes<T> {
 
     /// Finishes the files with less than a block left to hash.
     fn retire(&mut self, done: &mut impl FnMut(T, [u8; 16])) {
-        for lane in &mut self.lanes {
+        for (lane, state) in self.lanes.iter_mut().zip(&mut self.states) {
             if lane.as_ref().is_some_and(|l| l.rest().len() < MD5_BLOCK) {
-                let Some(Lane {
-                    file,
-                    hashed,
-                    mut state,
-                }) = lane.take()
-                else {
+                let Some(Lane { file, hashed }) = lane.take() else {
                     continue;
                 };
                 self.held -= file.as_ref().len();
@@ -118,36 +113,31 @@ impl<T: AsRef<[u8]>> Md5Lanes<T> {
     /// hashes, in every busy lane at once, as many whole blocks as the shortest
     /// rest holds.
     fn step(&mut self) {
-        let width = self.lanes.len();
-        let mut busy: Vec<&mut Lane<T>> = self.lanes.iter_mut().flatten().collect();
-        let len = busy
-            .iter()
-            .map(|l| l.rest().len() / MD5_BLOCK * MD5_BLOCK)
-            .min()
-            .unwrap_or(0);
+        let whole_blocks = |l: &Lane<T>| l.rest().len() / MD5_BLOCK * MD5_BLOCK;
+        let len = self.lanes.iter().flatten().map(whole_blocks).min();
+        let len = len.unwrap_or(0);
         assert!(
             len > 0,
             "a step needs a file, and a block in every busy lane"
         );
-        if let [alone] = busy.as_mut_slice() {
-            let Lane {
-                file,
-                hashed,
-                state,
-            } = &mut **alone;
-            state.update(&file.as_ref()[*hashed..*hashed + len]);
-            *hashed += len;
+        let busy: Vec<usize> = (0..self.lanes.len())
+            .filter(|&i| self.lanes[i].is_some())
+            .collect();
+        if let [alone] = busy[..] {
+            if let Some(l) = &mut self.lanes[alone] {
+                self.states[alone].update(&l.rest()[..len]);
+                l.hashed += len;
+            }
             return;
         }
-        let mut states: Vec<Md5State> = busy.iter().map(|l| l.state).collect();
-        states.resize(width, Md5State::new());
-        let mut inputs: Vec<&[u8]> = busy.iter().map(|l| &l.rest()[..len]).collect();
-        inputs.resize(width, inputs[0]);
-        self.engine.update_many(&mut states, &inputs);
-        drop(inputs);
-        for (lane, state) in busy.iter_mut().zip(states) {
-            lane.state = state;
-            lane.hashed += len;
+        let some_busy = &self.lanes[busy[0]];
+        let pad: &[u8] = some_busy.as_ref().map_or(&[], |l| &l.rest()[..len]);
+        let inputs: Vec<&[u8]> = (self.lanes.iter())
+            .map(|lane| lane.as_ref().map_or(pad, |l| &l.rest()[..len]))
+            .collect();
+        self.engine.update_many(&mut self.states, &inputs);
+        for l in self.lanes.iter_mut().flatten() {
+            l.hashed += len;
         }
     }
 }
