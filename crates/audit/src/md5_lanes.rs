@@ -115,23 +115,19 @@ impl<T: AsRef<[u8]>> Md5Lanes<T> {
     fn step(&mut self) {
         let whole_blocks = |l: &Lane<T>| l.rest().len() / MD5_BLOCK * MD5_BLOCK;
         let len = self.lanes.iter().flatten().map(whole_blocks).min();
-        let len = len.unwrap_or(0);
-        assert!(
-            len > 0,
-            "a step needs a file, and a block in every busy lane"
-        );
-        let busy: Vec<usize> = (0..self.lanes.len())
-            .filter(|&i| self.lanes[i].is_some())
-            .collect();
-        if let [alone] = busy[..] {
-            if let Some(l) = &mut self.lanes[alone] {
-                self.states[alone].update(&l.rest()[..len]);
-                l.hashed += len;
+        let (Some(len @ 1..), Some(first)) = (len, self.lanes.iter().flatten().next()) else {
+            panic!("a step needs a file, and a block in every busy lane");
+        };
+        if self.lanes.iter().flatten().count() == 1 {
+            for (lane, state) in self.lanes.iter_mut().zip(&mut self.states) {
+                if let Some(l) = lane {
+                    state.update(&l.rest()[..len]);
+                    l.hashed += len;
+                }
             }
             return;
         }
-        let some_busy = &self.lanes[busy[0]];
-        let pad: &[u8] = some_busy.as_ref().map_or(&[], |l| &l.rest()[..len]);
+        let pad = &first.rest()[..len];
         let inputs: Vec<&[u8]> = (self.lanes.iter())
             .map(|lane| lane.as_ref().map_or(pad, |l| &l.rest()[..len]))
             .collect();

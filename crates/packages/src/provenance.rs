@@ -224,9 +224,10 @@ fn insert(out: &mut Provenance, path: String, owned: Owned) -> bool {
 
 /// The bytes of a typical md5sums line, to size the map of package files by.
 const MD5SUMS_LINE_TYPICAL: u64 = 64;
-/// At most this many package files are made room for before they are read: a
-/// large distribution's root (some 100,000 files), about 12 MiB.
-const OWNED_FILES_RESERVED_MAX: usize = 1 << 17;
+/// At most this many package files are made room for before they are read: more
+/// than a server's root holds (a Debian cloud image has 12,000), in about 15 MiB
+/// (hashbrown's 131,072 buckets of 121 bytes); a larger set grows as it fills.
+const OWNED_FILES_RESERVED_MAX: usize = 1 << 16;
 
 /// `info/PACKAGE[:ARCH].md5sums`: "md5hex  path/without/leading/slash" lines.
 fn dpkg_md5sums(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Provenance) {
@@ -243,10 +244,9 @@ fn dpkg_md5sums(fs: &dyn Filesystem, resolver: &mut Resolver, out: &mut Provenan
     // Room for every line at once (a line is 32 hex digits, two spaces and a path
     // of some 40 bytes), so that the map is not rehashed as it grows; sizes are
     // what the image says, so the room set aside is bounded.
-    let lines: u64 = names
-        .iter()
-        .map(|(_, size)| size / MD5SUMS_LINE_TYPICAL)
-        .sum();
+    let lines = (names.iter()).fold(0u64, |n, (_, size)| {
+        n.saturating_add(size / MD5SUMS_LINE_TYPICAL)
+    });
     let room = usize::try_from(lines).unwrap_or(usize::MAX);
     out.files.reserve(room.min(OWNED_FILES_RESERVED_MAX));
     for (name, size) in names {
