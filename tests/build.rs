@@ -191,12 +191,7 @@ fn a_tree_becomes_a_gpt_disk_that_sfdisk_mtools_and_debugfs_read_back() {
     assert_eq!(uuid.trim(), report["root_uuid"].as_str().unwrap());
     let dumped = scratch.path("dumped");
     std::fs::create_dir_all(&dumped).unwrap();
-    tool_output(
-        tool("debugfs")
-            .arg("-R")
-            .arg(format!("rdump / {}", dumped.display()))
-            .arg(&root_img),
-    );
+    debugfs_rdump(&root_img, &dumped);
     let mut theirs = listing(&dumped);
     theirs.remove("lost+found");
     // The image adds /etc/fstab (the root and the ESP by UUID) and /boot/efi.

@@ -162,6 +162,28 @@ pub fn tool_output(cmd: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
+/// Writes every file of the ext filesystem in `image` under `into` with debugfs's
+/// rdump (an independent reader). debugfs exits 0 even when it could not write some
+/// files (a full disk), so anything it says besides its version fails the test: a
+/// partial tree would otherwise show up as a wrong comparison further on.
+pub fn debugfs_rdump(image: &Path, into: &Path) {
+    let dumped = tool("debugfs")
+        .arg("-R")
+        .arg(format!("rdump / {}", into.display()))
+        .arg(image)
+        .output()
+        .expect("tool runs");
+    let complaints: Vec<_> = String::from_utf8_lossy(&dumped.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("debugfs "))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        dumped.status.success() && complaints.is_empty(),
+        "debugfs rdump did not write the whole tree: {complaints:?}"
+    );
+}
+
 /// A copy of `from` at `to` that keeps its holes (`cp --sparse=always`), for tests
 /// that damage or plant bytes in an image without touching the fixture.
 pub fn sparse_copy(from: &Path, to: &Path) {
