@@ -43,8 +43,8 @@ fi
 # qemu-user-static to run the arm64 boot tree's maintainer scripts. The release's 7.2
 # cannot make a LUKS-encrypted qcow2 on this kind of machine (its key-derivation
 # benchmark reads no thread CPU time), and qemu-system must match qemu-utils, which a
-# machine may already have from backports. Only these packages and what they need
-# from the same QEMU release come from there.
+# machine may already have from backports. Only these packages and the versions they
+# require (QEMU's own common and data packages, a newer seabios) come from there.
 qemu_major=$(qemu-img --version 2>/dev/null | awk 'NR == 1 {split($3, v, "."); print v[1]}')
 if [ "${qemu_major:-0}" -lt 10 ] || ! command -v qemu-system-x86_64 >/dev/null ||
    ! command -v qemu-system-aarch64 >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then
@@ -58,9 +58,9 @@ if [ "${qemu_major:-0}" -lt 10 ] || ! command -v qemu-system-x86_64 >/dev/null |
   fi
   echo "installing qemu-utils, qemu-system-x86, qemu-system-arm and qemu-user-static from $codename-backports" >&2
   $sudo apt-get update -qq
-  # -t: their dependencies built from the same source (qemu-system-common and -data,
-  # a newer seabios) come from backports too; naming each package as pkg/release
-  # would take only the named ones from there and leave the rest unsatisfiable.
+  # -t: the versions they require (qemu-system-common and -data of the same release,
+  # seabios newer than stable's) come from backports too; naming each package as
+  # pkg/release takes only the named ones from there and leaves the rest unsatisfiable.
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
     -t "$codename-backports" qemu-utils qemu-system-x86 qemu-system-arm qemu-user-static >/dev/null
 fi
